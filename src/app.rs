@@ -1,0 +1,101 @@
+//! Running a command: probe or load facts, judge them, render, choose the exit code.
+
+use crate::cli::{Cli, ColorChoice, Command};
+use crate::facts::Facts;
+use crate::knowledge::Knowledge;
+use crate::report::{self, Format, Report};
+use crate::sysroot::Sysroot;
+use crate::{probe, rules};
+use anyhow::{bail, Context, Result};
+use std::io::{IsTerminal, Read, Write};
+use std::path::Path;
+
+/// Exit codes, as documented in README.md.
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_FINDINGS: u8 = 1;
+pub const EXIT_ERROR: u8 = 2;
+
+pub fn run(cli: Cli) -> u8 {
+    match try_run(&cli) {
+        Ok(code) => code,
+        Err(e) => {
+            // One line: the chain of causes, outermost first.
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("rigdoctor: error: {msg}");
+            EXIT_ERROR
+        }
+    }
+}
+
+fn try_run(cli: &Cli) -> Result<u8> {
+    let kb = Knowledge::embedded().context("built-in knowledge base is invalid")?;
+    let g = &cli.global;
+    let (command, facts) = match &cli.command {
+        Command::Check => ("check", probe_host(&g.sysroot)?),
+        Command::Host => ("host", probe_host(&g.sysroot)?),
+        Command::Diagnose { file } => ("diagnose", load(file)?),
+    };
+    let facts = if g.redact { report::redact(&facts) } else { facts };
+    let findings = rules::diagnose(&facts, &kb);
+    let report = Report::new(command, facts, findings);
+    emit(&report, cli)?;
+    let failing = report.findings.iter().any(|f| f.severity >= g.fail_on);
+    Ok(if failing { EXIT_FINDINGS } else { EXIT_OK })
+}
+
+fn probe_host(sysroot: &Path) -> Result<Facts> {
+    if !sysroot.is_dir() {
+        bail!("--sysroot {}: not a directory", sysroot.display());
+    }
+    Ok(probe::collect_host(&Sysroot::new(sysroot), std::env::vars()))
+}
+
+fn load(file: &Path) -> Result<Facts> {
+    let mut bytes = Vec::new();
+    let limit = report::MAX_REPORT_BYTES as u64 + 1;
+    let read = if file.as_os_str() == "-" {
+        std::io::stdin().take(limit).read_to_end(&mut bytes)
+    } else {
+        std::fs::File::open(file).and_then(|f| f.take(limit).read_to_end(&mut bytes))
+    };
+    read.with_context(|| format!("{}: cannot read", file.display()))?;
+    report::load_facts(&bytes).with_context(|| format!("{}", file.display()))
+}
+
+fn use_color(choice: ColorChoice) -> bool {
+    match choice {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => {
+            std::io::stdout().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+                && std::env::var("TERM").map_or(true, |t| t != "dumb")
+        }
+    }
+}
+
+fn emit(report: &Report, cli: &Cli) -> Result<()> {
+    let g = &cli.global;
+    let format = g.format();
+    match &g.output {
+        Some(path) => {
+            std::fs::write(path, report.render(format, false))
+                .with_context(|| format!("{}: cannot write", path.display()))?;
+            if format != Format::Text {
+                print(&report.render(Format::Text, use_color(g.color)));
+            }
+            eprintln!("rigdoctor: report written to {}", path.display());
+        }
+        None => {
+            let color = format == Format::Text && use_color(g.color);
+            print(&report.render(format, color));
+        }
+    }
+    Ok(())
+}
+
+/// Print to stdout; a closed pipe (`rigdoctor check | head`) is not an error.
+fn print(s: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(s.as_bytes()).and_then(|_| out.flush());
+}

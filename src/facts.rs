@@ -1,0 +1,517 @@
+//! What the probes read from the machine, as plain data.
+//!
+//! Facts are what a report saves and what `rigdoctor diagnose` reads back, so every type here is
+//! serialisable and nothing here decides anything. A value that could not be read is a
+//! [`Probed::Unknown`] carrying the reason: "absent is not zero".
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Why a fact is unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Why {
+    /// The kernel hides it from non-root users (e.g. PCI config space past 64 bytes).
+    NeedsRoot,
+    /// The file or directory does not exist on this kernel/machine.
+    Absent,
+    /// It was read but its content is not what the kernel documents.
+    Unparsable,
+    /// Reading failed for another reason (the detail says which).
+    IoError,
+}
+
+impl Why {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Why::NeedsRoot => "needs root",
+            Why::Absent => "absent",
+            Why::Unparsable => "unparsable",
+            Why::IoError => "read error",
+        }
+    }
+}
+
+/// A fact that was read, or the reason it could not be.
+///
+/// Serialised untagged: a known value is written as itself, an unknown one as
+/// `{"unknown": "needs-root", "detail": "..."}`. `Unknown` comes first so that deserialising tries
+/// it before the value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Probed<T> {
+    Unknown { unknown: Why, detail: String },
+    Known(T),
+}
+
+impl<T> Probed<T> {
+    pub fn unknown(why: Why, detail: impl Into<String>) -> Self {
+        Probed::Unknown {
+            unknown: why,
+            detail: detail.into(),
+        }
+    }
+
+    pub fn known(&self) -> Option<&T> {
+        match self {
+            Probed::Known(v) => Some(v),
+            Probed::Unknown { .. } => None,
+        }
+    }
+
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Probed<U> {
+        match self {
+            Probed::Known(v) => Probed::Known(f(v)),
+            Probed::Unknown { unknown, detail } => Probed::Unknown { unknown, detail },
+        }
+    }
+
+    pub fn and_then<U>(self, f: impl FnOnce(T) -> Probed<U>) -> Probed<U> {
+        match self {
+            Probed::Known(v) => f(v),
+            Probed::Unknown { unknown, detail } => Probed::Unknown { unknown, detail },
+        }
+    }
+
+    /// "needs root: config space readable to 64 bytes only", for evidence and summaries.
+    pub fn why_unknown(&self) -> Option<String> {
+        match self {
+            Probed::Known(_) => None,
+            Probed::Unknown { unknown, detail } if detail.is_empty() => {
+                Some(unknown.describe().to_string())
+            }
+            Probed::Unknown { unknown, detail } => Some(format!("{}: {detail}", unknown.describe())),
+        }
+    }
+}
+
+/// Everything one run read. Later steps (NVML, CUDA, measurements) add fields here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Facts {
+    pub collected: Collected,
+    pub host: Host,
+    pub pci: Probed<PciTopology>,
+    pub driver: NvidiaDriver,
+    pub env: EnvFacts,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Collected {
+    /// The directory /proc and /sys were read under ("/" on a live machine).
+    pub sysroot: String,
+    /// Seconds since the Unix epoch when the probes ran.
+    pub unix_time: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Host {
+    pub hostname: Probed<String>,
+    pub kernel_release: Probed<String>,
+    pub os: Probed<String>,
+    pub cmdline: Probed<KernelCmdline>,
+    pub cpu: Probed<Cpu>,
+    pub mem_total_bytes: Probed<u64>,
+    pub iommu: Iommu,
+    pub virtualization: Virtualization,
+    pub shm: Probed<Shm>,
+}
+
+/// `/proc/cmdline`, kept whole; rules ask it for parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KernelCmdline {
+    pub raw: String,
+}
+
+impl KernelCmdline {
+    /// Every `key=value` parameter as (key, value); a bare flag has value "".
+    /// Double quotes group a value with spaces, as the kernel's own parser allows.
+    pub fn params(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut cur = String::new();
+        let mut quoted = false;
+        for c in self.raw.chars().chain(std::iter::once(' ')) {
+            match c {
+                '"' => quoted = !quoted,
+                c if c.is_whitespace() && !quoted => {
+                    if !cur.is_empty() {
+                        let (k, v) = cur.split_once('=').unwrap_or((cur.as_str(), ""));
+                        out.push((k.to_string(), v.to_string()));
+                        cur.clear();
+                    }
+                }
+                c => cur.push(c),
+            }
+        }
+        out
+    }
+
+    /// The value the kernel acts on: for repeated parameters the last one wins.
+    pub fn get(&self, key: &str) -> Option<String> {
+        self.params()
+            .into_iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v)
+            .next_back()
+    }
+
+    /// Parameters whose name is one of `keys`, formatted as written, for evidence.
+    pub fn mentions(&self, keys: &[&str]) -> Vec<String> {
+        self.params()
+            .into_iter()
+            .filter(|(k, _)| keys.contains(&k.as_str()))
+            .map(|(k, v)| if v.is_empty() { k } else { format!("{k}={v}") })
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cpu {
+    pub vendor: String,
+    pub model: String,
+    pub logical_cpus: usize,
+    /// The `hypervisor` flag: the CPU reports that it runs under a hypervisor.
+    pub hypervisor_flag: bool,
+}
+
+impl Cpu {
+    pub fn is_amd(&self) -> bool {
+        self.vendor == "AuthenticAMD"
+    }
+    pub fn is_intel(&self) -> bool {
+        self.vendor == "GenuineIntel"
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Iommu {
+    /// Entries of /sys/class/iommu (dmar* on Intel, ivhd* on AMD). Empty: no IOMMU active.
+    pub units: Probed<Vec<String>>,
+    /// Number of /sys/kernel/iommu_groups entries.
+    pub group_count: Probed<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Virtualization {
+    pub dmi_sys_vendor: Probed<String>,
+    pub dmi_product_name: Probed<String>,
+    /// Markers of a container that were found (e.g. "/.dockerenv").
+    pub container_markers: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Shm {
+    pub size_bytes: u64,
+    /// Where the size came from: the mount's `size=` option or tmpfs' default (half of RAM).
+    pub source: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PciTopology {
+    /// NVIDIA display-class functions (VGA or 3D controller), in bus order.
+    pub gpus: Vec<GpuPci>,
+    /// Every bridge on a GPU's path to its root complex, in bus order.
+    pub bridges: Vec<Bridge>,
+}
+
+impl PciTopology {
+    pub fn bridge(&self, bdf: &str) -> Option<&Bridge> {
+        self.bridges.iter().find(|b| b.bdf == bdf)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GpuPci {
+    pub bdf: String,
+    pub vendor_id: u16,
+    pub device_id: u16,
+    pub class: u32,
+    /// Marketing name, from the driver (`/proc/driver/nvidia/gpus/*/information`) or pci.ids.
+    pub name: Probed<String>,
+    /// Path from the root complex: its name (e.g. "pci0000:40") and the bridges down to the GPU.
+    pub path: Probed<PciPath>,
+    pub link: Link,
+    /// -1 when the platform reports no NUMA affinity.
+    pub numa_node: Probed<i32>,
+    /// Bound kernel driver ("nvidia", "nouveau", "vfio-pci"); `None` when unbound.
+    pub driver: Probed<Option<String>>,
+    pub bar1_bytes: Probed<u64>,
+    pub aer: Probed<Aer>,
+    /// `None` when the device has no IOMMU group (IOMMU off).
+    pub iommu_group: Probed<Option<IommuGroup>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PciPath {
+    pub root_complex: String,
+    /// Bridges from the root port down to the GPU's parent, in order.
+    pub bridges: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IommuGroup {
+    pub id: u32,
+    /// Kernel >= 5.11: "identity" (passthrough), "DMA" or "DMA-FQ" (translated), ...
+    pub domain_type: Probed<String>,
+}
+
+impl IommuGroup {
+    pub fn translated(&self) -> Option<bool> {
+        self.domain_type.known().map(|t| t.starts_with("DMA"))
+    }
+}
+
+/// The sysfs view of a PCIe link, as seen from the device it belongs to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Link {
+    pub current_speed_gts: Probed<f64>,
+    pub current_width: Probed<u32>,
+    pub max_speed_gts: Probed<f64>,
+    pub max_width: Probed<u32>,
+}
+
+/// PCIe generation for a per-lane rate in GT/s (2.5 -> 1, 5 -> 2, 8 -> 3, 16 -> 4, 32 -> 5, 64 -> 6).
+pub fn pcie_gen(gts: f64) -> Option<u32> {
+    [(2.5, 1), (5.0, 2), (8.0, 3), (16.0, 4), (32.0, 5), (64.0, 6)]
+        .iter()
+        .find(|(rate, _)| (gts - rate).abs() < 0.01)
+        .map(|&(_, g)| g)
+}
+
+impl Link {
+    /// "Gen4 x16", with "?" where a part is unknown.
+    pub fn describe_current(&self) -> String {
+        describe_link(self.current_speed_gts.known(), self.current_width.known())
+    }
+    pub fn describe_max(&self) -> String {
+        describe_link(self.max_speed_gts.known(), self.max_width.known())
+    }
+}
+
+pub fn describe_link(speed: Option<&f64>, width: Option<&u32>) -> String {
+    let gen = match speed {
+        Some(s) => match pcie_gen(*s) {
+            Some(g) => format!("Gen{g}"),
+            None => format!("{s} GT/s"),
+        },
+        None => "Gen?".into(),
+    };
+    let width = width.map_or("x?".to_string(), |w| format!("x{w}"));
+    format!("{gen} {width}")
+}
+
+/// AER counters since boot (`aer_dev_correctable`, `aer_dev_nonfatal`, `aer_dev_fatal`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Aer {
+    pub correctable: BTreeMap<String, u64>,
+    pub nonfatal: BTreeMap<String, u64>,
+    pub fatal: BTreeMap<String, u64>,
+}
+
+impl Aer {
+    fn total(map: &BTreeMap<String, u64>, total_key: &str) -> u64 {
+        map.get(total_key)
+            .copied()
+            .unwrap_or_else(|| map.values().sum())
+    }
+    pub fn correctable_total(&self) -> u64 {
+        Self::total(&self.correctable, "TOTAL_ERR_COR")
+    }
+    pub fn nonfatal_total(&self) -> u64 {
+        Self::total(&self.nonfatal, "TOTAL_ERR_NONFATAL")
+    }
+    pub fn fatal_total(&self) -> u64 {
+        Self::total(&self.fatal, "TOTAL_ERR_FATAL")
+    }
+    /// The non-zero counters other than the totals, e.g. "RxErr 12".
+    pub fn nonzero(&self) -> Vec<String> {
+        [&self.correctable, &self.nonfatal, &self.fatal]
+            .iter()
+            .flat_map(|m| m.iter())
+            .filter(|(k, v)| **v > 0 && !k.starts_with("TOTAL_"))
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Bridge {
+    pub bdf: String,
+    pub link: Link,
+    pub aer: Probed<Aer>,
+    pub config: Probed<BridgeConfig>,
+}
+
+/// What rigdoctor decodes from a bridge's PCI config space.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BridgeConfig {
+    /// PCIe port type from the PCI Express capability ("root-port", "switch-upstream", ...).
+    pub port_type: Probed<String>,
+    /// The ACS extended capability; `None` when the bridge has none.
+    pub acs: Probed<Option<Acs>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Acs {
+    pub offset: u16,
+    pub capability: u16,
+    pub control: u16,
+}
+
+impl Acs {
+    pub const SOURCE_VALIDATION: u16 = 0x01;
+    pub const TRANSLATION_BLOCKING: u16 = 0x02;
+    pub const P2P_REQUEST_REDIRECT: u16 = 0x04;
+    pub const P2P_COMPLETION_REDIRECT: u16 = 0x08;
+    pub const UPSTREAM_FORWARDING: u16 = 0x10;
+    pub const P2P_EGRESS_CONTROL: u16 = 0x20;
+    pub const DIRECT_TRANSLATED_P2P: u16 = 0x40;
+
+    /// The control bits that send peer traffic up to the root complex.
+    pub fn redirecting(&self) -> bool {
+        self.control
+            & (Self::P2P_REQUEST_REDIRECT
+                | Self::P2P_COMPLETION_REDIRECT
+                | Self::P2P_EGRESS_CONTROL)
+            != 0
+    }
+
+    /// `lspci -vvv` style: "SrcValid+ TransBlk- ReqRedir+ CmpltRedir+ UpstreamFwd+ EgressCtrl- DirectTrans-".
+    pub fn describe_control(&self) -> String {
+        [
+            (Self::SOURCE_VALIDATION, "SrcValid"),
+            (Self::TRANSLATION_BLOCKING, "TransBlk"),
+            (Self::P2P_REQUEST_REDIRECT, "ReqRedir"),
+            (Self::P2P_COMPLETION_REDIRECT, "CmpltRedir"),
+            (Self::UPSTREAM_FORWARDING, "UpstreamFwd"),
+            (Self::P2P_EGRESS_CONTROL, "EgressCtrl"),
+            (Self::DIRECT_TRANSLATED_P2P, "DirectTrans"),
+        ]
+        .iter()
+        .map(|&(bit, name)| format!("{name}{}", if self.control & bit != 0 { '+' } else { '-' }))
+        .collect::<Vec<_>>()
+        .join(" ")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NvidiaDriver {
+    /// `/proc/driver/nvidia/version` exists: the kernel module is loaded.
+    pub loaded: bool,
+    pub version: Probed<String>,
+    /// "open" or "proprietary" kernel module flavour.
+    pub flavour: Probed<String>,
+    /// `/proc/driver/nvidia/gpus/*/information`, one entry per GPU the driver manages.
+    pub gpus: Vec<DriverGpu>,
+    pub params: Probed<BTreeMap<String, String>>,
+    /// `/sys/module/nouveau` exists.
+    pub nouveau_loaded: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DriverGpu {
+    pub bdf: String,
+    pub model: Option<String>,
+    pub uuid: Option<String>,
+    pub vbios: Option<String>,
+    /// The "GSP Firmware" line: a version when GSP-RM runs, "N/A" when it does not.
+    pub gsp_firmware: Option<String>,
+}
+
+impl DriverGpu {
+    pub fn gsp_enabled(&self) -> Option<bool> {
+        self.gsp_firmware
+            .as_deref()
+            .map(|v| !v.eq_ignore_ascii_case("N/A") && !v.is_empty())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnvFacts {
+    /// NCCL_*, TORCH_NCCL_* and CUDA_* variables of the rigdoctor process, which a training
+    /// job started from the same shell inherits.
+    pub vars: BTreeMap<String, String>,
+    /// NCCL's configuration files (`/etc/nccl.conf`, `~/.nccl.conf`) that exist.
+    pub nccl_conf: Vec<NcclConf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NcclConf {
+    pub path: String,
+    pub vars: Probed<BTreeMap<String, String>>,
+}
+
+impl EnvFacts {
+    /// The effective value of a variable and where it was set. The environment overrides
+    /// the files, and `~/.nccl.conf` overrides `/etc/nccl.conf` (NCCL's own order).
+    pub fn lookup(&self, key: &str) -> Option<(String, String)> {
+        if let Some(v) = self.vars.get(key) {
+            return Some((v.clone(), "environment".into()));
+        }
+        self.nccl_conf.iter().rev().find_map(|c| {
+            c.vars
+                .known()
+                .and_then(|m| m.get(key))
+                .map(|v| (v.clone(), c.path.clone()))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmdline_last_value_wins_and_quotes_group() {
+        let c = KernelCmdline {
+            raw: "ro iommu=on quiet iommu=pt dyndbg=\"file a.c +p\" pci=noaer\n".into(),
+        };
+        assert_eq!(c.get("iommu").as_deref(), Some("pt"));
+        assert_eq!(c.get("dyndbg").as_deref(), Some("file a.c +p"));
+        assert_eq!(c.get("ro").as_deref(), Some(""));
+        assert_eq!(c.get("amd_iommu"), None);
+        assert_eq!(c.mentions(&["iommu", "pci"]), ["iommu=on", "iommu=pt", "pci=noaer"]);
+    }
+
+    #[test]
+    fn probed_round_trips_untagged() {
+        let k: Probed<u32> = Probed::Known(16);
+        let u: Probed<u32> = Probed::unknown(Why::NeedsRoot, "config space is 64 bytes");
+        assert_eq!(serde_json::to_string(&k).unwrap(), "16");
+        let s = serde_json::to_string(&u).unwrap();
+        assert_eq!(s, r#"{"unknown":"needs-root","detail":"config space is 64 bytes"}"#);
+        assert_eq!(serde_json::from_str::<Probed<u32>>(&s).unwrap(), u);
+        assert_eq!(serde_json::from_str::<Probed<u32>>("16").unwrap(), k);
+        let none: Probed<Option<String>> = serde_json::from_str("null").unwrap();
+        assert_eq!(none, Probed::Known(None));
+    }
+
+    #[test]
+    fn acs_describes_like_lspci() {
+        let a = Acs { offset: 0x148, capability: 0x5f, control: 0x1d };
+        assert_eq!(
+            a.describe_control(),
+            "SrcValid+ TransBlk- ReqRedir+ CmpltRedir+ UpstreamFwd+ EgressCtrl- DirectTrans-"
+        );
+        assert!(a.redirecting());
+        assert!(!Acs { control: 0x01, ..a }.redirecting());
+    }
+
+    #[test]
+    fn gens_from_rates() {
+        assert_eq!(pcie_gen(16.0), Some(4));
+        assert_eq!(pcie_gen(2.5), Some(1));
+        assert_eq!(pcie_gen(3.0), None);
+        assert_eq!(describe_link(Some(&8.0), Some(&4)), "Gen3 x4");
+    }
+
+    #[test]
+    fn aer_totals_prefer_kernel_total_line() {
+        let mut a = Aer::default();
+        a.correctable.insert("RxErr".into(), 3);
+        a.correctable.insert("BadTLP".into(), 2);
+        assert_eq!(a.correctable_total(), 5);
+        a.correctable.insert("TOTAL_ERR_COR".into(), 5);
+        assert_eq!(a.correctable_total(), 5);
+        assert_eq!(a.nonzero(), ["BadTLP 2", "RxErr 3"]);
+    }
+}

@@ -1,0 +1,72 @@
+//! A finding: what is wrong, the evidence, and how to fix it (the shape of a rustc diagnostic).
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Warn,
+    Error,
+}
+
+impl Severity {
+    pub fn label(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warn => "warning",
+            Severity::Error => "error",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Finding {
+    /// Stable kebab-case id, documented in docs/findings.md.
+    pub id: String,
+    pub severity: Severity,
+    pub title: String,
+    /// The facts the rule read, as a person would check them.
+    pub evidence: Vec<String>,
+    /// What to do: commands or settings, with their caveats.
+    pub fix: Vec<String>,
+    /// Public sources for the diagnosis.
+    pub refs: Vec<String>,
+    /// PCI addresses of the GPUs concerned.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<String>,
+}
+
+impl Finding {
+    pub fn new(id: &str, severity: Severity, title: impl Into<String>) -> Self {
+        Finding {
+            id: id.to_string(),
+            severity,
+            title: title.into(),
+            evidence: Vec::new(),
+            fix: Vec::new(),
+            refs: Vec::new(),
+            gpus: Vec::new(),
+        }
+    }
+
+    pub fn evidence(mut self, e: impl Into<String>) -> Self {
+        self.evidence.push(e.into());
+        self
+    }
+
+    pub fn fix(mut self, f: impl Into<String>) -> Self {
+        self.fix.push(f.into());
+        self
+    }
+
+    pub fn refs<S: Into<String>>(mut self, r: impl IntoIterator<Item = S>) -> Self {
+        self.refs.extend(r.into_iter().map(Into::into));
+        self
+    }
+
+    pub fn gpus<S: Into<String>>(mut self, g: impl IntoIterator<Item = S>) -> Self {
+        self.gpus.extend(g.into_iter().map(Into::into));
+        self
+    }
+}

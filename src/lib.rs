@@ -1,0 +1,13 @@
+//! rigdoctor: diagnose multi-GPU Linux rigs.
+//!
+//! probes (read the machine) -> [`facts::Facts`] -> [`rules`] + [`knowledge`] -> findings -> [`report`].
+
+pub mod app;
+pub mod cli;
+pub mod facts;
+pub mod finding;
+pub mod knowledge;
+pub mod probe;
+pub mod report;
+pub mod rules;
+pub mod sysroot;

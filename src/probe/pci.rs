@@ -1,0 +1,286 @@
+//! NVIDIA GPUs on the PCI bus and the bridges on their paths, from sysfs.
+
+use super::config_space::decode_bridge_config;
+use crate::facts::{Aer, Bridge, GpuPci, IommuGroup, Link, NvidiaDriver, PciPath, PciTopology, Probed, Why};
+use crate::sysroot::{file_name, Sysroot};
+use std::collections::BTreeMap;
+
+const DEVICES: &str = "/sys/bus/pci/devices";
+pub const NVIDIA_VENDOR: u16 = 0x10de;
+/// PCI base class 0x03: display controller (VGA 0x0300, 3D controller 0x0302). A GPU's other
+/// functions (HDMI audio 0x0403, USB 0x0c03, UCSI 0x0c80) are not GPUs.
+const DISPLAY_CLASS: u32 = 0x03;
+
+pub fn probe(root: &Sysroot, driver: &NvidiaDriver) -> Probed<PciTopology> {
+    let names = match root.list_dir(DEVICES) {
+        Probed::Known(n) => n,
+        Probed::Unknown { unknown, detail } => return Probed::Unknown { unknown, detail },
+    };
+    let pci_ids = read_pci_ids_nvidia(root);
+    let mut gpus = Vec::new();
+    for bdf in names {
+        let dir = format!("{DEVICES}/{bdf}");
+        let hex = |attr: &str| root.read_parsed(&format!("{dir}/{attr}"), parse_hex);
+        let (Probed::Known(vendor), Probed::Known(class)) = (hex("vendor"), hex("class")) else {
+            continue;
+        };
+        if vendor != u32::from(NVIDIA_VENDOR) || class >> 16 != DISPLAY_CLASS {
+            continue;
+        }
+        let device_id = hex("device").known().copied().unwrap_or(0) as u16;
+        gpus.push(GpuPci {
+            name: gpu_name(driver, &bdf, device_id, &pci_ids),
+            path: gpu_path(root, &bdf),
+            link: read_link(root, &dir),
+            numa_node: root.read_parsed(&format!("{dir}/numa_node"), |s| s.parse().ok()),
+            driver: match root.read_link(&format!("{dir}/driver")) {
+                Probed::Known(p) => Probed::Known(file_name(&p)),
+                Probed::Unknown { unknown: Why::Absent, .. } => Probed::Known(None),
+                Probed::Unknown { unknown, detail } => Probed::Unknown { unknown, detail },
+            },
+            bar1_bytes: root.read_string(&format!("{dir}/resource")).and_then(|t| bar_size(&t, 1)),
+            aer: read_aer(root, &dir),
+            iommu_group: iommu_group(root, &dir),
+            vendor_id: NVIDIA_VENDOR,
+            device_id,
+            class,
+            bdf,
+        });
+    }
+    let mut bridge_bdfs: Vec<String> = gpus
+        .iter()
+        .filter_map(|g| g.path.known())
+        .flat_map(|p| p.bridges.iter().cloned())
+        .collect();
+    bridge_bdfs.sort();
+    bridge_bdfs.dedup();
+    let bridges = bridge_bdfs
+        .into_iter()
+        .map(|bdf| {
+            let dir = format!("{DEVICES}/{bdf}");
+            Bridge {
+                link: read_link(root, &dir),
+                aer: read_aer(root, &dir),
+                config: root
+                    .read_bytes(&format!("{dir}/config"))
+                    .and_then(|c| decode_bridge_config(&bdf, &c)),
+                bdf,
+            }
+        })
+        .collect();
+    Probed::Known(PciTopology { gpus, bridges })
+}
+
+fn parse_hex(s: &str) -> Option<u32> {
+    u32::from_str_radix(s.trim_start_matches("0x"), 16).ok()
+}
+
+/// "0000:41:00.0" (the domain may be longer than 4 digits behind Intel VMD).
+pub fn is_bdf(s: &str) -> bool {
+    let mut parts = s.split(':');
+    let (Some(dom), Some(bus), Some(devfn), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    let hex = |p: &str, n: usize| p.len() == n && p.bytes().all(|b| b.is_ascii_hexdigit());
+    let Some((dev, func)) = devfn.split_once('.') else {
+        return false;
+    };
+    dom.len() >= 4
+        && dom.bytes().all(|b| b.is_ascii_hexdigit())
+        && hex(bus, 2)
+        && hex(dev, 2)
+        && matches!(func, "0" | "1" | "2" | "3" | "4" | "5" | "6" | "7")
+}
+
+/// The `/sys/bus/pci/devices/<bdf>` symlink points into `/sys/devices/pci<dom>:<bus>/<bridge>/.../<bdf>`.
+/// Its components give the bridge chain without following links out of the sysroot.
+fn gpu_path(root: &Sysroot, bdf: &str) -> Probed<PciPath> {
+    root.read_link(&format!("{DEVICES}/{bdf}"))
+        .and_then(|target| parse_device_path(bdf, &target.to_string_lossy()))
+}
+
+pub fn parse_device_path(bdf: &str, target: &str) -> Probed<PciPath> {
+    let comps: Vec<&str> = target.split('/').collect();
+    let Some(root_pos) = comps.iter().position(|c| c.starts_with("pci") && c.contains(':')) else {
+        return Probed::unknown(Why::Unparsable, format!("{bdf}: no root complex in {target}"));
+    };
+    let chain: Vec<String> = comps[root_pos..]
+        .iter()
+        .filter(|c| is_bdf(c))
+        .map(|c| c.to_string())
+        .collect();
+    match chain.split_last() {
+        Some((last, bridges)) if last == bdf => Probed::Known(PciPath {
+            root_complex: comps[root_pos].to_string(),
+            bridges: bridges.to_vec(),
+        }),
+        _ => Probed::unknown(Why::Unparsable, format!("{bdf}: unexpected sysfs path {target}")),
+    }
+}
+
+fn gpu_name(driver: &NvidiaDriver, bdf: &str, device_id: u16, pci_ids: &BTreeMap<u16, String>) -> Probed<String> {
+    if let Some(model) = driver.gpus.iter().find(|g| g.bdf == bdf).and_then(|g| g.model.clone()) {
+        return Probed::Known(model);
+    }
+    match pci_ids.get(&device_id) {
+        Some(n) => Probed::Known(n.clone()),
+        None => Probed::unknown(
+            Why::Absent,
+            format!("10de:{device_id:04x} not named by the driver or a pci.ids file"),
+        ),
+    }
+}
+
+/// NVIDIA's device names from the pci.ids database shipped by pciutils/hwdata, e.g.
+/// 0x2204 -> "GA102 [GeForce RTX 3090]".
+fn read_pci_ids_nvidia(root: &Sysroot) -> BTreeMap<u16, String> {
+    ["/usr/share/misc/pci.ids", "/usr/share/hwdata/pci.ids", "/usr/share/pci.ids"]
+        .iter()
+        .find_map(|p| root.read_string(p).known().map(|t| parse_pci_ids_nvidia(t)))
+        .unwrap_or_default()
+}
+
+pub fn parse_pci_ids_nvidia(text: &str) -> BTreeMap<u16, String> {
+    let mut out = BTreeMap::new();
+    let mut in_nvidia = false;
+    for line in text.lines() {
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        if !line.starts_with('\t') {
+            if in_nvidia {
+                break;
+            }
+            in_nvidia = line.starts_with("10de ");
+        } else if in_nvidia && !line.starts_with("\t\t") {
+            let l = line.trim_start();
+            if let (Some(id), Some(name)) = (l.get(..4), l.get(4..)) {
+                if let Ok(id) = u16::from_str_radix(id, 16) {
+                    out.insert(id, name.trim().to_string());
+                }
+            }
+        }
+    }
+    out
+}
+
+fn read_link(root: &Sysroot, dir: &str) -> Link {
+    let speed = |a: &str| root.read_parsed(&format!("{dir}/{a}"), parse_link_speed);
+    let width = |a: &str| root.read_parsed(&format!("{dir}/{a}"), |s| s.parse::<u32>().ok().filter(|w| *w > 0));
+    Link {
+        current_speed_gts: speed("current_link_speed"),
+        current_width: width("current_link_width"),
+        max_speed_gts: speed("max_link_speed"),
+        max_width: width("max_link_width"),
+    }
+}
+
+/// "16.0 GT/s PCIe" (newer kernels), "16 GT/s" (older), "2.5 GT/s"; "Unknown" is not a speed.
+pub fn parse_link_speed(s: &str) -> Option<f64> {
+    s.split_whitespace().next()?.parse::<f64>().ok().filter(|v| *v > 0.0)
+}
+
+/// Size of BAR `index` from sysfs `resource` ("0xstart 0xend 0xflags" per line); 0 when unset.
+fn bar_size(text: &str, index: usize) -> Probed<u64> {
+    let line = text.lines().nth(index);
+    let parsed = line.and_then(|l| {
+        let mut f = l.split_whitespace().map(|x| u64::from_str_radix(x.trim_start_matches("0x"), 16));
+        let (Some(Ok(start)), Some(Ok(end))) = (f.next(), f.next()) else {
+            return None;
+        };
+        Some(if start == 0 && end == 0 { 0 } else { end.saturating_sub(start) + 1 })
+    });
+    match parsed {
+        Some(v) => Probed::Known(v),
+        None => Probed::unknown(Why::Unparsable, format!("resource line {index}: {line:?}")),
+    }
+}
+
+fn read_aer(root: &Sysroot, dir: &str) -> Probed<Aer> {
+    let counters = |name: &str| root.read_string(&format!("{dir}/{name}")).map(|t| parse_aer(&t));
+    let correctable = counters("aer_dev_correctable");
+    let Probed::Known(correctable) = correctable else {
+        // Absent when the kernel predates 4.19, or firmware owns AER (GHES), or pci=noaer.
+        return correctable.map(|_| Aer::default());
+    };
+    Probed::Known(Aer {
+        correctable,
+        nonfatal: counters("aer_dev_nonfatal").known().cloned().unwrap_or_default(),
+        fatal: counters("aer_dev_fatal").known().cloned().unwrap_or_default(),
+    })
+}
+
+/// Lines "RxErr 0", "TOTAL_ERR_COR 5".
+fn parse_aer(text: &str) -> BTreeMap<String, u64> {
+    text.lines()
+        .filter_map(|l| {
+            let (k, v) = l.trim().rsplit_once(' ')?;
+            Some((k.trim().to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+fn iommu_group(root: &Sysroot, dir: &str) -> Probed<Option<IommuGroup>> {
+    match root.read_link(&format!("{dir}/iommu_group")) {
+        Probed::Known(p) => {
+            let Some(id) = file_name(&p).and_then(|n| n.parse::<u32>().ok()) else {
+                return Probed::unknown(Why::Unparsable, format!("{dir}/iommu_group -> {}", p.display()));
+            };
+            Probed::Known(Some(IommuGroup {
+                id,
+                domain_type: root.read_attr(&format!("/sys/kernel/iommu_groups/{id}/type")),
+            }))
+        }
+        Probed::Unknown { unknown: Why::Absent, .. } => Probed::Known(None),
+        Probed::Unknown { unknown, detail } => Probed::Unknown { unknown, detail },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bdf_shapes() {
+        assert!(is_bdf("0000:41:00.0"));
+        assert!(is_bdf("10000:e1:00.0"));
+        assert!(!is_bdf("pci0000:40"));
+        assert!(!is_bdf("0000:41:00.8"));
+        assert!(!is_bdf("0000:41:00"));
+    }
+
+    #[test]
+    fn device_paths() {
+        let p = parse_device_path("0000:43:00.0", "../../../devices/pci0000:40/0000:40:03.1/0000:42:00.0/0000:43:00.0");
+        let p = p.known().unwrap();
+        assert_eq!(p.root_complex, "pci0000:40");
+        assert_eq!(p.bridges, ["0000:40:03.1", "0000:42:00.0"]);
+        let vmd = parse_device_path(
+            "10000:e1:00.0",
+            "../../../devices/pci0000:00/0000:00:0e.0/pci10000:e0/10000:e0:1d.0/10000:e1:00.0",
+        );
+        assert_eq!(vmd.known().unwrap().bridges, ["0000:00:0e.0", "10000:e0:1d.0"]);
+        assert!(parse_device_path("0000:01:00.0", "../../devices/platform/foo").known().is_none());
+        assert!(parse_device_path("0000:01:00.0", "../../devices/pci0000:00/0000:02:00.0").known().is_none());
+    }
+
+    #[test]
+    fn speeds_bars_aer() {
+        assert_eq!(parse_link_speed("16.0 GT/s PCIe"), Some(16.0));
+        assert_eq!(parse_link_speed("2.5 GT/s"), Some(2.5));
+        assert_eq!(parse_link_speed("Unknown"), None);
+        let res = "0x00000000fb000000 0x00000000fbffffff 0x0000000000040200\n0x000000e000000000 0x000000e00fffffff 0x000000000014220c\n";
+        assert_eq!(bar_size(res, 1), Probed::Known(256 << 20));
+        assert!(bar_size(res, 5).known().is_none());
+        let aer = parse_aer("RxErr 3\nBadTLP 0\nTOTAL_ERR_COR 3\n");
+        assert_eq!(aer["RxErr"], 3);
+    }
+
+    #[test]
+    fn pci_ids_nvidia_section_only() {
+        let t = "# c\n1002  AMD\n\t2204  Not NVIDIA\n10de  NVIDIA Corporation\n\t2204  GA102 [GeForce RTX 3090]\n\t\t1458 4024  Sub\n\t2684  AD102 [GeForce RTX 4090]\n8086  Intel\n\t2204  Intel thing\n";
+        let m = parse_pci_ids_nvidia(t);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[&0x2204], "GA102 [GeForce RTX 3090]");
+    }
+}

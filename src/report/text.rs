@@ -1,0 +1,130 @@
+//! Terminal output: a one-line verdict, the machine at a glance, then findings worst first,
+//! each shaped like a rustc diagnostic.
+
+use super::summary::{gpu_rows, machine_rows, no_gpu_reason, GPU_HEADER};
+use super::Report;
+use crate::finding::{Finding, Severity};
+use anstyle::{AnsiColor, Style};
+use std::fmt::Write;
+
+struct Paint {
+    color: bool,
+}
+
+impl Paint {
+    fn paint(&self, style: Style, text: &str) -> String {
+        if self.color {
+            format!("{}{text}{}", style.render(), style.render_reset())
+        } else {
+            text.to_string()
+        }
+    }
+    fn severity(&self, s: Severity, text: &str) -> String {
+        let c = match s {
+            Severity::Error => AnsiColor::Red,
+            Severity::Warn => AnsiColor::Yellow,
+            Severity::Info => AnsiColor::Cyan,
+        };
+        self.paint(Style::new().bold().fg_color(Some(c.into())), text)
+    }
+    fn bold(&self, text: &str) -> String {
+        self.paint(Style::new().bold(), text)
+    }
+    fn dim(&self, text: &str) -> String {
+        self.paint(Style::new().dimmed(), text)
+    }
+}
+
+pub fn render(report: &Report, color: bool) -> String {
+    let p = Paint { color };
+    let mut out = String::new();
+    let f = &report.facts;
+    let _ = writeln!(
+        out,
+        "{} {} · {}",
+        p.bold("rigdoctor"),
+        report.tool.version,
+        report.command
+    );
+    let (mark, sev) = match report.worst() {
+        Some(Severity::Error) => ("✗", Severity::Error),
+        Some(Severity::Warn) => ("!", Severity::Warn),
+        _ => ("✓", Severity::Info),
+    };
+    let verdict = format!("{mark} {}", report.verdict());
+    let _ = writeln!(
+        out,
+        "{}\n",
+        if report.worst() > Some(Severity::Info) { p.severity(sev, &verdict) } else { p.bold(&verdict) }
+    );
+
+    for (label, value) in machine_rows(f) {
+        let _ = writeln!(out, "  {:<14}{value}", p.dim(label));
+    }
+    out.push('\n');
+    let rows = gpu_rows(f);
+    if let Some(why) = no_gpu_reason(f) {
+        let _ = writeln!(out, "  {} {why}\n", p.dim("GPUs"));
+    } else {
+        write_table(&mut out, &p, &rows);
+        out.push('\n');
+    }
+
+    for finding in &report.findings {
+        write_finding(&mut out, &p, finding);
+    }
+    if report.findings.is_empty() {
+        let _ = writeln!(out, "No findings.\n");
+    }
+    let _ = writeln!(
+        out,
+        "{}",
+        p.dim("Share it: add --json -o report.json (re-check later with `rigdoctor diagnose report.json`) or --format markdown for a forum post; --redact hides host name, UUIDs and home paths.")
+    );
+    out
+}
+
+fn write_table(out: &mut String, p: &Paint, rows: &[[String; 7]]) {
+    let mut widths = GPU_HEADER.map(|h| h.chars().count());
+    for r in rows {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        format!("  {}", padded.join("  ").trim_end())
+    };
+    let header: Vec<String> = GPU_HEADER.iter().map(|s| s.to_string()).collect();
+    let _ = writeln!(out, "{}", p.dim(&line(&header)));
+    for r in rows {
+        let _ = writeln!(out, "{}", line(r));
+    }
+}
+
+fn write_finding(out: &mut String, p: &Paint, f: &Finding) {
+    let _ = writeln!(
+        out,
+        "{}{} {}",
+        p.severity(f.severity, &format!("{}[{}]", f.severity.label(), f.id)),
+        p.bold(":"),
+        p.bold(&f.title)
+    );
+    if !f.gpus.is_empty() {
+        let _ = writeln!(out, "  {} {}", p.dim("-->"), f.gpus.join(", "));
+    }
+    for e in &f.evidence {
+        let _ = writeln!(out, "   {} {e}", p.dim("="));
+    }
+    for fix in &f.fix {
+        let _ = writeln!(out, "   {} {fix}", p.bold("= help:"));
+    }
+    if !f.refs.is_empty() {
+        let _ = writeln!(out, "   {} {}", p.dim("= see:"), p.dim(&f.refs.join(" ")));
+    }
+    out.push('\n');
+}

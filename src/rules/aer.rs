@@ -1,0 +1,57 @@
+//! PCIe Advanced Error Reporting counters on the GPUs and the bridges above them.
+
+use super::{gpu_label, KERNEL_SYSFS_PCI};
+use crate::facts::{Aer, Facts};
+use crate::finding::{Finding, Severity};
+use crate::knowledge::Knowledge;
+
+const AER_STATS: &str = "https://docs.kernel.org/ABI/testing/sysfs-bus-pci-devices-aer_stats";
+
+pub fn errors(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
+    let Some(topo) = facts.pci.known() else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for g in &topo.gpus {
+        // Counters on both ends of a link count its errors: the GPU's and every bridge's above it.
+        let mut devices: Vec<(String, &Aer)> = Vec::new();
+        if let Some(a) = g.aer.known() {
+            devices.push((gpu_label(g), a));
+        }
+        for b in g.path.known().map(|p| p.bridges.as_slice()).unwrap_or(&[]) {
+            if let Some(a) = topo.bridge(b).and_then(|br| br.aer.known()) {
+                devices.push((b.clone(), a));
+            }
+        }
+        let bad: Vec<&(String, &Aer)> = devices
+            .iter()
+            .filter(|(_, a)| a.correctable_total() + a.nonfatal_total() + a.fatal_total() > 0)
+            .collect();
+        if bad.is_empty() {
+            continue;
+        }
+        let uncorrectable = bad.iter().any(|(_, a)| a.nonfatal_total() + a.fatal_total() > 0);
+        let (severity, title) = if uncorrectable {
+            (Severity::Error, format!("uncorrectable PCIe errors on the path of GPU {}", g.bdf))
+        } else {
+            (Severity::Warn, format!("corrected PCIe errors on the path of GPU {}: a marginal link", g.bdf))
+        };
+        let mut f = Finding::new("pcie-aer-errors", severity, title).gpus([g.bdf.clone()]);
+        for (name, a) in bad {
+            f = f.evidence(format!(
+                "{name}: since boot {} correctable, {} non-fatal, {} fatal ({})",
+                a.correctable_total(),
+                a.nonfatal_total(),
+                a.fatal_total(),
+                a.nonzero().join(", ")
+            ));
+        }
+        f = f
+            .fix("see when they happened: sudo dmesg | grep -i -e 'PCIe Bus Error' -e AER")
+            .fix("reseat or replace the riser, or set that slot to a lower PCIe generation in the BIOS (Gen3 is far more tolerant of risers than Gen4)")
+            .fix("`rigdoctor bandwidth` shows whether the counters grow under load")
+            .refs([AER_STATS, KERNEL_SYSFS_PCI]);
+        out.push(f);
+    }
+    out
+}

@@ -1,0 +1,191 @@
+//! The NVIDIA driver: loaded at all, bound to each GPU, and known-bad releases.
+
+use super::{gpu_label, gpus};
+use crate::facts::{Facts, GpuPci};
+use crate::finding::{Finding, Severity};
+use crate::knowledge::{is_geforce, DriverEntry, Knowledge, Version};
+
+const BLACKLIST_NOUVEAU: &str = "printf 'blacklist nouveau\\noptions nouveau modeset=0\\n' | sudo tee /etc/modprobe.d/blacklist-nouveau.conf && sudo update-initramfs -u && sudo reboot";
+const NVIDIA_INSTALL: &str = "https://docs.nvidia.com/datacenter/tesla/driver-installation-guide/index.html";
+
+fn bound_to(g: &GpuPci) -> Option<&str> {
+    g.driver.known().and_then(|d| d.as_deref())
+}
+
+pub fn not_loaded(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
+    if facts.driver.loaded {
+        return Vec::new();
+    }
+    let gpus = gpus(facts);
+    let title = if facts.pci.known().is_some() && gpus.is_empty() {
+        "no NVIDIA driver is loaded, and no NVIDIA GPU is on the PCI bus"
+    } else {
+        "the NVIDIA driver is not loaded: CUDA, NVML and NCCL cannot run"
+    };
+    let mut f = Finding::new("driver-not-loaded", Severity::Error, title)
+        .evidence("/proc/driver/nvidia/version and /sys/module/nvidia are absent")
+        .gpus(gpus.iter().map(|g| g.bdf.clone()))
+        .refs([NVIDIA_INSTALL]);
+    match &facts.pci {
+        crate::facts::Probed::Unknown { .. } => {
+            f = f.evidence(format!("PCI bus not readable: {}", facts.pci.why_unknown().unwrap_or_default()));
+        }
+        _ if gpus.is_empty() => {
+            f = f
+                .evidence("no NVIDIA display-class device in /sys/bus/pci/devices")
+                .fix("check that the card is seated and powered (`lspci -d 10de:` lists it); in a VM, that it is passed through; in a container, that it was started with the GPUs (docker run --gpus all)");
+        }
+        _ => {
+            for g in gpus {
+                f = f.evidence(format!("{} bound to: {}", gpu_label(g), bound_to(g).unwrap_or("no driver")));
+            }
+            if gpus.iter().any(|g| bound_to(g) == Some("nouveau")) {
+                f = f.fix(format!("nouveau holds the GPU: blacklist it first: {BLACKLIST_NOUVEAU}"));
+            }
+            f = f
+                .fix("install the driver: sudo ubuntu-drivers install (Ubuntu), or sudo apt install nvidia-driver-535, then reboot")
+                .fix("if a driver is installed but did not load: sudo modprobe nvidia, then read the reason with sudo dmesg | grep -i -e nvrm -e nvidia (with Secure Boot on, `mokutil --sb-state`, the module must be signed)");
+        }
+    }
+    vec![f]
+}
+
+pub fn nouveau_bound(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
+    let held: Vec<&GpuPci> = gpus(facts).iter().filter(|g| bound_to(g) == Some("nouveau")).collect();
+    if held.is_empty() {
+        return Vec::new();
+    }
+    let mut f = Finding::new(
+        "nouveau-bound",
+        Severity::Error,
+        "the open-source nouveau driver holds the GPU: CUDA cannot use it",
+    )
+    .gpus(held.iter().map(|g| g.bdf.clone()))
+    .fix(BLACKLIST_NOUVEAU)
+    .fix("then install the NVIDIA driver if it is not installed: sudo ubuntu-drivers install")
+    .refs([NVIDIA_INSTALL]);
+    for g in held {
+        f = f.evidence(format!("{}: /sys/bus/pci/devices/{}/driver -> nouveau", gpu_label(g), g.bdf));
+    }
+    vec![f]
+}
+
+pub fn gpu_not_bound(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
+    if !facts.driver.loaded {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for g in gpus(facts) {
+        let f = match g.driver.known() {
+            Some(None) => Finding::new(
+                "gpu-not-bound",
+                Severity::Warn,
+                format!("GPU {} has no driver bound: CUDA cannot see it", g.bdf),
+            )
+            .evidence(format!("{}: no /sys/bus/pci/devices/{}/driver link, although the nvidia module is loaded", gpu_label(g), g.bdf))
+            .fix("read why the driver refused it: sudo dmesg | grep -i -e nvrm -e nvidia (e.g. 'fallen off the bus', or a GPU too new or too old for this driver branch)"),
+            Some(Some(d)) if d.starts_with("vfio") || d == "pci-stub" => Finding::new(
+                "gpu-not-bound",
+                Severity::Info,
+                format!("GPU {} is reserved for VM passthrough ({d}): CUDA on this host cannot see it", g.bdf),
+            )
+            .evidence(format!("{}: bound to {d}", gpu_label(g)))
+            .fix(format!("if this GPU should run CUDA here, remove its ID from vfio-pci.ids= (kernel command line or /etc/modprobe.d), or run: sudo driverctl unset-override {}", g.bdf)),
+            _ => continue,
+        };
+        out.push(f.gpus([g.bdf.clone()]).refs([super::KERNEL_SYSFS_PCI]));
+    }
+    out
+}
+
+/// How well a GPU fits an entry: every condition true, or some condition unknown.
+enum Fit {
+    Yes,
+    Unsure(Vec<String>),
+    No,
+}
+
+fn fit(entry: &DriverEntry, g: &GpuPci, facts: &Facts, kb: &Knowledge) -> Fit {
+    let mut unsure = Vec::new();
+    if !entry.families.is_empty() {
+        match kb.family_of(g.device_id) {
+            Some(fam) if entry.families.iter().any(|f| f == fam) => {}
+            Some(_) => return Fit::No,
+            None => return Fit::No,
+        }
+    }
+    if entry.brands.iter().any(|b| b == "geforce") {
+        match g.name.known() {
+            Some(n) if is_geforce(n) => {}
+            Some(_) => return Fit::No,
+            None => unsure.push(format!("{}: model name unknown, GeForce not confirmed", g.bdf)),
+        }
+    }
+    if entry.gsp == Some(true) {
+        match facts.driver.gpus.iter().find(|d| d.bdf == g.bdf).and_then(|d| d.gsp_enabled()) {
+            Some(true) => {}
+            Some(false) => return Fit::No,
+            None => unsure.push(format!("{}: GSP firmware state unknown", g.bdf)),
+        }
+    }
+    if unsure.is_empty() {
+        Fit::Yes
+    } else {
+        Fit::Unsure(unsure)
+    }
+}
+
+pub fn known_bad(facts: &Facts, kb: &Knowledge) -> Vec<Finding> {
+    let Some(text) = facts.driver.version.known() else {
+        return Vec::new();
+    };
+    let Some(version) = Version::parse(text) else {
+        return Vec::new();
+    };
+    let gpus = gpus(facts);
+    let mut out = Vec::new();
+    for entry in kb.drivers.iter().filter(|e| e.covers(&version)) {
+        let mut matched = Vec::new();
+        let mut unsure = Vec::new();
+        for g in gpus {
+            match fit(entry, g, facts, kb) {
+                Fit::Yes => matched.push(g),
+                Fit::Unsure(why) => {
+                    matched.push(g);
+                    unsure.extend(why);
+                }
+                Fit::No => {}
+            }
+        }
+        if matched.len() < entry.min_gpus {
+            continue;
+        }
+        let severity = if unsure.is_empty() { entry.severity } else { entry.severity.min(Severity::Warn) };
+        let mut f = Finding::new("driver-known-bad", severity, entry.title.clone())
+            .evidence(format!("driver {version} (/proc/driver/nvidia/version) is in the affected range {}", entry.describe_range()))
+            .gpus(matched.iter().map(|g| g.bdf.clone()))
+            .refs(entry.sources.iter().cloned());
+        for g in &matched {
+            let fam = kb.family_of(g.device_id).unwrap_or("unknown architecture");
+            f = f.evidence(format!("affected GPU: {} [10de:{:04x}, {fam}]", gpu_label(g), g.device_id));
+        }
+        if !entry.observed_bad.is_empty() {
+            let list: Vec<String> = entry.observed_bad.iter().map(|v| v.to_string()).collect();
+            f = f.evidence(format!("reported bad: {}", list.join(", ")));
+        }
+        if let Some(good) = &entry.known_good {
+            f = f.evidence(format!("reported good: {good}"));
+        }
+        f = f
+            .evidence(format!("symptom: {}", entry.symptom))
+            .evidence(format!("knowledge-base entry {} (confidence {})", entry.id, entry.confidence));
+        for u in unsure {
+            f = f.evidence(format!("not confirmed: {u}"));
+        }
+        for fix in &entry.fix {
+            f = f.fix(fix.clone());
+        }
+        out.push(f);
+    }
+    out
+}

@@ -1,0 +1,71 @@
+//! IOMMU translation of GPU DMA, which breaks or slows peer-to-peer on many boards.
+
+use super::{gpu_label, gpus, kernel_param_fix, KERNEL_PARAMS, NCCL_TROUBLESHOOTING};
+use crate::facts::Facts;
+use crate::finding::{Finding, Severity};
+use crate::knowledge::Knowledge;
+
+const SYSFS_IOMMU_GROUPS: &str = "https://docs.kernel.org/ABI/testing/sysfs-kernel-iommu_groups";
+const IOMMU_PARAMS: [&str; 5] = ["iommu", "amd_iommu", "intel_iommu", "iommu.passthrough", "iommu.strict"];
+
+pub fn translation(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
+    let gpus = gpus(facts);
+    if gpus.len() < 2 {
+        return Vec::new();
+    }
+    let translated: Vec<_> = gpus
+        .iter()
+        .filter_map(|g| {
+            let group = g.iommu_group.known()?.as_ref()?;
+            group.translated()?.then(|| (g, group))
+        })
+        .collect();
+    if translated.is_empty() {
+        return Vec::new();
+    }
+    let mut f = Finding::new(
+        "iommu-translation",
+        Severity::Warn,
+        "the IOMMU translates GPU DMA: peer-to-peer copies can hang, return garbage or crawl",
+    )
+    .gpus(translated.iter().map(|(g, _)| g.bdf.clone()))
+    .refs([
+        SYSFS_IOMMU_GROUPS,
+        "https://github.com/pytorch/pytorch/issues/52142",
+        "https://github.com/NVIDIA/nccl/issues/257",
+        NCCL_TROUBLESHOOTING,
+    ]);
+    for (g, group) in &translated {
+        let t = group.domain_type.known().map_or("?", |s| s.as_str());
+        f = f.evidence(format!("{}: IOMMU group {}, domain type {t} (translated)", gpu_label(g), group.id));
+    }
+    let cmdline = facts.host.cmdline.known();
+    let mentioned = cmdline.map(|c| c.mentions(&IOMMU_PARAMS)).unwrap_or_default();
+    f = f.evidence(if mentioned.is_empty() {
+        "kernel command line sets no iommu parameter: the kernel's default domain is translated".to_string()
+    } else {
+        format!("kernel command line: {}", mentioned.join(" "))
+    });
+    let has_pt = cmdline.is_some_and(|c| {
+        c.get("iommu").as_deref() == Some("pt") || c.get("iommu.passthrough").as_deref() == Some("1")
+    });
+    let cpu = facts.host.cpu.known();
+    let off_param = match cpu {
+        Some(c) if c.is_amd() => "amd_iommu=off",
+        Some(c) if c.is_intel() => "intel_iommu=off",
+        _ => "iommu=off",
+    };
+    if has_pt {
+        f = f
+            .evidence("passthrough is requested on the command line, yet the GPUs' domains are translated")
+            .fix(format!("switch the IOMMU off instead: in the BIOS (AMD: IOMMU = Disabled; Intel: VT-d = Disabled), or {}", kernel_param_fix(off_param)));
+    } else {
+        f = f
+            .fix(format!("keep the IOMMU for VMs but stop translating host devices: {}", kernel_param_fix("iommu=pt")))
+            .fix(format!("or switch it off: in the BIOS (AMD: IOMMU = Disabled; Intel: VT-d = Disabled), or {}", kernel_param_fix(off_param)));
+    }
+    f = f
+        .fix("either way, `iommu=pt` does not switch PCIe ACS off: check `acs-redirect` too (run `sudo rigdoctor host`)")
+        .refs([KERNEL_PARAMS]);
+    vec![f]
+}

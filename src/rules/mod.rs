@@ -1,0 +1,90 @@
+//! Rules: pure functions of [`Facts`] and the [`Knowledge`] base that produce [`Finding`]s.
+//!
+//! A rule never reads the machine, so a saved report re-diagnoses exactly like a live run. A rule
+//! whose facts are unknown stays silent unless not knowing is itself worth saying.
+
+mod acs;
+mod aer;
+mod bar;
+mod driver;
+mod env;
+mod iommu;
+mod link;
+pub mod topology;
+mod virt;
+
+use crate::facts::{Facts, GpuPci};
+use crate::finding::Finding;
+use crate::knowledge::Knowledge;
+
+type Rule = fn(&Facts, &Knowledge) -> Vec<Finding>;
+
+/// Every rule, each documented in docs/findings.md under the ids it emits.
+const RULES: &[(&str, Rule)] = &[
+    ("driver-not-loaded", driver::not_loaded),
+    ("nouveau-bound", driver::nouveau_bound),
+    ("gpu-not-bound", driver::gpu_not_bound),
+    ("driver-known-bad", driver::known_bad),
+    ("iommu-translation", iommu::translation),
+    ("acs-redirect", acs::redirect),
+    ("acs-not-checked", acs::not_checked),
+    ("pcie-link-degraded", link::degraded),
+    ("pcie-slot-limited", link::slot_limited),
+    ("pcie-aer-errors", aer::errors),
+    ("small-bar1", bar::small_bar1),
+    ("virtual-machine", virt::virtual_machine),
+    ("shm-too-small", env::shm_too_small),
+    ("nccl-env-override", env::nccl_env_override),
+];
+
+/// The ids this version can emit.
+pub fn finding_ids() -> impl Iterator<Item = &'static str> {
+    RULES.iter().map(|(id, _)| *id)
+}
+
+/// Run every rule; findings sorted by severity (worst first), then id, then GPU.
+pub fn diagnose(facts: &Facts, kb: &Knowledge) -> Vec<Finding> {
+    let mut out: Vec<Finding> = RULES.iter().flat_map(|(_, rule)| rule(facts, kb)).collect();
+    out.sort_by(|a, b| {
+        b.severity
+            .cmp(&a.severity)
+            .then_with(|| a.id.cmp(&b.id))
+            .then_with(|| a.gpus.cmp(&b.gpus))
+    });
+    out
+}
+
+/// The NVIDIA GPUs found on the PCI bus (none when the bus could not be read).
+fn gpus(facts: &Facts) -> &[GpuPci] {
+    facts.pci.known().map_or(&[], |p| p.gpus.as_slice())
+}
+
+/// "0000:41:00.0 (NVIDIA GeForce RTX 3090)".
+fn gpu_label(g: &GpuPci) -> String {
+    match g.name.known() {
+        Some(n) => format!("{} ({n})", g.bdf),
+        None => format!("{} (10de:{:04x})", g.bdf, g.device_id),
+    }
+}
+
+/// How to add a kernel parameter on a GRUB system (Ubuntu, Debian, most home rigs).
+fn kernel_param_fix(param: &str) -> String {
+    format!(
+        "add `{param}` to GRUB_CMDLINE_LINUX_DEFAULT in /etc/default/grub, then: sudo update-grub && sudo reboot"
+    )
+}
+
+const NCCL_TROUBLESHOOTING: &str = "https://docs.nvidia.com/deeplearning/nccl/user-guide/docs/troubleshooting.html";
+const KERNEL_PARAMS: &str = "https://docs.kernel.org/admin-guide/kernel-parameters.html";
+const KERNEL_SYSFS_PCI: &str = "https://docs.kernel.org/ABI/testing/sysfs-bus-pci";
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_rule_id_is_documented() {
+        let doc = include_str!("../../docs/findings.md");
+        for id in super::finding_ids() {
+            assert!(doc.contains(&format!("## `{id}`")), "{id} missing from docs/findings.md");
+        }
+    }
+}
