@@ -65,12 +65,14 @@ pub fn degraded(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
     out
 }
 
-/// The slot (port) cannot run the card at its full width or generation: by design, not a fault.
+/// A slot (port) that cannot run the card at its full width or generation: by design, not a
+/// fault. One note for the whole rig, a line per limited link.
 pub fn slot_limited(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
     let Some(topo) = facts.pci.known() else {
         return Vec::new();
     };
-    let mut out = Vec::new();
+    let mut gpus: Vec<String> = Vec::new();
+    let mut evidence: Vec<String> = Vec::new();
     each_link(topo, |g, l| {
         let Some(port) = l.port_link else { return };
         let dev = l.device_link;
@@ -83,18 +85,30 @@ pub fn slot_limited(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
             min_known(port.max_speed_gts.known(), dev.max_speed_gts.known()).as_ref(),
             min_known(port.max_width.known(), dev.max_width.known()).as_ref(),
         );
-        out.push(
-            Finding::new(
-                "pcie-slot-limited",
-                Severity::Info,
-                format!("{} runs at most {limit}: its slot is the limit, not the card", end(l.device, l.is_gpu)),
-            )
-            .gpus([g.bdf.clone()])
-            .evidence(format!("{} supports {}", if l.is_gpu { gpu_label(g) } else { l.device.to_string() }, dev.describe_max()))
-            .evidence(format!("port {} supports {}", l.port, port.describe_max()))
-            .fix("expected on boards that split lanes (x8/x8) or wire a slot to the chipset; for more bandwidth use a slot wired x16 to the CPU (board manual) or a platform with more lanes")
-            .refs([KERNEL_SYSFS_PCI]),
-        );
+        let who = if l.is_gpu { gpu_label(g) } else { format!("switch port {} above GPU {}", l.device, g.bdf) };
+        evidence.push(format!(
+            "{who} supports {}, port {} supports {}: runs at most {limit}",
+            dev.describe_max(),
+            l.port,
+            port.describe_max()
+        ));
+        if !gpus.contains(&g.bdf) {
+            gpus.push(g.bdf.clone());
+        }
     });
-    out
+    if evidence.is_empty() {
+        return Vec::new();
+    }
+    let mut f = Finding::new(
+        "pcie-slot-limited",
+        Severity::Info,
+        format!("{} PCIe link(s) are limited by the slot, not the card", evidence.len()),
+    )
+    .gpus(gpus)
+    .fix("expected on boards that split lanes (x8/x8), on older platforms (Gen3) and on chipset slots; for more bandwidth use a slot wired x16 to the CPU (board manual) or a platform with more lanes")
+    .refs([KERNEL_SYSFS_PCI]);
+    for e in evidence {
+        f = f.evidence(e);
+    }
+    vec![f]
 }
