@@ -35,7 +35,11 @@ fn try_run(cli: &Cli) -> Result<u8> {
         Command::Host => ("host", probe_host(&g.sysroot)?),
         Command::Diagnose { file } => ("diagnose", load(file)?),
     };
-    let facts = if g.redact { report::redact(&facts) } else { facts };
+    let facts = if g.redact {
+        report::redact(&facts)
+    } else {
+        facts
+    };
     let findings = rules::diagnose(&facts, &kb);
     let report = Report::new(command, facts, findings);
     emit(&report, cli)?;
@@ -47,7 +51,10 @@ fn probe_host(sysroot: &Path) -> Result<Facts> {
     if !sysroot.is_dir() {
         bail!("--sysroot {}: not a directory", sysroot.display());
     }
-    Ok(probe::collect_host(&Sysroot::new(sysroot), std::env::vars()))
+    Ok(probe::collect_host(
+        &Sysroot::new(sysroot),
+        std::env::vars(),
+    ))
 }
 
 fn load(file: &Path) -> Result<Facts> {

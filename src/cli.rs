@@ -36,7 +36,9 @@ pub enum Command {
     Check,
     /// Inspect the host without touching a GPU: kernel command line, IOMMU, PCIe path, ACS,
     /// links, AER, BAR1, NVIDIA driver, /dev/shm, NCCL/CUDA environment.
-    #[command(after_help = "Examples:\n  sudo rigdoctor host\n  rigdoctor host --sysroot /mnt/captured-tree --format markdown")]
+    #[command(
+        after_help = "Examples:\n  sudo rigdoctor host\n  rigdoctor host --sysroot /mnt/captured-tree --format markdown"
+    )]
     Host,
     /// Re-run this version's rules on the facts of a saved JSON report (`-` reads stdin).
     #[command(after_help = "Example:\n  rigdoctor diagnose report.json --format markdown")]

@@ -80,7 +80,9 @@ impl<T> Probed<T> {
             Probed::Unknown { unknown, detail } if detail.is_empty() => {
                 Some(unknown.describe().to_string())
             }
-            Probed::Unknown { unknown, detail } => Some(format!("{}: {detail}", unknown.describe())),
+            Probed::Unknown { unknown, detail } => {
+                Some(format!("{}: {detail}", unknown.describe()))
+            }
         }
     }
 }
@@ -271,10 +273,17 @@ pub struct Link {
 
 /// PCIe generation for a per-lane rate in GT/s (2.5 -> 1, 5 -> 2, 8 -> 3, 16 -> 4, 32 -> 5, 64 -> 6).
 pub fn pcie_gen(gts: f64) -> Option<u32> {
-    [(2.5, 1), (5.0, 2), (8.0, 3), (16.0, 4), (32.0, 5), (64.0, 6)]
-        .iter()
-        .find(|(rate, _)| (gts - rate).abs() < 0.01)
-        .map(|&(_, g)| g)
+    [
+        (2.5, 1),
+        (5.0, 2),
+        (8.0, 3),
+        (16.0, 4),
+        (32.0, 5),
+        (64.0, 6),
+    ]
+    .iter()
+    .find(|(rate, _)| (gts - rate).abs() < 0.01)
+    .map(|&(_, g)| g)
 }
 
 impl Link {
@@ -469,7 +478,10 @@ mod tests {
         assert_eq!(c.get("dyndbg").as_deref(), Some("file a.c +p"));
         assert_eq!(c.get("ro").as_deref(), Some(""));
         assert_eq!(c.get("amd_iommu"), None);
-        assert_eq!(c.mentions(&["iommu", "pci"]), ["iommu=on", "iommu=pt", "pci=noaer"]);
+        assert_eq!(
+            c.mentions(&["iommu", "pci"]),
+            ["iommu=on", "iommu=pt", "pci=noaer"]
+        );
     }
 
     #[test]
@@ -478,7 +490,10 @@ mod tests {
         let u: Probed<u32> = Probed::unknown(Why::NeedsRoot, "config space is 64 bytes");
         assert_eq!(serde_json::to_string(&k).unwrap(), "16");
         let s = serde_json::to_string(&u).unwrap();
-        assert_eq!(s, r#"{"unknown":"needs-root","detail":"config space is 64 bytes"}"#);
+        assert_eq!(
+            s,
+            r#"{"unknown":"needs-root","detail":"config space is 64 bytes"}"#
+        );
         assert_eq!(serde_json::from_str::<Probed<u32>>(&s).unwrap(), u);
         assert_eq!(serde_json::from_str::<Probed<u32>>("16").unwrap(), k);
         let none: Probed<Option<String>> = serde_json::from_str("null").unwrap();
@@ -487,7 +502,11 @@ mod tests {
 
     #[test]
     fn acs_describes_like_lspci() {
-        let a = Acs { offset: 0x148, capability: 0x5f, control: 0x1d };
+        let a = Acs {
+            offset: 0x148,
+            capability: 0x5f,
+            control: 0x1d,
+        };
         assert_eq!(
             a.describe_control(),
             "SrcValid+ TransBlk- ReqRedir+ CmpltRedir+ UpstreamFwd+ EgressCtrl- DirectTrans-"

@@ -112,7 +112,10 @@ impl Version {
     pub fn parse(s: &str) -> Option<Version> {
         let parts: Option<Vec<u32>> = s.trim().split('.').map(|p| p.parse().ok()).collect();
         let parts = parts.filter(|p| !p.is_empty() && p.len() <= 4)?;
-        Some(Version { parts, text: s.trim().to_string() })
+        Some(Version {
+            parts,
+            text: s.trim().to_string(),
+        })
     }
 }
 
@@ -179,7 +182,12 @@ impl Knowledge {
         for (i, f) in self.families.iter().enumerate() {
             for r in &f.ranges {
                 if r[0] > r[1] {
-                    bail!("family {}: range {:#06x}..{:#06x} is reversed", f.name, r[0], r[1]);
+                    bail!(
+                        "family {}: range {:#06x}..{:#06x} is reversed",
+                        f.name,
+                        r[0],
+                        r[1]
+                    );
                 }
                 for other in &self.families[i + 1..] {
                     if other.ranges.iter().any(|o| o[0] <= r[1] && r[0] <= o[1]) {
@@ -227,8 +235,17 @@ impl Knowledge {
     }
 }
 
-fn check_entry<'a>(id: &'a str, sources: &[String], fix: &[String], ids: &mut Vec<&'a str>) -> Result<()> {
-    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.') {
+fn check_entry<'a>(
+    id: &'a str,
+    sources: &[String],
+    fix: &[String],
+    ids: &mut Vec<&'a str>,
+) -> Result<()> {
+    if id.is_empty()
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+    {
         bail!("entry id {id:?} is not kebab-case");
     }
     if ids.contains(&id) {
@@ -295,9 +312,15 @@ mod tests {
         ];
         for (i, text) in bad.iter().enumerate() {
             assert_ne!(text, good_drivers, "case {i} did not change the file");
-            assert!(Knowledge::parse(GPUS_TOML, text, NCCL_TOML).is_err(), "case {i} accepted");
+            assert!(
+                Knowledge::parse(GPUS_TOML, text, NCCL_TOML).is_err(),
+                "case {i} accepted"
+            );
         }
-        let dup = format!("{NCCL_TOML}\n{}", &NCCL_TOML[NCCL_TOML.find("[[nccl]]").unwrap()..]);
+        let dup = format!(
+            "{NCCL_TOML}\n{}",
+            &NCCL_TOML[NCCL_TOML.find("[[nccl]]").unwrap()..]
+        );
         assert!(Knowledge::parse(GPUS_TOML, DRIVERS_TOML, &dup).is_err());
         let overlap = GPUS_TOML.replace("[[0x2300, 0x23ff]]", "[[0x2200, 0x23ff]]");
         assert!(Knowledge::parse(&overlap, DRIVERS_TOML, NCCL_TOML).is_err());

@@ -115,10 +115,16 @@ mod tests {
         }
         std::fs::create_dir_all(dir.path().join("sys")).unwrap();
         std::fs::write(dir.path().join("sys/w"), " 16\n").unwrap();
-        assert_eq!(s.read_parsed("/sys/w", |t| t.parse::<u32>().ok()), Probed::Known(16));
+        assert_eq!(
+            s.read_parsed("/sys/w", |t| t.parse::<u32>().ok()),
+            Probed::Known(16)
+        );
         assert!(matches!(
             s.read_parsed("/sys/w", |t| t.parse::<bool>().ok()),
-            Probed::Unknown { unknown: Why::Unparsable, .. }
+            Probed::Unknown {
+                unknown: Why::Unparsable,
+                ..
+            }
         ));
     }
 }

@@ -37,23 +37,35 @@ fn iommu_translation() {
     // AMD CPU: the "off" fix names amd_iommu.
     assert!(text(&findings(&r, "iommu-translation")[0]["fix"]).contains("amd_iommu=off"));
     // Passthrough domains are fine.
-    let r = rig_findings(HEALTHY, |r| {
-        translated(r);
-        r.iommu_domain = Some("identity".into());
-    }, &[]);
+    let r = rig_findings(
+        HEALTHY,
+        |r| {
+            translated(r);
+            r.iommu_domain = Some("identity".into());
+        },
+        &[],
+    );
     assert!(quiet(&r, "iommu-translation"));
     // One GPU: no peer traffic to break.
-    let r = rig_findings(HEALTHY, |r| {
-        translated(r);
-        r.gpu.truncate(1);
-    }, &[]);
+    let r = rig_findings(
+        HEALTHY,
+        |r| {
+            translated(r);
+            r.gpu.truncate(1);
+        },
+        &[],
+    );
     assert!(quiet(&r, "iommu-translation"));
     // iommu=pt on the command line but still translated: say the parameter did not take.
-    let r = rig_findings(HEALTHY, |r| {
-        translated(r);
-        r.cmdline.push_str(" iommu=pt");
-    }, &[]);
-    let f = text(&findings(&r, "iommu-translation")[0]);
+    let r = rig_findings(
+        HEALTHY,
+        |r| {
+            translated(r);
+            r.cmdline.push_str(" iommu=pt");
+        },
+        &[],
+    );
+    let f = text(findings(&r, "iommu-translation")[0]);
     assert!(f.contains("passthrough is requested"), "{f}");
 }
 
@@ -61,95 +73,155 @@ fn iommu_translation() {
 fn acs_redirect_and_not_checked() {
     let r = rig_findings(HEALTHY, |r| r.bridge[1].acs_ctl = Some(0x1d), &[]);
     assert!(has(&r, "warn acs-redirect"));
-    let f = text(&findings(&r, "acs-redirect")[0]);
+    let f = text(findings(&r, "acs-redirect")[0]);
     assert!(f.contains("pci=disable_acs_redir=0000:00:01.2"), "{f}");
-    assert!(f.contains("setpci -s 0000:00:01.2 ECAP_ACS+0x6.w=0000"), "{f}");
+    assert!(
+        f.contains("setpci -s 0000:00:01.2 ECAP_ACS+0x6.w=0000"),
+        "{f}"
+    );
     // SrcValid alone does not redirect.
     let r = rig_findings(HEALTHY, |r| r.bridge[1].acs_ctl = Some(0x01), &[]);
     assert!(quiet(&r, "acs-redirect"));
     // No ACS capability at all: nothing to redirect, and nothing unchecked.
-    let r = rig_findings(HEALTHY, |r| r.bridge.iter_mut().for_each(|b| b.acs_ctl = None), &[]);
+    let r = rig_findings(
+        HEALTHY,
+        |r| r.bridge.iter_mut().for_each(|b| b.acs_ctl = None),
+        &[],
+    );
     assert!(quiet(&r, "acs-redirect") && quiet(&r, "acs-not-checked"));
     // Not root: say it was not checked, never guess.
-    let r = rig_findings(HEALTHY, |r| {
-        r.root = false;
-        r.bridge[1].acs_ctl = Some(0x1d);
-    }, &[]);
+    let r = rig_findings(
+        HEALTHY,
+        |r| {
+            r.root = false;
+            r.bridge[1].acs_ctl = Some(0x1d);
+        },
+        &[],
+    );
     assert!(quiet(&r, "acs-redirect"));
     assert!(has(&r, "info acs-not-checked"));
-    assert!(text(&findings(&r, "acs-not-checked")[0]).contains("sudo rigdoctor host"));
+    assert!(text(findings(&r, "acs-not-checked")[0]).contains("sudo rigdoctor host"));
     // A bridge that is not between two GPUs does not matter: move GPU 1 under GPU 0's port.
-    let r = rig_findings(HEALTHY, |r| {
-        r.bridge[1].acs_ctl = Some(0x1d);
-        r.gpu.truncate(1);
-    }, &[]);
+    let r = rig_findings(
+        HEALTHY,
+        |r| {
+            r.bridge[1].acs_ctl = Some(0x1d);
+            r.gpu.truncate(1);
+        },
+        &[],
+    );
     assert!(quiet(&r, "acs-redirect") && quiet(&r, "acs-not-checked"));
 }
 
 #[test]
 fn acs_in_a_vm_is_a_host_matter() {
-    let r = rig_findings(HEALTHY, |r| {
-        r.bridge[1].acs_ctl = Some(0x1d);
-        r.cpu.hypervisor = true;
-    }, &[]);
-    let f = text(&findings(&r, "acs-redirect")[0]);
-    assert!(f.contains("never disable ACS inside a VM") && !f.contains("setpci"), "{f}");
+    let r = rig_findings(
+        HEALTHY,
+        |r| {
+            r.bridge[1].acs_ctl = Some(0x1d);
+            r.cpu.hypervisor = true;
+        },
+        &[],
+    );
+    let f = text(findings(&r, "acs-redirect")[0]);
+    assert!(
+        f.contains("never disable ACS inside a VM") && !f.contains("setpci"),
+        "{f}"
+    );
 }
 
 #[test]
 fn driver_known_bad() {
-    let r545 = "NVRM version: NVIDIA UNIX x86_64 Kernel Module  545.29.02  Thu Nov 16 01:59:08 UTC 2023";
-    let r = rig_findings(HEALTHY, |r| r.driver.as_mut().unwrap().version_line = r545.into(), &[]);
+    let r545 =
+        "NVRM version: NVIDIA UNIX x86_64 Kernel Module  545.29.02  Thu Nov 16 01:59:08 UTC 2023";
+    let r = rig_findings(
+        HEALTHY,
+        |r| r.driver.as_mut().unwrap().version_line = r545.into(),
+        &[],
+    );
     assert!(has(&r, "error driver-known-bad"));
     // The same branch on a professional Ampere card is not the known problem.
-    let r = rig_findings(HEALTHY, |r| {
-        r.driver.as_mut().unwrap().version_line = r545.into();
-        r.gpu.iter_mut().for_each(|g| {
-            g.device_id = 0x2230;
-            g.name = "NVIDIA RTX A6000".into();
-        });
-    }, &[]);
+    let r = rig_findings(
+        HEALTHY,
+        |r| {
+            r.driver.as_mut().unwrap().version_line = r545.into();
+            r.gpu.iter_mut().for_each(|g| {
+                g.device_id = 0x2230;
+                g.name = "NVIDIA RTX A6000".into();
+            });
+        },
+        &[],
+    );
     assert!(quiet(&r, "driver-known-bad"));
     // One GPU: a P2P hang needs two.
-    let r = rig_findings(HEALTHY, |r| {
-        r.driver.as_mut().unwrap().version_line = r545.into();
-        r.gpu.truncate(1);
-    }, &[]);
+    let r = rig_findings(
+        HEALTHY,
+        |r| {
+            r.driver.as_mut().unwrap().version_line = r545.into();
+            r.gpu.truncate(1);
+        },
+        &[],
+    );
     assert!(quiet(&r, "driver-known-bad"));
     // The fix branch, and a later one, are quiet.
     for v in ["535.154.05", "550.54.14"] {
-        let line = format!("NVRM version: NVIDIA UNIX x86_64 Kernel Module  {v}  Thu Nov 16 01:59:08 UTC 2023");
-        let r = rig_findings(HEALTHY, |r| r.driver.as_mut().unwrap().version_line = line.clone(), &[]);
+        let line = format!(
+            "NVRM version: NVIDIA UNIX x86_64 Kernel Module  {v}  Thu Nov 16 01:59:08 UTC 2023"
+        );
+        let r = rig_findings(
+            HEALTHY,
+            |r| r.driver.as_mut().unwrap().version_line = line.clone(),
+            &[],
+        );
         assert!(quiet(&r, "driver-known-bad"), "{v}");
     }
 }
 
 #[test]
 fn driver_known_bad_early_ada_and_gsp() {
-    let r = rig_findings("epyc-2x4090-nonroot", |r| {
-        r.driver.as_mut().unwrap().version_line =
+    let r = rig_findings(
+        "epyc-2x4090-nonroot",
+        |r| {
+            r.driver.as_mut().unwrap().version_line =
             "NVRM version: NVIDIA UNIX x86_64 Kernel Module  525.60.11  Wed Nov 23 23:04:03 UTC 2022".into();
-        r.driver.as_mut().unwrap().gsp_firmware = Some("525.60.11".into());
-    }, &[]);
+            r.driver.as_mut().unwrap().gsp_firmware = Some("525.60.11".into());
+        },
+        &[],
+    );
     let got = findings(&r, "driver-known-bad");
-    let titles: Vec<String> = got.iter().map(|f| f["title"].as_str().unwrap().to_string()).collect();
+    let titles: Vec<String> = got
+        .iter()
+        .map(|f| f["title"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(got.len(), 2, "{titles:?}");
     assert!(titles.iter().any(|t| t.contains("GeForce RTX 40")));
     assert!(titles.iter().any(|t| t.contains("Xid 119")));
     // GSP off: the GSP entry does not apply.
-    let r = rig_findings("epyc-2x4090-nonroot", |r| {
-        r.driver.as_mut().unwrap().version_line =
+    let r = rig_findings(
+        "epyc-2x4090-nonroot",
+        |r| {
+            r.driver.as_mut().unwrap().version_line =
             "NVRM version: NVIDIA UNIX x86_64 Kernel Module  525.85.05  Wed Nov 23 23:04:03 UTC 2022".into();
-        r.driver.as_mut().unwrap().gsp_firmware = Some("N/A".into());
-        r.gpu.truncate(1);
-    }, &[]);
+            r.driver.as_mut().unwrap().gsp_firmware = Some("N/A".into());
+            r.gpu.truncate(1);
+        },
+        &[],
+    );
     assert!(quiet(&r, "driver-known-bad"));
 }
 
 #[test]
 fn unknown_gpu_model_lowers_confidence_not_silence() {
     // No model in the driver's information file and no pci.ids: GeForce cannot be confirmed.
-    let r = rig_findings("x399-3x3090-r545", |r| r.gpu.iter_mut().for_each(|g| g.driver = Some("nvidia-unlisted".into())), &[]);
+    let r = rig_findings(
+        "x399-3x3090-r545",
+        |r| {
+            r.gpu
+                .iter_mut()
+                .for_each(|g| g.driver = Some("nvidia-unlisted".into()))
+        },
+        &[],
+    );
     let f = &findings(&r, "driver-known-bad")[0];
     assert_eq!(f["severity"], "warn");
     assert!(text(f).contains("not confirmed"));
@@ -160,13 +232,19 @@ fn driver_not_loaded_and_nouveau() {
     let r = rig_findings(HEALTHY, |r| r.driver = None, &[]);
     assert!(has(&r, "error driver-not-loaded"));
     assert!(quiet(&r, "nouveau-bound"));
-    let r = rig_findings(HEALTHY, |r| {
-        r.driver = None;
-        r.nouveau_loaded = true;
-        r.gpu.iter_mut().for_each(|g| g.driver = Some("nouveau".into()));
-    }, &[]);
+    let r = rig_findings(
+        HEALTHY,
+        |r| {
+            r.driver = None;
+            r.nouveau_loaded = true;
+            r.gpu
+                .iter_mut()
+                .for_each(|g| g.driver = Some("nouveau".into()));
+        },
+        &[],
+    );
     assert!(has(&r, "error nouveau-bound"));
-    assert!(text(&findings(&r, "nouveau-bound")[0]).contains("blacklist nouveau"));
+    assert!(text(findings(&r, "nouveau-bound")[0]).contains("blacklist nouveau"));
     let r = rig_findings(HEALTHY, |_| {}, &[]);
     assert!(quiet(&r, "driver-not-loaded") && quiet(&r, "nouveau-bound"));
 }
@@ -191,14 +269,27 @@ fn link_degraded_vs_idle_speed_vs_slot() {
     let r = rig_findings(HEALTHY, |_| {}, &[]);
     assert!(quiet(&r, "pcie-link-degraded"));
     // x8 slot with an x16 card: a note, not a warning.
-    assert!(text(&findings(&r, "pcie-slot-limited")[0]).contains("port 0000:00:01.1 supports Gen4 x8"));
+    assert!(
+        text(findings(&r, "pcie-slot-limited")[0]).contains("port 0000:00:01.1 supports Gen4 x8")
+    );
     // Full-width slots: no note.
-    let r = rig_findings(HEALTHY, |r| r.bridge.iter_mut().for_each(|b| b.link.max_width = 16), &[]);
-    assert!(has(&r, "warn pcie-link-degraded"), "x8 trained in an x16 slot is degraded");
-    let r = rig_findings(HEALTHY, |r| {
-        r.bridge.iter_mut().for_each(|b| b.link.max_width = 16);
-        r.gpu.iter_mut().for_each(|g| g.link.width = 16);
-    }, &[]);
+    let r = rig_findings(
+        HEALTHY,
+        |r| r.bridge.iter_mut().for_each(|b| b.link.max_width = 16),
+        &[],
+    );
+    assert!(
+        has(&r, "warn pcie-link-degraded"),
+        "x8 trained in an x16 slot is degraded"
+    );
+    let r = rig_findings(
+        HEALTHY,
+        |r| {
+            r.bridge.iter_mut().for_each(|b| b.link.max_width = 16);
+            r.gpu.iter_mut().for_each(|g| g.link.width = 16);
+        },
+        &[],
+    );
     assert!(quiet(&r, "pcie-slot-limited") && quiet(&r, "pcie-link-degraded"));
 }
 
@@ -206,21 +297,38 @@ fn link_degraded_vs_idle_speed_vs_slot() {
 fn switch_uplink_is_judged_too() {
     // X99 PLX: the switch's upstream link trained at x8 under a x16 root port.
     let r = rig_findings("x99-2x3090-plx", |r| r.bridge[1].link.width = 8, &[]);
-    let f: Vec<String> = findings(&r, "pcie-link-degraded").iter().map(|f| f["title"].to_string()).collect();
-    assert!(f.iter().any(|t| t.contains("switch port 0000:01:00.0")), "{f:?}");
+    let f: Vec<String> = findings(&r, "pcie-link-degraded")
+        .iter()
+        .map(|f| f["title"].to_string())
+        .collect();
+    assert!(
+        f.iter().any(|t| t.contains("switch port 0000:01:00.0")),
+        "{f:?}"
+    );
 }
 
 #[test]
 fn aer_errors() {
-    let r = rig_findings(HEALTHY, |r| {
-        r.gpu[0].aer_correctable.insert("RxErr".into(), 3);
-    }, &[]);
+    let r = rig_findings(
+        HEALTHY,
+        |r| {
+            r.gpu[0].aer_correctable.insert("RxErr".into(), 3);
+        },
+        &[],
+    );
     assert!(has(&r, "warn pcie-aer-errors"));
-    let r = rig_findings(HEALTHY, |r| {
-        r.gpu[0].aer_nonfatal.insert("CmpltTO".into(), 1);
-    }, &[]);
+    let r = rig_findings(
+        HEALTHY,
+        |r| {
+            r.gpu[0].aer_nonfatal.insert("CmpltTO".into(), 1);
+        },
+        &[],
+    );
     assert!(has(&r, "error pcie-aer-errors"));
-    assert!(quiet(&rig_findings(HEALTHY, |_| {}, &[]), "pcie-aer-errors"));
+    assert!(quiet(
+        &rig_findings(HEALTHY, |_| {}, &[]),
+        "pcie-aer-errors"
+    ));
 }
 
 #[test]
@@ -232,16 +340,23 @@ fn small_bar1() {
 
 #[test]
 fn virtual_machine() {
-    let r = rig_findings(HEALTHY, |r| {
-        r.dmi = Some(common::sysroot::RigDmi {
-            sys_vendor: "QEMU".into(),
-            product_name: "Standard PC (Q35 + ICH9, 2009)".into(),
-        });
-    }, &[]);
+    let r = rig_findings(
+        HEALTHY,
+        |r| {
+            r.dmi = Some(common::sysroot::RigDmi {
+                sys_vendor: "QEMU".into(),
+                product_name: "Standard PC (Q35 + ICH9, 2009)".into(),
+            });
+        },
+        &[],
+    );
     assert!(has(&r, "info virtual-machine"));
     let r = rig_findings(HEALTHY, |r| r.cpu.hypervisor = true, &[]);
     assert!(has(&r, "info virtual-machine"));
-    assert!(quiet(&rig_findings(HEALTHY, |_| {}, &[]), "virtual-machine"));
+    assert!(quiet(
+        &rig_findings(HEALTHY, |_| {}, &[]),
+        "virtual-machine"
+    ));
 }
 
 #[test]
@@ -252,16 +367,20 @@ fn shm_too_small() {
     };
     let r = rig_findings(HEALTHY, docker, &[]);
     assert!(has(&r, "warn shm-too-small"));
-    assert!(text(&findings(&r, "shm-too-small")[0]).contains("--ipc=host"));
+    assert!(text(findings(&r, "shm-too-small")[0]).contains("--ipc=host"));
     let r = rig_findings(HEALTHY, |r| r.shm_options = None, &[]);
     assert!(has(&r, "warn shm-too-small"));
     let r = rig_findings(HEALTHY, |r| r.shm_options = Some("rw,size=8g".into()), &[]);
     assert!(quiet(&r, "shm-too-small"));
     // One GPU: NCCL needs no shared memory between local ranks.
-    let r = rig_findings(HEALTHY, |r| {
-        docker(r);
-        r.gpu.truncate(1);
-    }, &[]);
+    let r = rig_findings(
+        HEALTHY,
+        |r| {
+            docker(r);
+            r.gpu.truncate(1);
+        },
+        &[],
+    );
     assert!(quiet(&r, "shm-too-small"));
 }
 
@@ -269,14 +388,30 @@ fn shm_too_small() {
 fn nccl_env_override() {
     let r = rig_findings(HEALTHY, |_| {}, &[("NCCL_P2P_DISABLE", "1")]);
     assert!(has(&r, "info nccl-env-override"));
-    let r = rig_findings(HEALTHY, |_| {}, &[("NCCL_P2P_DISABLE", "1"), ("NCCL_SHM_DISABLE", "1")]);
+    let r = rig_findings(
+        HEALTHY,
+        |_| {},
+        &[("NCCL_P2P_DISABLE", "1"), ("NCCL_SHM_DISABLE", "1")],
+    );
     assert!(has(&r, "warn nccl-env-override"));
     let r = rig_findings(HEALTHY, |_| {}, &[("CUDA_LAUNCH_BLOCKING", "1")]);
     assert!(has(&r, "warn nccl-env-override"));
-    let r = rig_findings(HEALTHY, |r| r.nccl_conf = Some("# site defaults\nNCCL_P2P_LEVEL=PXB\n".into()), &[]);
-    let f = text(&findings(&r, "nccl-env-override")[0]);
+    let r = rig_findings(
+        HEALTHY,
+        |r| r.nccl_conf = Some("# site defaults\nNCCL_P2P_LEVEL=PXB\n".into()),
+        &[],
+    );
+    let f = text(findings(&r, "nccl-env-override")[0]);
     assert!(f.contains("NCCL_P2P_LEVEL=PXB (/etc/nccl.conf)"), "{f}");
     // Harmless settings stay quiet.
-    let r = rig_findings(HEALTHY, |_| {}, &[("NCCL_DEBUG", "INFO"), ("NCCL_P2P_DISABLE", "0"), ("NCCL_P2P_LEVEL", "SYS")]);
+    let r = rig_findings(
+        HEALTHY,
+        |_| {},
+        &[
+            ("NCCL_DEBUG", "INFO"),
+            ("NCCL_P2P_DISABLE", "0"),
+            ("NCCL_P2P_LEVEL", "SYS"),
+        ],
+    );
     assert!(quiet(&r, "nccl-env-override"));
 }

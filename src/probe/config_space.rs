@@ -20,7 +20,12 @@ fn u16_at(c: &[u8], o: usize) -> Option<u16> {
 }
 
 fn u32_at(c: &[u8], o: usize) -> Option<u32> {
-    Some(u32::from_le_bytes([*c.get(o)?, *c.get(o + 1)?, *c.get(o + 2)?, *c.get(o + 3)?]))
+    Some(u32::from_le_bytes([
+        *c.get(o)?,
+        *c.get(o + 1)?,
+        *c.get(o + 2)?,
+        *c.get(o + 3)?,
+    ]))
 }
 
 /// Offset of a standard capability, following the list from 0x34.
@@ -83,7 +88,10 @@ pub fn decode_bridge_config(bdf: &str, c: &[u8]) -> Probed<BridgeConfig> {
     if c.len() <= UNPRIVILEGED_LEN {
         return Probed::unknown(
             Why::NeedsRoot,
-            format!("{bdf} config space readable to {} bytes only (run as root)", c.len()),
+            format!(
+                "{bdf} config space readable to {} bytes only (run as root)",
+                c.len()
+            ),
         );
     }
     let port_type = match find_cap(c, CAP_ID_EXP).and_then(|p| u16_at(c, p + EXP_FLAGS)) {
@@ -93,7 +101,10 @@ pub fn decode_bridge_config(bdf: &str, c: &[u8]) -> Probed<BridgeConfig> {
     let acs = if c.len() <= EXT_CAP_START {
         Probed::unknown(
             Why::Absent,
-            format!("{bdf}: extended config space not exposed ({} bytes)", c.len()),
+            format!(
+                "{bdf}: extended config space not exposed ({} bytes)",
+                c.len()
+            ),
         )
     } else {
         Probed::Known(find_ext_cap(c, EXT_CAP_ID_ACS).and_then(|p| {
@@ -146,9 +157,21 @@ mod tests {
     #[test]
     fn short_reads_say_why() {
         let c = bridge_config(Some(0x1d));
-        assert!(matches!(decode_bridge_config("b", &c[..64]), Probed::Unknown { unknown: Why::NeedsRoot, .. }));
+        assert!(matches!(
+            decode_bridge_config("b", &c[..64]),
+            Probed::Unknown {
+                unknown: Why::NeedsRoot,
+                ..
+            }
+        ));
         let std_only = decode_bridge_config("b", &c[..256]);
-        assert!(matches!(std_only.known().unwrap().acs, Probed::Unknown { unknown: Why::Absent, .. }));
+        assert!(matches!(
+            std_only.known().unwrap().acs,
+            Probed::Unknown {
+                unknown: Why::Absent,
+                ..
+            }
+        ));
     }
 
     #[test]

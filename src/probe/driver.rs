@@ -11,7 +11,10 @@ pub fn probe(root: &Sysroot) -> NvidiaDriver {
         Probed::Known(t) => match parse_version_file(t) {
             Some((v, f)) => (Probed::Known(v), Probed::Known(f.to_string())),
             None => {
-                let why = Probed::unknown(Why::Unparsable, "/proc/driver/nvidia/version: no NVRM version line");
+                let why = Probed::unknown(
+                    Why::Unparsable,
+                    "/proc/driver/nvidia/version: no NVRM version line",
+                );
                 (why.clone(), why)
             }
         },
@@ -37,10 +40,16 @@ pub fn probe(root: &Sysroot) -> NvidiaDriver {
 /// `NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  550.54.14  Release Build ...` (open).
 pub fn parse_version_file(text: &str) -> Option<(String, &'static str)> {
     let line = text.lines().find(|l| l.starts_with("NVRM version:"))?;
-    let version = line
-        .split_whitespace()
-        .find(|w| w.contains('.') && w.split('.').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())))?;
-    let flavour = if line.contains("Open Kernel Module") { "open" } else { "proprietary" };
+    let version = line.split_whitespace().find(|w| {
+        w.contains('.')
+            && w.split('.')
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    })?;
+    let flavour = if line.contains("Open Kernel Module") {
+        "open"
+    } else {
+        "proprietary"
+    };
     Some((version.to_string(), flavour))
 }
 
@@ -84,10 +93,14 @@ mod tests {
     #[test]
     fn version_lines_of_both_flavours() {
         let prop = "NVRM version: NVIDIA UNIX x86_64 Kernel Module  545.29.06  Thu Nov 16 01:59:08 UTC 2023\nGCC version:  gcc version 12.3.0\n";
-        assert_eq!(parse_version_file(prop), Some(("545.29.06".into(), "proprietary")));
+        assert_eq!(
+            parse_version_file(prop),
+            Some(("545.29.06".into(), "proprietary"))
+        );
         let open = "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  550.54.14  Release Build  (dvs-builder@U16-I3-B03-4-3)  Thu Feb 22 01:25:25 UTC 2024\n";
         assert_eq!(parse_version_file(open), Some(("550.54.14".into(), "open")));
-        let arm = "NVRM version: NVIDIA UNIX Open Kernel Module for aarch64  570.86.10  Release Build\n";
+        let arm =
+            "NVRM version: NVIDIA UNIX Open Kernel Module for aarch64  570.86.10  Release Build\n";
         assert_eq!(parse_version_file(arm), Some(("570.86.10".into(), "open")));
         assert_eq!(parse_version_file("garbage"), None);
     }
@@ -98,7 +111,13 @@ mod tests {
         let m = parse_colon_pairs(t);
         assert_eq!(m["Model"], "NVIDIA GeForce RTX 3090");
         assert_eq!(m["Bus Location"], "0000:41:00.0");
-        let g = DriverGpu { bdf: "x".into(), model: None, uuid: None, vbios: None, gsp_firmware: m.get("GSP Firmware").cloned() };
+        let g = DriverGpu {
+            bdf: "x".into(),
+            model: None,
+            uuid: None,
+            vbios: None,
+            gsp_firmware: m.get("GSP Firmware").cloned(),
+        };
         assert_eq!(g.gsp_enabled(), Some(false));
     }
 }

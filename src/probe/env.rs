@@ -13,7 +13,10 @@ pub fn probe(root: &Sysroot, env: &[(String, String)]) -> EnvFacts {
         .filter(|(k, _)| PREFIXES.iter().any(|p| k.starts_with(p)))
         .cloned()
         .collect();
-    let home = env.iter().find(|(k, _)| k == "HOME").map(|(_, v)| v.clone());
+    let home = env
+        .iter()
+        .find(|(k, _)| k == "HOME")
+        .map(|(_, v)| v.clone());
     let mut paths = vec!["/etc/nccl.conf".to_string()];
     if let Some(h) = home {
         paths.push(format!("{}/.nccl.conf", h.trim_end_matches('/')));
@@ -21,8 +24,14 @@ pub fn probe(root: &Sysroot, env: &[(String, String)]) -> EnvFacts {
     let nccl_conf = paths
         .into_iter()
         .filter_map(|path| match root.read_string(&path) {
-            Probed::Unknown { unknown: crate::facts::Why::Absent, .. } => None,
-            read => Some(NcclConf { vars: read.map(|t| parse_conf(&t)), path }),
+            Probed::Unknown {
+                unknown: crate::facts::Why::Absent,
+                ..
+            } => None,
+            read => Some(NcclConf {
+                vars: read.map(|t| parse_conf(&t)),
+                path,
+            }),
         })
         .collect();
     EnvFacts { vars, nccl_conf }
@@ -44,7 +53,8 @@ mod tests {
 
     #[test]
     fn conf_lines() {
-        let m = parse_conf("# comment\nNCCL_P2P_DISABLE=1\n  NCCL_DEBUG = WARN # trailing\nbogus\n");
+        let m =
+            parse_conf("# comment\nNCCL_P2P_DISABLE=1\n  NCCL_DEBUG = WARN # trailing\nbogus\n");
         assert_eq!(m.len(), 2);
         assert_eq!(m["NCCL_DEBUG"], "WARN");
     }

@@ -72,7 +72,8 @@ fn parse_cpuinfo(text: &str) -> Option<Cpu> {
             .lines()
             .filter(|l| l.split(':').next().is_some_and(|k| k.trim() == "processor"))
             .count(),
-        hypervisor_flag: field("flags").is_some_and(|f| f.split_whitespace().any(|x| x == "hypervisor")),
+        hypervisor_flag: field("flags")
+            .is_some_and(|f| f.split_whitespace().any(|x| x == "hypervisor")),
         vendor,
     })
 }
@@ -98,9 +99,12 @@ fn shm_size(mounts: &str, mem_total: Option<u64>) -> Probed<Shm> {
         None => match mem_total {
             Some(m) => Probed::Known(Shm {
                 size_bytes: m / 2,
-                source: "tmpfs default (half of RAM)".into(),
+                source: "tmpfs default: half of RAM".into(),
             }),
-            None => Probed::unknown(Why::Unparsable, "/dev/shm has no size= and MemTotal is unknown"),
+            None => Probed::unknown(
+                Why::Unparsable,
+                "/dev/shm has no size= and MemTotal is unknown",
+            ),
         },
     }
 }
@@ -144,11 +148,16 @@ mod tests {
         let docker = "shm /dev/shm tmpfs rw,nosuid,nodev,noexec,relatime,size=65536k 0 0\n";
         assert_eq!(shm_size(docker, None).known().unwrap().size_bytes, 64 << 20);
         let host = "tmpfs /dev/shm tmpfs rw,nosuid,nodev,inode64 0 0\n";
-        assert_eq!(shm_size(host, Some(64 << 30)).known().unwrap().size_bytes, 32 << 30);
+        assert_eq!(
+            shm_size(host, Some(64 << 30)).known().unwrap().size_bytes,
+            32 << 30
+        );
         let pct = "tmpfs /dev/shm tmpfs rw,size=10% 0 0\n";
         assert_eq!(shm_size(pct, Some(1000)).known().unwrap().size_bytes, 100);
         assert!(shm_size("proc /proc proc rw 0 0\n", None).known().is_none());
-        assert!(shm_size("x /dev/shm tmpfs rw,size=12q 0 0", None).known().is_none());
+        assert!(shm_size("x /dev/shm tmpfs rw,size=12q 0 0", None)
+            .known()
+            .is_none());
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! NVIDIA GPUs on the PCI bus and the bridges on their paths, from sysfs.
 
 use super::config_space::decode_bridge_config;
-use crate::facts::{Aer, Bridge, GpuPci, IommuGroup, Link, NvidiaDriver, PciPath, PciTopology, Probed, Why};
+use crate::facts::{
+    Aer, Bridge, GpuPci, IommuGroup, Link, NvidiaDriver, PciPath, PciTopology, Probed, Why,
+};
 use crate::sysroot::{file_name, Sysroot};
 use std::collections::BTreeMap;
 
@@ -35,10 +37,15 @@ pub fn probe(root: &Sysroot, driver: &NvidiaDriver) -> Probed<PciTopology> {
             numa_node: root.read_parsed(&format!("{dir}/numa_node"), |s| s.parse().ok()),
             driver: match root.read_link(&format!("{dir}/driver")) {
                 Probed::Known(p) => Probed::Known(file_name(&p)),
-                Probed::Unknown { unknown: Why::Absent, .. } => Probed::Known(None),
+                Probed::Unknown {
+                    unknown: Why::Absent,
+                    ..
+                } => Probed::Known(None),
                 Probed::Unknown { unknown, detail } => Probed::Unknown { unknown, detail },
             },
-            bar1_bytes: root.read_string(&format!("{dir}/resource")).and_then(|t| bar_size(&t, 1)),
+            bar1_bytes: root
+                .read_string(&format!("{dir}/resource"))
+                .and_then(|t| bar_size(&t, 1)),
             aer: read_aer(root, &dir),
             iommu_group: iommu_group(root, &dir),
             vendor_id: NVIDIA_VENDOR,
@@ -78,7 +85,9 @@ fn parse_hex(s: &str) -> Option<u32> {
 /// "0000:41:00.0" (the domain may be longer than 4 digits behind Intel VMD).
 pub fn is_bdf(s: &str) -> bool {
     let mut parts = s.split(':');
-    let (Some(dom), Some(bus), Some(devfn), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some(dom), Some(bus), Some(devfn), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return false;
     };
     let hex = |p: &str, n: usize| p.len() == n && p.bytes().all(|b| b.is_ascii_hexdigit());
@@ -101,8 +110,14 @@ fn gpu_path(root: &Sysroot, bdf: &str) -> Probed<PciPath> {
 
 pub fn parse_device_path(bdf: &str, target: &str) -> Probed<PciPath> {
     let comps: Vec<&str> = target.split('/').collect();
-    let Some(root_pos) = comps.iter().position(|c| c.starts_with("pci") && c.contains(':')) else {
-        return Probed::unknown(Why::Unparsable, format!("{bdf}: no root complex in {target}"));
+    let Some(root_pos) = comps
+        .iter()
+        .position(|c| c.starts_with("pci") && c.contains(':'))
+    else {
+        return Probed::unknown(
+            Why::Unparsable,
+            format!("{bdf}: no root complex in {target}"),
+        );
     };
     let chain: Vec<String> = comps[root_pos..]
         .iter()
@@ -114,12 +129,25 @@ pub fn parse_device_path(bdf: &str, target: &str) -> Probed<PciPath> {
             root_complex: comps[root_pos].to_string(),
             bridges: bridges.to_vec(),
         }),
-        _ => Probed::unknown(Why::Unparsable, format!("{bdf}: unexpected sysfs path {target}")),
+        _ => Probed::unknown(
+            Why::Unparsable,
+            format!("{bdf}: unexpected sysfs path {target}"),
+        ),
     }
 }
 
-fn gpu_name(driver: &NvidiaDriver, bdf: &str, device_id: u16, pci_ids: &BTreeMap<u16, String>) -> Probed<String> {
-    if let Some(model) = driver.gpus.iter().find(|g| g.bdf == bdf).and_then(|g| g.model.clone()) {
+fn gpu_name(
+    driver: &NvidiaDriver,
+    bdf: &str,
+    device_id: u16,
+    pci_ids: &BTreeMap<u16, String>,
+) -> Probed<String> {
+    if let Some(model) = driver
+        .gpus
+        .iter()
+        .find(|g| g.bdf == bdf)
+        .and_then(|g| g.model.clone())
+    {
         return Probed::Known(model);
     }
     match pci_ids.get(&device_id) {
@@ -134,10 +162,14 @@ fn gpu_name(driver: &NvidiaDriver, bdf: &str, device_id: u16, pci_ids: &BTreeMap
 /// NVIDIA's device names from the pci.ids database shipped by pciutils/hwdata, e.g.
 /// 0x2204 -> "GA102 [GeForce RTX 3090]".
 fn read_pci_ids_nvidia(root: &Sysroot) -> BTreeMap<u16, String> {
-    ["/usr/share/misc/pci.ids", "/usr/share/hwdata/pci.ids", "/usr/share/pci.ids"]
-        .iter()
-        .find_map(|p| root.read_string(p).known().map(|t| parse_pci_ids_nvidia(t)))
-        .unwrap_or_default()
+    [
+        "/usr/share/misc/pci.ids",
+        "/usr/share/hwdata/pci.ids",
+        "/usr/share/pci.ids",
+    ]
+    .iter()
+    .find_map(|p| root.read_string(p).known().map(|t| parse_pci_ids_nvidia(t)))
+    .unwrap_or_default()
 }
 
 pub fn parse_pci_ids_nvidia(text: &str) -> BTreeMap<u16, String> {
@@ -166,7 +198,11 @@ pub fn parse_pci_ids_nvidia(text: &str) -> BTreeMap<u16, String> {
 
 fn read_link(root: &Sysroot, dir: &str) -> Link {
     let speed = |a: &str| root.read_parsed(&format!("{dir}/{a}"), parse_link_speed);
-    let width = |a: &str| root.read_parsed(&format!("{dir}/{a}"), |s| s.parse::<u32>().ok().filter(|w| *w > 0));
+    let width = |a: &str| {
+        root.read_parsed(&format!("{dir}/{a}"), |s| {
+            s.parse::<u32>().ok().filter(|w| *w > 0)
+        })
+    };
     Link {
         current_speed_gts: speed("current_link_speed"),
         current_width: width("current_link_width"),
@@ -177,18 +213,28 @@ fn read_link(root: &Sysroot, dir: &str) -> Link {
 
 /// "16.0 GT/s PCIe" (newer kernels), "16 GT/s" (older), "2.5 GT/s"; "Unknown" is not a speed.
 pub fn parse_link_speed(s: &str) -> Option<f64> {
-    s.split_whitespace().next()?.parse::<f64>().ok().filter(|v| *v > 0.0)
+    s.split_whitespace()
+        .next()?
+        .parse::<f64>()
+        .ok()
+        .filter(|v| *v > 0.0)
 }
 
 /// Size of BAR `index` from sysfs `resource` ("0xstart 0xend 0xflags" per line); 0 when unset.
 fn bar_size(text: &str, index: usize) -> Probed<u64> {
     let line = text.lines().nth(index);
     let parsed = line.and_then(|l| {
-        let mut f = l.split_whitespace().map(|x| u64::from_str_radix(x.trim_start_matches("0x"), 16));
+        let mut f = l
+            .split_whitespace()
+            .map(|x| u64::from_str_radix(x.trim_start_matches("0x"), 16));
         let (Some(Ok(start)), Some(Ok(end))) = (f.next(), f.next()) else {
             return None;
         };
-        Some(if start == 0 && end == 0 { 0 } else { end.saturating_sub(start) + 1 })
+        Some(if start == 0 && end == 0 {
+            0
+        } else {
+            end.saturating_sub(start) + 1
+        })
     });
     match parsed {
         Some(v) => Probed::Known(v),
@@ -197,7 +243,10 @@ fn bar_size(text: &str, index: usize) -> Probed<u64> {
 }
 
 fn read_aer(root: &Sysroot, dir: &str) -> Probed<Aer> {
-    let counters = |name: &str| root.read_string(&format!("{dir}/{name}")).map(|t| parse_aer(&t));
+    let counters = |name: &str| {
+        root.read_string(&format!("{dir}/{name}"))
+            .map(|t| parse_aer(&t))
+    };
     let correctable = counters("aer_dev_correctable");
     let Probed::Known(correctable) = correctable else {
         // Absent when the kernel predates 4.19, or firmware owns AER (GHES), or pci=noaer.
@@ -205,8 +254,14 @@ fn read_aer(root: &Sysroot, dir: &str) -> Probed<Aer> {
     };
     Probed::Known(Aer {
         correctable,
-        nonfatal: counters("aer_dev_nonfatal").known().cloned().unwrap_or_default(),
-        fatal: counters("aer_dev_fatal").known().cloned().unwrap_or_default(),
+        nonfatal: counters("aer_dev_nonfatal")
+            .known()
+            .cloned()
+            .unwrap_or_default(),
+        fatal: counters("aer_dev_fatal")
+            .known()
+            .cloned()
+            .unwrap_or_default(),
     })
 }
 
@@ -224,14 +279,20 @@ fn iommu_group(root: &Sysroot, dir: &str) -> Probed<Option<IommuGroup>> {
     match root.read_link(&format!("{dir}/iommu_group")) {
         Probed::Known(p) => {
             let Some(id) = file_name(&p).and_then(|n| n.parse::<u32>().ok()) else {
-                return Probed::unknown(Why::Unparsable, format!("{dir}/iommu_group -> {}", p.display()));
+                return Probed::unknown(
+                    Why::Unparsable,
+                    format!("{dir}/iommu_group -> {}", p.display()),
+                );
             };
             Probed::Known(Some(IommuGroup {
                 id,
                 domain_type: root.read_attr(&format!("/sys/kernel/iommu_groups/{id}/type")),
             }))
         }
-        Probed::Unknown { unknown: Why::Absent, .. } => Probed::Known(None),
+        Probed::Unknown {
+            unknown: Why::Absent,
+            ..
+        } => Probed::Known(None),
         Probed::Unknown { unknown, detail } => Probed::Unknown { unknown, detail },
     }
 }
@@ -251,7 +312,10 @@ mod tests {
 
     #[test]
     fn device_paths() {
-        let p = parse_device_path("0000:43:00.0", "../../../devices/pci0000:40/0000:40:03.1/0000:42:00.0/0000:43:00.0");
+        let p = parse_device_path(
+            "0000:43:00.0",
+            "../../../devices/pci0000:40/0000:40:03.1/0000:42:00.0/0000:43:00.0",
+        );
         let p = p.known().unwrap();
         assert_eq!(p.root_complex, "pci0000:40");
         assert_eq!(p.bridges, ["0000:40:03.1", "0000:42:00.0"]);
@@ -259,9 +323,20 @@ mod tests {
             "10000:e1:00.0",
             "../../../devices/pci0000:00/0000:00:0e.0/pci10000:e0/10000:e0:1d.0/10000:e1:00.0",
         );
-        assert_eq!(vmd.known().unwrap().bridges, ["0000:00:0e.0", "10000:e0:1d.0"]);
-        assert!(parse_device_path("0000:01:00.0", "../../devices/platform/foo").known().is_none());
-        assert!(parse_device_path("0000:01:00.0", "../../devices/pci0000:00/0000:02:00.0").known().is_none());
+        assert_eq!(
+            vmd.known().unwrap().bridges,
+            ["0000:00:0e.0", "10000:e0:1d.0"]
+        );
+        assert!(
+            parse_device_path("0000:01:00.0", "../../devices/platform/foo")
+                .known()
+                .is_none()
+        );
+        assert!(
+            parse_device_path("0000:01:00.0", "../../devices/pci0000:00/0000:02:00.0")
+                .known()
+                .is_none()
+        );
     }
 
     #[test]

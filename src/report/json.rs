@@ -29,7 +29,11 @@ struct SavedReport {
 /// The facts of a saved report. Its findings are ignored: this version's rules judge again.
 pub fn load_facts(bytes: &[u8]) -> Result<Facts> {
     if bytes.len() > MAX_REPORT_BYTES {
-        bail!("{} bytes is too large for a rigdoctor report (limit {} MiB)", bytes.len(), MAX_REPORT_BYTES >> 20);
+        bail!(
+            "{} bytes is too large for a rigdoctor report (limit {} MiB)",
+            bytes.len(),
+            MAX_REPORT_BYTES >> 20
+        );
     }
     let env: Envelope = serde_json::from_slice(bytes).context("not a JSON report")?;
     match env.schema.as_deref() {
@@ -40,6 +44,7 @@ pub fn load_facts(bytes: &[u8]) -> Result<Facts> {
         Some(other) => bail!("not a rigdoctor report (schema {other:?})"),
         None => bail!("not a rigdoctor report (no \"schema\" field)"),
     }
-    let saved: SavedReport = serde_json::from_slice(bytes).context("report facts do not match the schema")?;
+    let saved: SavedReport =
+        serde_json::from_slice(bytes).context("report facts do not match the schema")?;
     Ok(saved.facts)
 }

@@ -18,7 +18,12 @@ pub fn render(report: &Report) -> String {
         Some(Severity::Warn) => "⚠️",
         _ => "✅",
     };
-    let _ = writeln!(out, "## rigdoctor {}: {icon} {}\n", report.command, report.verdict());
+    let _ = writeln!(
+        out,
+        "## rigdoctor {}: {icon} {}\n",
+        report.command,
+        report.verdict()
+    );
     let _ = writeln!(out, "| | |\n|---|---|");
     for (label, value) in machine_rows(f) {
         let _ = writeln!(out, "| {} | {} |", cell(label), cell(&value));
@@ -39,7 +44,13 @@ pub fn render(report: &Report) -> String {
         let _ = writeln!(out, "### Findings\n");
     }
     for finding in &report.findings {
-        let _ = writeln!(out, "#### {} `{}`: {}\n", finding.severity.label(), finding.id, finding.title);
+        let _ = writeln!(
+            out,
+            "#### {} `{}`: {}\n",
+            finding.severity.label(),
+            finding.id,
+            finding.title
+        );
         if !finding.gpus.is_empty() {
             let _ = writeln!(out, "GPUs: {}\n", finding.gpus.join(", "));
         }

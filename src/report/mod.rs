@@ -62,7 +62,8 @@ impl Report {
 
     /// "2 errors, 1 warning, 3 notes: <title of the worst finding>" or "no problems found".
     pub fn verdict(&self) -> String {
-        let plural = |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+        let plural =
+            |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
         let counts = [
             (self.count(Severity::Error), "error", "errors"),
             (self.count(Severity::Warn), "warning", "warnings"),
@@ -74,7 +75,9 @@ impl Report {
             .map(|(n, one, many)| plural(*n, one, many))
             .collect();
         match self.findings.first() {
-            Some(first) if first.severity > Severity::Info => format!("{}: {}", parts.join(", "), first.title),
+            Some(first) if first.severity > Severity::Info => {
+                format!("{}: {}", parts.join(", "), first.title)
+            }
             Some(_) => format!("no problems found ({})", parts.join(", ")),
             None => "no problems found".to_string(),
         }

@@ -9,7 +9,12 @@ use serde_json::Value;
 const MARK: &str = "<redacted>";
 
 pub fn redact(facts: &Facts) -> Facts {
-    let hostname = facts.host.hostname.known().cloned().filter(|h| h.len() >= 3);
+    let hostname = facts
+        .host
+        .hostname
+        .known()
+        .cloned()
+        .filter(|h| h.len() >= 3);
     let Ok(mut tree) = serde_json::to_value(facts) else {
         return facts.clone();
     };
@@ -90,14 +95,23 @@ mod tests {
     #[test]
     fn uuids_hosts_homes() {
         assert_eq!(
-            redact_str("GPU-3a1b2c3d-0000-1111-2222-333344445555 on tr-rig", Some("tr-rig")),
+            redact_str(
+                "GPU-3a1b2c3d-0000-1111-2222-333344445555 on tr-rig",
+                Some("tr-rig")
+            ),
             "GPU-<redacted> on <redacted>"
         );
         assert_eq!(
             redact_str("root=UUID=0b4c4a1e-7a5f-4f0e-9a53-8d2a0c6f1e22 ro", None),
             "root=UUID=<redacted> ro"
         );
-        assert_eq!(redact_str("/home/alice/.nccl.conf", None), "/home/<redacted>/.nccl.conf");
-        assert_eq!(redact_str("0000:41:00.0 x16 ünï", None), "0000:41:00.0 x16 ünï");
+        assert_eq!(
+            redact_str("/home/alice/.nccl.conf", None),
+            "/home/<redacted>/.nccl.conf"
+        );
+        assert_eq!(
+            redact_str("0000:41:00.0 x16 ünï", None),
+            "0000:41:00.0 x16 ünï"
+        );
     }
 }

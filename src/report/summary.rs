@@ -18,9 +18,17 @@ pub fn machine_rows(f: &Facts) -> Vec<(&'static str, String)> {
     let h = &f.host;
     let mut rows = vec![(
         "System",
-        format!("{} · {} · kernel {}", show(&h.hostname), show(&h.os), show(&h.kernel_release)),
+        format!(
+            "{} · {} · kernel {}",
+            show(&h.hostname),
+            show(&h.os),
+            show(&h.kernel_release)
+        ),
     )];
-    let board = match (h.virtualization.dmi_sys_vendor.known(), h.virtualization.dmi_product_name.known()) {
+    let board = match (
+        h.virtualization.dmi_sys_vendor.known(),
+        h.virtualization.dmi_product_name.known(),
+    ) {
         (Some(v), Some(p)) => format!("{v} {p}"),
         _ => "unknown".into(),
     };
@@ -28,7 +36,16 @@ pub fn machine_rows(f: &Facts) -> Vec<(&'static str, String)> {
     rows.push((
         "CPU",
         match h.cpu.known() {
-            Some(c) => format!("{} ({} threads{})", c.model, c.logical_cpus, if c.hypervisor_flag { ", under a hypervisor" } else { "" }),
+            Some(c) => format!(
+                "{} ({} threads{})",
+                c.model,
+                c.logical_cpus,
+                if c.hypervisor_flag {
+                    ", under a hypervisor"
+                } else {
+                    ""
+                }
+            ),
             None => show(&h.cpu.clone().map(|_| String::new())),
         },
     ));
@@ -36,7 +53,11 @@ pub fn machine_rows(f: &Facts) -> Vec<(&'static str, String)> {
     rows.push((
         "Driver",
         if d.loaded {
-            format!("NVIDIA {} ({} kernel module)", show(&d.version), show(&d.flavour))
+            format!(
+                "NVIDIA {} ({} kernel module)",
+                show(&d.version),
+                show(&d.flavour)
+            )
         } else if d.nouveau_loaded {
             "NVIDIA driver not loaded (nouveau is)".into()
         } else {
@@ -44,18 +65,35 @@ pub fn machine_rows(f: &Facts) -> Vec<(&'static str, String)> {
         },
     ));
     let iommu = match (h.iommu.units.known(), h.iommu.group_count.known()) {
-        (Some(u), g) if !u.is_empty() => format!("on: {} ({} groups)", u.join(", "), g.map_or("?".into(), |g| g.to_string())),
+        (Some(u), g) if !u.is_empty() => format!(
+            "on: {} ({} groups)",
+            u.join(", "),
+            g.map_or("?".into(), |g| g.to_string())
+        ),
         (Some(_), _) => "off (no IOMMU units)".into(),
         (None, _) => show(&h.iommu.units.clone().map(|_| String::new())),
     };
     let cmd = h
         .cmdline
         .known()
-        .map(|c| c.mentions(&["iommu", "amd_iommu", "intel_iommu", "iommu.passthrough", "pci", "pcie_aspm"]))
+        .map(|c| {
+            c.mentions(&[
+                "iommu",
+                "amd_iommu",
+                "intel_iommu",
+                "iommu.passthrough",
+                "pci",
+                "pcie_aspm",
+            ])
+        })
         .unwrap_or_default();
     rows.push((
         "IOMMU",
-        if cmd.is_empty() { iommu } else { format!("{iommu}; command line: {}", cmd.join(" ")) },
+        if cmd.is_empty() {
+            iommu
+        } else {
+            format!("{iommu}; command line: {}", cmd.join(" "))
+        },
     ));
     rows.push((
         "/dev/shm",
@@ -79,7 +117,15 @@ pub fn machine_rows(f: &Facts) -> Vec<(&'static str, String)> {
     rows
 }
 
-pub const GPU_HEADER: [&str; 7] = ["BUS ID", "NAME", "LINK NOW", "LINK MAX", "BAR1", "NUMA", "DRIVER / IOMMU"];
+pub const GPU_HEADER: [&str; 7] = [
+    "BUS ID",
+    "NAME",
+    "LINK NOW",
+    "LINK MAX",
+    "BAR1",
+    "NUMA",
+    "DRIVER / IOMMU",
+];
 
 /// One row per GPU, in the order of [`GPU_HEADER`].
 pub fn gpu_rows(f: &Facts) -> Vec<[String; 7]> {
@@ -90,7 +136,11 @@ pub fn gpu_rows(f: &Facts) -> Vec<[String; 7]> {
         .iter()
         .map(|g| {
             let iommu = match g.iommu_group.known() {
-                Some(Some(grp)) => format!("group {} {}", grp.id, grp.domain_type.known().map_or("?", |s| s.as_str())),
+                Some(Some(grp)) => format!(
+                    "group {} {}",
+                    grp.id,
+                    grp.domain_type.known().map_or("?", |s| s.as_str())
+                ),
                 Some(None) => "no group".into(),
                 None => "?".into(),
             };
@@ -101,11 +151,26 @@ pub fn gpu_rows(f: &Facts) -> Vec<[String; 7]> {
             };
             [
                 g.bdf.clone(),
-                g.name.known().cloned().unwrap_or_else(|| format!("10de:{:04x}", g.device_id)),
+                g.name
+                    .known()
+                    .cloned()
+                    .unwrap_or_else(|| format!("10de:{:04x}", g.device_id)),
                 g.link.describe_current(),
                 g.link.describe_max(),
-                g.bar1_bytes.known().map_or("?".into(), |b| if *b >= 1 << 30 { format!("{} GiB", b >> 30) } else { format!("{} MiB", b >> 20) }),
-                g.numa_node.known().map_or("?".into(), |n| if *n < 0 { "-".into() } else { n.to_string() }),
+                g.bar1_bytes.known().map_or("?".into(), |b| {
+                    if *b >= 1 << 30 {
+                        format!("{} GiB", b >> 30)
+                    } else {
+                        format!("{} MiB", b >> 20)
+                    }
+                }),
+                g.numa_node.known().map_or("?".into(), |n| {
+                    if *n < 0 {
+                        "-".into()
+                    } else {
+                        n.to_string()
+                    }
+                }),
                 format!("{driver} / {iommu}"),
             ]
         })
@@ -117,6 +182,9 @@ pub fn no_gpu_reason(f: &Facts) -> Option<String> {
     match &f.pci {
         Probed::Known(t) if t.gpus.is_empty() => Some("no NVIDIA GPU on the PCI bus".into()),
         Probed::Known(_) => None,
-        other => Some(format!("PCI bus not readable: {}", other.why_unknown().unwrap_or_default())),
+        other => Some(format!(
+            "PCI bus not readable: {}",
+            other.why_unknown().unwrap_or_default()
+        )),
     }
 }

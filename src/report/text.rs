@@ -55,7 +55,11 @@ pub fn render(report: &Report, color: bool) -> String {
     let _ = writeln!(
         out,
         "{}\n",
-        if report.worst() > Some(Severity::Info) { p.severity(sev, &verdict) } else { p.bold(&verdict) }
+        if report.worst() > Some(Severity::Info) {
+            p.severity(sev, &verdict)
+        } else {
+            p.bold(&verdict)
+        }
     );
 
     for (label, value) in machine_rows(f) {
@@ -67,6 +71,13 @@ pub fn render(report: &Report, color: bool) -> String {
         let _ = writeln!(out, "  {} {why}\n", p.dim("GPUs"));
     } else {
         write_table(&mut out, &p, &rows);
+        if idle_speed_shown(f) {
+            let _ = writeln!(
+                out,
+                "  {}",
+                p.dim("A link below its max generation at the same width is idle power saving, not a fault.")
+            );
+        }
         out.push('\n');
     }
 
@@ -82,6 +93,18 @@ pub fn render(report: &Report, color: bool) -> String {
         p.dim("Share it: add --json -o report.json (re-check later with `rigdoctor diagnose report.json`) or --format markdown for a forum post; --redact hides host name, UUIDs and home paths.")
     );
     out
+}
+
+/// Whether some GPU link shows a lower generation than its maximum (normal at idle).
+fn idle_speed_shown(f: &crate::facts::Facts) -> bool {
+    f.pci.known().is_some_and(|t| {
+        t.gpus.iter().any(|g| {
+            matches!(
+                (g.link.current_speed_gts.known(), g.link.max_speed_gts.known()),
+                (Some(c), Some(m)) if c < m
+            )
+        })
+    })
 }
 
 fn write_table(out: &mut String, p: &Paint, rows: &[[String; 7]]) {

@@ -15,32 +15,54 @@ fn bridges_on_gpu_paths(facts: &Facts) -> BTreeMap<String, Vec<(String, String)>
             continue;
         };
         for bridge in bridges_between(pa, pb) {
-            out.entry(bridge).or_default().push((a.bdf.clone(), b.bdf.clone()));
+            out.entry(bridge)
+                .or_default()
+                .push((a.bdf.clone(), b.bdf.clone()));
         }
     }
     out
+}
+
+/// A bridge on a GPU path whose ACS control redirects peer traffic.
+struct Redirecting<'a> {
+    bdf: String,
+    acs: &'a Acs,
+    port_type: String,
+    pairs: Vec<(String, String)>,
 }
 
 pub fn redirect(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
     let Some(topo) = facts.pci.known() else {
         return Vec::new();
     };
-    let mut hits: Vec<(String, &Acs, String, Vec<(String, String)>)> = Vec::new();
+    let mut hits: Vec<Redirecting> = Vec::new();
     for (bdf, pairs) in bridges_on_gpu_paths(facts) {
         let Some(cfg) = topo.bridge(&bdf).and_then(|b| b.config.known()) else {
             continue;
         };
         if let Probed::Known(Some(acs)) = &cfg.acs {
             if acs.redirecting() {
-                let port = cfg.port_type.known().cloned().unwrap_or_else(|| "bridge".into());
-                hits.push((bdf, acs, port, pairs));
+                let port_type = cfg
+                    .port_type
+                    .known()
+                    .cloned()
+                    .unwrap_or_else(|| "bridge".into());
+                hits.push(Redirecting {
+                    bdf,
+                    acs,
+                    port_type,
+                    pairs,
+                });
             }
         }
     }
     if hits.is_empty() {
         return Vec::new();
     }
-    let mut gpus: Vec<String> = hits.iter().flat_map(|h| h.3.iter().flat_map(|(a, b)| [a.clone(), b.clone()])).collect();
+    let mut gpus: Vec<String> = hits
+        .iter()
+        .flat_map(|h| h.pairs.iter().flat_map(|(a, b)| [a.clone(), b.clone()]))
+        .collect();
     gpus.sort();
     gpus.dedup();
     let mut f = Finding::new(
@@ -49,16 +71,22 @@ pub fn redirect(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
         "PCIe ACS redirects peer-to-peer traffic between GPUs up to the CPU: P2P is slow or hangs",
     )
     .gpus(gpus)
-    .refs([NCCL_TROUBLESHOOTING, KERNEL_PARAMS, "https://github.com/pytorch/pytorch/issues/24081"]);
-    for (bdf, acs, port, pairs) in &hits {
-        let between: Vec<String> = pairs.iter().map(|(a, b)| format!("{a}<->{b}")).collect();
+    .refs([
+        NCCL_TROUBLESHOOTING,
+        KERNEL_PARAMS,
+        "https://github.com/pytorch/pytorch/issues/24081",
+    ]);
+    for h in &hits {
+        let between: Vec<String> = h.pairs.iter().map(|(a, b)| format!("{a}<->{b}")).collect();
         f = f.evidence(format!(
-            "{bdf} ({port}) ACSCtl: {} (on the path {})",
-            acs.describe_control(),
+            "{} ({}) ACSCtl: {} (on the path {})",
+            h.bdf,
+            h.port_type,
+            h.acs.describe_control(),
             between.join(", ")
         ));
     }
-    let bdfs: Vec<&str> = hits.iter().map(|h| h.0.as_str()).collect();
+    let bdfs: Vec<&str> = hits.iter().map(|h| h.bdf.as_str()).collect();
     if super::virt::is_virtual_machine(facts) {
         f = f.fix("this is a virtual machine: these bridges are virtual. Check and change ACS on the host; never disable ACS inside a VM (VMs need it)");
     } else {
@@ -84,7 +112,11 @@ pub fn not_checked(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
     };
     let mut reasons: Vec<String> = gpus
         .iter()
-        .filter_map(|g| g.path.why_unknown().map(|w| format!("path of {} unknown: {w}", g.bdf)))
+        .filter_map(|g| {
+            g.path
+                .why_unknown()
+                .map(|w| format!("path of {} unknown: {w}", g.bdf))
+        })
         .collect();
     for bdf in bridges_on_gpu_paths(facts).keys() {
         let why = match topo.bridge(bdf).map(|b| &b.config) {

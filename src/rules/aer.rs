@@ -30,11 +30,22 @@ pub fn errors(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
         if bad.is_empty() {
             continue;
         }
-        let uncorrectable = bad.iter().any(|(_, a)| a.nonfatal_total() + a.fatal_total() > 0);
+        let uncorrectable = bad
+            .iter()
+            .any(|(_, a)| a.nonfatal_total() + a.fatal_total() > 0);
         let (severity, title) = if uncorrectable {
-            (Severity::Error, format!("uncorrectable PCIe errors on the path of GPU {}", g.bdf))
+            (
+                Severity::Error,
+                format!("uncorrectable PCIe errors on the path of GPU {}", g.bdf),
+            )
         } else {
-            (Severity::Warn, format!("corrected PCIe errors on the path of GPU {}: a marginal link", g.bdf))
+            (
+                Severity::Warn,
+                format!(
+                    "corrected PCIe errors on the path of GPU {}: a marginal link",
+                    g.bdf
+                ),
+            )
         };
         let mut f = Finding::new("pcie-aer-errors", severity, title).gpus([g.bdf.clone()]);
         for (name, a) in bad {

@@ -11,7 +11,11 @@ const LEGACY_BAR1: u64 = 256 << 20;
 pub fn small_bar1(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
     let small: Vec<_> = gpus(facts)
         .iter()
-        .filter(|g| g.bar1_bytes.known().is_some_and(|&b| b > 0 && b <= LEGACY_BAR1))
+        .filter(|g| {
+            g.bar1_bytes
+                .known()
+                .is_some_and(|&b| b > 0 && b <= LEGACY_BAR1)
+        })
         .collect();
     if small.is_empty() {
         return Vec::new();
@@ -30,7 +34,10 @@ pub fn small_bar1(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
     ]);
     for g in small {
         let mib = g.bar1_bytes.known().copied().unwrap_or(0) >> 20;
-        f = f.evidence(format!("{}: BAR1 {mib} MiB (sysfs resource, line 1)", gpu_label(g)));
+        f = f.evidence(format!(
+            "{}: BAR1 {mib} MiB (sysfs resource, line 1)",
+            gpu_label(g)
+        ));
     }
     vec![f]
 }

@@ -6,7 +6,8 @@ use crate::finding::{Finding, Severity};
 use crate::knowledge::{is_geforce, DriverEntry, Knowledge, Version};
 
 const BLACKLIST_NOUVEAU: &str = "printf 'blacklist nouveau\\noptions nouveau modeset=0\\n' | sudo tee /etc/modprobe.d/blacklist-nouveau.conf && sudo update-initramfs -u && sudo reboot";
-const NVIDIA_INSTALL: &str = "https://docs.nvidia.com/datacenter/tesla/driver-installation-guide/index.html";
+const NVIDIA_INSTALL: &str =
+    "https://docs.nvidia.com/datacenter/tesla/driver-installation-guide/index.html";
 
 fn bound_to(g: &GpuPci) -> Option<&str> {
     g.driver.known().and_then(|d| d.as_deref())
@@ -28,7 +29,10 @@ pub fn not_loaded(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
         .refs([NVIDIA_INSTALL]);
     match &facts.pci {
         crate::facts::Probed::Unknown { .. } => {
-            f = f.evidence(format!("PCI bus not readable: {}", facts.pci.why_unknown().unwrap_or_default()));
+            f = f.evidence(format!(
+                "PCI bus not readable: {}",
+                facts.pci.why_unknown().unwrap_or_default()
+            ));
         }
         _ if gpus.is_empty() => {
             f = f
@@ -37,10 +41,16 @@ pub fn not_loaded(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
         }
         _ => {
             for g in gpus {
-                f = f.evidence(format!("{} bound to: {}", gpu_label(g), bound_to(g).unwrap_or("no driver")));
+                f = f.evidence(format!(
+                    "{} bound to: {}",
+                    gpu_label(g),
+                    bound_to(g).unwrap_or("no driver")
+                ));
             }
             if gpus.iter().any(|g| bound_to(g) == Some("nouveau")) {
-                f = f.fix(format!("nouveau holds the GPU: blacklist it first: {BLACKLIST_NOUVEAU}"));
+                f = f.fix(format!(
+                    "nouveau holds the GPU: blacklist it first: {BLACKLIST_NOUVEAU}"
+                ));
             }
             f = f
                 .fix("install the driver: sudo ubuntu-drivers install (Ubuntu), or sudo apt install nvidia-driver-535, then reboot")
@@ -51,7 +61,10 @@ pub fn not_loaded(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
 }
 
 pub fn nouveau_bound(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
-    let held: Vec<&GpuPci> = gpus(facts).iter().filter(|g| bound_to(g) == Some("nouveau")).collect();
+    let held: Vec<&GpuPci> = gpus(facts)
+        .iter()
+        .filter(|g| bound_to(g) == Some("nouveau"))
+        .collect();
     if held.is_empty() {
         return Vec::new();
     }
@@ -65,7 +78,11 @@ pub fn nouveau_bound(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
     .fix("then install the NVIDIA driver if it is not installed: sudo ubuntu-drivers install")
     .refs([NVIDIA_INSTALL]);
     for g in held {
-        f = f.evidence(format!("{}: /sys/bus/pci/devices/{}/driver -> nouveau", gpu_label(g), g.bdf));
+        f = f.evidence(format!(
+            "{}: /sys/bus/pci/devices/{}/driver -> nouveau",
+            gpu_label(g),
+            g.bdf
+        ));
     }
     vec![f]
 }
@@ -118,11 +135,20 @@ fn fit(entry: &DriverEntry, g: &GpuPci, facts: &Facts, kb: &Knowledge) -> Fit {
         match g.name.known() {
             Some(n) if is_geforce(n) => {}
             Some(_) => return Fit::No,
-            None => unsure.push(format!("{}: model name unknown, GeForce not confirmed", g.bdf)),
+            None => unsure.push(format!(
+                "{}: model name unknown, GeForce not confirmed",
+                g.bdf
+            )),
         }
     }
     if entry.gsp == Some(true) {
-        match facts.driver.gpus.iter().find(|d| d.bdf == g.bdf).and_then(|d| d.gsp_enabled()) {
+        match facts
+            .driver
+            .gpus
+            .iter()
+            .find(|d| d.bdf == g.bdf)
+            .and_then(|d| d.gsp_enabled())
+        {
             Some(true) => {}
             Some(false) => return Fit::No,
             None => unsure.push(format!("{}: GSP firmware state unknown", g.bdf)),
@@ -160,14 +186,25 @@ pub fn known_bad(facts: &Facts, kb: &Knowledge) -> Vec<Finding> {
         if matched.len() < entry.min_gpus {
             continue;
         }
-        let severity = if unsure.is_empty() { entry.severity } else { entry.severity.min(Severity::Warn) };
+        let severity = if unsure.is_empty() {
+            entry.severity
+        } else {
+            entry.severity.min(Severity::Warn)
+        };
         let mut f = Finding::new("driver-known-bad", severity, entry.title.clone())
-            .evidence(format!("driver {version} (/proc/driver/nvidia/version) is in the affected range {}", entry.describe_range()))
+            .evidence(format!(
+                "driver {version} (/proc/driver/nvidia/version) is in the affected range {}",
+                entry.describe_range()
+            ))
             .gpus(matched.iter().map(|g| g.bdf.clone()))
             .refs(entry.sources.iter().cloned());
         for g in &matched {
             let fam = kb.family_of(g.device_id).unwrap_or("unknown architecture");
-            f = f.evidence(format!("affected GPU: {} [10de:{:04x}, {fam}]", gpu_label(g), g.device_id));
+            f = f.evidence(format!(
+                "affected GPU: {} [10de:{:04x}, {fam}]",
+                gpu_label(g),
+                g.device_id
+            ));
         }
         if !entry.observed_bad.is_empty() {
             let list: Vec<String> = entry.observed_bad.iter().map(|v| v.to_string()).collect();
@@ -178,7 +215,10 @@ pub fn known_bad(facts: &Facts, kb: &Knowledge) -> Vec<Finding> {
         }
         f = f
             .evidence(format!("symptom: {}", entry.symptom))
-            .evidence(format!("knowledge-base entry {} (confidence {})", entry.id, entry.confidence));
+            .evidence(format!(
+                "knowledge-base entry {} (confidence {})",
+                entry.id, entry.confidence
+            ));
         for u in unsure {
             f = f.evidence(format!("not confirmed: {u}"));
         }

@@ -18,7 +18,10 @@ pub fn shm_too_small(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
             format!("/dev/shm: {} MiB ({})", s.size_bytes >> 20, s.source),
             "/dev/shm is too small for NCCL's shared-memory transport",
         ),
-        Probed::Unknown { unknown: crate::facts::Why::Absent, .. } => (
+        Probed::Unknown {
+            unknown: crate::facts::Why::Absent,
+            ..
+        } => (
             "no /dev/shm mount in /proc/mounts".to_string(),
             "/dev/shm is not mounted: NCCL's shared-memory transport cannot work",
         ),
@@ -51,7 +54,10 @@ struct Override {
 
 pub fn nccl_env_override(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
     let env = &facts.env;
-    let set = |k: &str| env.lookup(k).map(|(v, src)| (v.clone(), format!("{k}={v} ({src})")));
+    let set = |k: &str| {
+        env.lookup(k)
+            .map(|(v, src)| (v.clone(), format!("{k}={v} ({src})")))
+    };
     let mut found: Vec<Override> = Vec::new();
     let p2p_off = set("NCCL_P2P_DISABLE").filter(|(v, _)| truthy(v));
     let shm_off = set("NCCL_SHM_DISABLE").filter(|(v, _)| truthy(v));
@@ -75,7 +81,10 @@ pub fn nccl_env_override(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
         });
     }
     if let Some((v, ev)) = set("NCCL_P2P_LEVEL") {
-        if matches!(v.trim().to_ascii_uppercase().as_str(), "LOC" | "PIX" | "PXB" | "0" | "1" | "2") {
+        if matches!(
+            v.trim().to_ascii_uppercase().as_str(),
+            "LOC" | "PIX" | "PXB" | "0" | "1" | "2"
+        ) {
             found.push(Override {
                 severity: Severity::Info,
                 evidence: ev,
@@ -102,13 +111,20 @@ pub fn nccl_env_override(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
     if found.is_empty() {
         return Vec::new();
     }
-    let severity = found.iter().map(|o| o.severity).max().unwrap_or(Severity::Info);
+    let severity = found
+        .iter()
+        .map(|o| o.severity)
+        .max()
+        .unwrap_or(Severity::Info);
     let mut f = Finding::new(
         "nccl-env-override",
         severity,
         "environment settings override NCCL's own choices",
     )
-    .refs([NCCL_ENV_DOC, "https://github.com/pytorch/pytorch/issues/1637"]);
+    .refs([
+        NCCL_ENV_DOC,
+        "https://github.com/pytorch/pytorch/issues/1637",
+    ]);
     for o in found {
         f = f.evidence(o.evidence).fix(o.fix);
     }

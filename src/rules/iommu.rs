@@ -6,7 +6,13 @@ use crate::finding::{Finding, Severity};
 use crate::knowledge::Knowledge;
 
 const SYSFS_IOMMU_GROUPS: &str = "https://docs.kernel.org/ABI/testing/sysfs-kernel-iommu_groups";
-const IOMMU_PARAMS: [&str; 5] = ["iommu", "amd_iommu", "intel_iommu", "iommu.passthrough", "iommu.strict"];
+const IOMMU_PARAMS: [&str; 5] = [
+    "iommu",
+    "amd_iommu",
+    "intel_iommu",
+    "iommu.passthrough",
+    "iommu.strict",
+];
 
 pub fn translation(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
     let gpus = gpus(facts);
@@ -17,7 +23,7 @@ pub fn translation(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
         .iter()
         .filter_map(|g| {
             let group = g.iommu_group.known()?.as_ref()?;
-            group.translated()?.then(|| (g, group))
+            group.translated()?.then_some((g, group))
         })
         .collect();
     if translated.is_empty() {
@@ -37,17 +43,25 @@ pub fn translation(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
     ]);
     for (g, group) in &translated {
         let t = group.domain_type.known().map_or("?", |s| s.as_str());
-        f = f.evidence(format!("{}: IOMMU group {}, domain type {t} (translated)", gpu_label(g), group.id));
+        f = f.evidence(format!(
+            "{}: IOMMU group {}, domain type {t} (translated)",
+            gpu_label(g),
+            group.id
+        ));
     }
     let cmdline = facts.host.cmdline.known();
-    let mentioned = cmdline.map(|c| c.mentions(&IOMMU_PARAMS)).unwrap_or_default();
+    let mentioned = cmdline
+        .map(|c| c.mentions(&IOMMU_PARAMS))
+        .unwrap_or_default();
     f = f.evidence(if mentioned.is_empty() {
-        "kernel command line sets no iommu parameter: the kernel's default domain is translated".to_string()
+        "kernel command line sets no iommu parameter: the kernel's default domain is translated"
+            .to_string()
     } else {
         format!("kernel command line: {}", mentioned.join(" "))
     });
     let has_pt = cmdline.is_some_and(|c| {
-        c.get("iommu").as_deref() == Some("pt") || c.get("iommu.passthrough").as_deref() == Some("1")
+        c.get("iommu").as_deref() == Some("pt")
+            || c.get("iommu.passthrough").as_deref() == Some("1")
     });
     let cpu = facts.host.cpu.known();
     let off_param = match cpu {

@@ -26,7 +26,11 @@ fn min_known<T: PartialOrd + Copy>(a: Option<&T>, b: Option<&T>) -> Option<T> {
 }
 
 fn end(name: &str, is_gpu: bool) -> String {
-    if is_gpu { format!("GPU {name}") } else { format!("switch port {name}") }
+    if is_gpu {
+        format!("GPU {name}")
+    } else {
+        format!("switch port {name}")
+    }
 }
 
 /// A link trained narrower than both of its ends support. Width, unlike speed, is not lowered
@@ -76,7 +80,8 @@ pub fn slot_limited(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
     each_link(topo, |g, l| {
         let Some(port) = l.port_link else { return };
         let dev = l.device_link;
-        let narrower = matches!((port.max_width.known(), dev.max_width.known()), (Some(p), Some(d)) if p < d);
+        let narrower =
+            matches!((port.max_width.known(), dev.max_width.known()), (Some(p), Some(d)) if p < d);
         let slower = matches!((port.max_speed_gts.known(), dev.max_speed_gts.known()), (Some(p), Some(d)) if p < d);
         if !narrower && !slower {
             return;
@@ -85,7 +90,11 @@ pub fn slot_limited(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
             min_known(port.max_speed_gts.known(), dev.max_speed_gts.known()).as_ref(),
             min_known(port.max_width.known(), dev.max_width.known()).as_ref(),
         );
-        let who = if l.is_gpu { gpu_label(g) } else { format!("switch port {} above GPU {}", l.device, g.bdf) };
+        let who = if l.is_gpu {
+            gpu_label(g)
+        } else {
+            format!("switch port {} above GPU {}", l.device, g.bdf)
+        };
         evidence.push(format!(
             "{who} supports {}, port {} supports {}: runs at most {limit}",
             dev.describe_max(),

@@ -74,7 +74,8 @@ fn kernel_param_fix(param: &str) -> String {
     )
 }
 
-const NCCL_TROUBLESHOOTING: &str = "https://docs.nvidia.com/deeplearning/nccl/user-guide/docs/troubleshooting.html";
+const NCCL_TROUBLESHOOTING: &str =
+    "https://docs.nvidia.com/deeplearning/nccl/user-guide/docs/troubleshooting.html";
 const KERNEL_PARAMS: &str = "https://docs.kernel.org/admin-guide/kernel-parameters.html";
 const KERNEL_SYSFS_PCI: &str = "https://docs.kernel.org/ABI/testing/sysfs-bus-pci";
 
@@ -84,7 +85,10 @@ mod tests {
     fn every_rule_id_is_documented() {
         let doc = include_str!("../../docs/findings.md");
         for id in super::finding_ids() {
-            assert!(doc.contains(&format!("## `{id}`")), "{id} missing from docs/findings.md");
+            assert!(
+                doc.contains(&format!("## `{id}`")),
+                "{id} missing from docs/findings.md"
+            );
         }
     }
 }

@@ -7,11 +7,19 @@ use crate::facts::{GpuPci, Link, PciPath, PciTopology};
 /// cross every bridge on both paths.
 pub fn bridges_between(a: &PciPath, b: &PciPath) -> Vec<String> {
     let common = if a.root_complex == b.root_complex {
-        a.bridges.iter().zip(&b.bridges).take_while(|(x, y)| x == y).count()
+        a.bridges
+            .iter()
+            .zip(&b.bridges)
+            .take_while(|(x, y)| x == y)
+            .count()
     } else {
         0
     };
-    a.bridges[common..].iter().chain(&b.bridges[common..]).cloned().collect()
+    a.bridges[common..]
+        .iter()
+        .chain(&b.bridges[common..])
+        .cloned()
+        .collect()
 }
 
 /// Every unordered pair of GPUs.
@@ -45,7 +53,11 @@ pub fn links_of<'a>(gpu: &'a GpuPci, topo: &'a PciTopology) -> Vec<PathLink<'a>>
         .step_by(2)
         .filter_map(|i| {
             let is_gpu = i == last;
-            let device_link = if is_gpu { &gpu.link } else { &topo.bridge(chain[i])?.link };
+            let device_link = if is_gpu {
+                &gpu.link
+            } else {
+                &topo.bridge(chain[i])?.link
+            };
             Some(PathLink {
                 device: chain[i],
                 device_link,
@@ -62,7 +74,10 @@ mod tests {
     use super::*;
 
     fn path(rc: &str, b: &[&str]) -> PciPath {
-        PciPath { root_complex: rc.into(), bridges: b.iter().map(|s| s.to_string()).collect() }
+        PciPath {
+            root_complex: rc.into(),
+            bridges: b.iter().map(|s| s.to_string()).collect(),
+        }
     }
 
     #[test]

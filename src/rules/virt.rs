@@ -6,21 +6,36 @@ use crate::knowledge::Knowledge;
 
 /// DMI vendor/product strings of common hypervisors (systemd-detect-virt's DMI table has the same ones).
 const HYPERVISOR_DMI: [&str; 12] = [
-    "QEMU", "KVM", "VMware", "VirtualBox", "innotek", "Xen", "Bochs", "Parallels", "Virtual Machine",
-    "Amazon EC2", "Google Compute Engine", "OpenStack",
+    "QEMU",
+    "KVM",
+    "VMware",
+    "VirtualBox",
+    "innotek",
+    "Xen",
+    "Bochs",
+    "Parallels",
+    "Virtual Machine",
+    "Amazon EC2",
+    "Google Compute Engine",
+    "OpenStack",
 ];
 
 fn dmi_hits(facts: &Facts) -> Vec<String> {
     let v = &facts.host.virtualization;
-    [("sys_vendor", &v.dmi_sys_vendor), ("product_name", &v.dmi_product_name)]
-        .into_iter()
-        .filter_map(|(name, p)| match p {
-            Probed::Known(s) if HYPERVISOR_DMI.iter().any(|h| s.contains(h)) || s.starts_with("Standard PC (") => {
-                Some(format!("DMI {name}: {s}"))
-            }
-            _ => None,
-        })
-        .collect()
+    [
+        ("sys_vendor", &v.dmi_sys_vendor),
+        ("product_name", &v.dmi_product_name),
+    ]
+    .into_iter()
+    .filter_map(|(name, p)| match p {
+        Probed::Known(s)
+            if HYPERVISOR_DMI.iter().any(|h| s.contains(h)) || s.starts_with("Standard PC (") =>
+        {
+            Some(format!("DMI {name}: {s}"))
+        }
+        _ => None,
+    })
+    .collect()
 }
 
 pub fn is_virtual_machine(facts: &Facts) -> bool {

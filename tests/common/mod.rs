@@ -33,8 +33,12 @@ pub fn host_json(root: &Path, env: &[(&str, &str)]) -> (i32, Value) {
         c.env(k, v);
     }
     let out = c.output().unwrap();
-    let report: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
     (out.status.code().unwrap_or(-1), report)
 }
 
@@ -44,13 +48,24 @@ pub fn summary(report: &Value) -> Vec<String> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|f| format!("{} {}", f["severity"].as_str().unwrap(), f["id"].as_str().unwrap()))
+        .map(|f| {
+            format!(
+                "{} {}",
+                f["severity"].as_str().unwrap(),
+                f["id"].as_str().unwrap()
+            )
+        })
         .collect()
 }
 
 /// The findings with this id.
 pub fn findings<'a>(report: &'a Value, id: &str) -> Vec<&'a Value> {
-    report["findings"].as_array().unwrap().iter().filter(|f| f["id"] == id).collect()
+    report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["id"] == id)
+        .collect()
 }
 
 /// Findings of a rig after `edit`, with `env` as the process environment.

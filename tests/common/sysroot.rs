@@ -195,7 +195,14 @@ fn port_code(port: &str) -> u16 {
 }
 
 /// PCI config space of a bridge or endpoint, laid out as the PCIe spec and pci_regs.h say.
-pub fn config_space(vendor: u16, device: u16, port: &str, l: &RigLink, acs_ctl: Option<u16>, root: bool) -> Vec<u8> {
+pub fn config_space(
+    vendor: u16,
+    device: u16,
+    port: &str,
+    l: &RigLink,
+    acs_ctl: Option<u16>,
+    root: bool,
+) -> Vec<u8> {
     let mut c = vec![0u8; 4096];
     c[0..2].copy_from_slice(&vendor.to_le_bytes());
     c[2..4].copy_from_slice(&device.to_le_bytes());
@@ -231,7 +238,16 @@ fn aer_text(counts: &BTreeMap<String, u64>, names: &[&str], total: &str) -> Stri
     s + &format!("{total} {}\n", counts.values().sum::<u64>())
 }
 
-const AER_COR: [&str; 8] = ["RxErr", "BadTLP", "BadDLLP", "Rollover", "Timeout", "NonFatalErr", "CorrIntErr", "HeaderOF"];
+const AER_COR: [&str; 8] = [
+    "RxErr",
+    "BadTLP",
+    "BadDLLP",
+    "Rollover",
+    "Timeout",
+    "NonFatalErr",
+    "CorrIntErr",
+    "HeaderOF",
+];
 const AER_NONFATAL: [&str; 6] = ["Undefined", "DLP", "SDES", "TLP", "FCP", "CmpltTO"];
 
 struct Dev<'a> {
@@ -259,10 +275,22 @@ fn device_dir(rig: &Rig, bdf: &str, parent: &str) -> String {
 }
 
 pub fn build(rig: &Rig, root: &Path) {
-    write(root, "proc/sys/kernel/hostname", format!("{}\n", rig.hostname));
-    write(root, "proc/sys/kernel/osrelease", format!("{}\n", rig.kernel));
+    write(
+        root,
+        "proc/sys/kernel/hostname",
+        format!("{}\n", rig.hostname),
+    );
+    write(
+        root,
+        "proc/sys/kernel/osrelease",
+        format!("{}\n", rig.kernel),
+    );
     write(root, "proc/cmdline", format!("{}\n", rig.cmdline));
-    write(root, "etc/os-release", format!("NAME=\"x\"\nPRETTY_NAME=\"{}\"\n", rig.os));
+    write(
+        root,
+        "etc/os-release",
+        format!("NAME=\"x\"\nPRETTY_NAME=\"{}\"\n", rig.os),
+    );
     let mut cpuinfo = String::new();
     for i in 0..rig.cpu.threads {
         cpuinfo += &format!(
@@ -273,7 +301,14 @@ pub fn build(rig: &Rig, root: &Path) {
         );
     }
     write(root, "proc/cpuinfo", cpuinfo);
-    write(root, "proc/meminfo", format!("MemTotal:       {} kB\nMemFree:        1000 kB\n", rig.mem_total_kib));
+    write(
+        root,
+        "proc/meminfo",
+        format!(
+            "MemTotal:       {} kB\nMemFree:        1000 kB\n",
+            rig.mem_total_kib
+        ),
+    );
     let mut mounts = "sysfs /sys sysfs rw,nosuid,nodev,noexec,relatime 0 0\nproc /proc proc rw,nosuid,nodev,noexec,relatime 0 0\n".to_string();
     if let Some(opts) = &rig.shm_options {
         mounts += &format!("tmpfs /dev/shm tmpfs {opts} 0 0\n");
@@ -283,8 +318,16 @@ pub fn build(rig: &Rig, root: &Path) {
         write(root, m, "");
     }
     if let Some(d) = &rig.dmi {
-        write(root, "sys/class/dmi/id/sys_vendor", format!("{}\n", d.sys_vendor));
-        write(root, "sys/class/dmi/id/product_name", format!("{}\n", d.product_name));
+        write(
+            root,
+            "sys/class/dmi/id/sys_vendor",
+            format!("{}\n", d.sys_vendor),
+        );
+        write(
+            root,
+            "sys/class/dmi/id/product_name",
+            format!("{}\n", d.product_name),
+        );
     }
     fs::create_dir_all(root.join("sys/class/iommu")).unwrap();
     for u in &rig.iommu_units {
@@ -300,37 +343,92 @@ pub fn build(rig: &Rig, root: &Path) {
     }
 
     let mut group = 0u32;
-    let mut add_device = |dev: Dev, vendor: u16, device: u16, class: u32, config: Vec<u8>| -> String {
-        let dir = device_dir(rig, dev.bdf, dev.parent);
-        write(root, &format!("{dir}/vendor"), format!("0x{vendor:04x}\n"));
-        write(root, &format!("{dir}/device"), format!("0x{device:04x}\n"));
-        write(root, &format!("{dir}/class"), format!("0x{class:06x}\n"));
-        write(root, &format!("{dir}/config"), config);
-        link(root, &format!("sys/bus/pci/devices/{}", dev.bdf), &dir);
-        if let Some(t) = &rig.iommu_domain {
-            write(root, &format!("sys/kernel/iommu_groups/{group}/type"), format!("{t}\n"));
-            link(root, &format!("{dir}/iommu_group"), &format!("sys/kernel/iommu_groups/{group}"));
-            group += 1;
-        }
-        dir
-    };
+    let mut add_device =
+        |dev: Dev, vendor: u16, device: u16, class: u32, config: Vec<u8>| -> String {
+            let dir = device_dir(rig, dev.bdf, dev.parent);
+            write(root, &format!("{dir}/vendor"), format!("0x{vendor:04x}\n"));
+            write(root, &format!("{dir}/device"), format!("0x{device:04x}\n"));
+            write(root, &format!("{dir}/class"), format!("0x{class:06x}\n"));
+            write(root, &format!("{dir}/config"), config);
+            link(root, &format!("sys/bus/pci/devices/{}", dev.bdf), &dir);
+            if let Some(t) = &rig.iommu_domain {
+                write(
+                    root,
+                    &format!("sys/kernel/iommu_groups/{group}/type"),
+                    format!("{t}\n"),
+                );
+                link(
+                    root,
+                    &format!("{dir}/iommu_group"),
+                    &format!("sys/kernel/iommu_groups/{group}"),
+                );
+                group += 1;
+            }
+            dir
+        };
     let link_files = |dir: &str, l: &RigLink| {
-        write(root, &format!("{dir}/current_link_speed"), format!("{}\n", l.speed));
-        write(root, &format!("{dir}/current_link_width"), format!("{}\n", l.width));
-        write(root, &format!("{dir}/max_link_speed"), format!("{}\n", l.max_speed));
-        write(root, &format!("{dir}/max_link_width"), format!("{}\n", l.max_width));
+        write(
+            root,
+            &format!("{dir}/current_link_speed"),
+            format!("{}\n", l.speed),
+        );
+        write(
+            root,
+            &format!("{dir}/current_link_width"),
+            format!("{}\n", l.width),
+        );
+        write(
+            root,
+            &format!("{dir}/max_link_speed"),
+            format!("{}\n", l.max_speed),
+        );
+        write(
+            root,
+            &format!("{dir}/max_link_width"),
+            format!("{}\n", l.max_width),
+        );
     };
     for b in &rig.bridge {
         let cfg = config_space(b.vendor, 0x1453, &b.port, &b.link, b.acs_ctl, rig.root);
-        let dir = add_device(Dev { bdf: &b.bdf, parent: &b.parent }, b.vendor, 0x1453, 0x060400, cfg);
+        let dir = add_device(
+            Dev {
+                bdf: &b.bdf,
+                parent: &b.parent,
+            },
+            b.vendor,
+            0x1453,
+            0x060400,
+            cfg,
+        );
         link_files(&dir, &b.link);
-        write(root, &format!("{dir}/aer_dev_correctable"), aer_text(&b.aer_correctable, &AER_COR, "TOTAL_ERR_COR"));
-        write(root, &format!("{dir}/aer_dev_nonfatal"), aer_text(&BTreeMap::new(), &AER_NONFATAL, "TOTAL_ERR_NONFATAL"));
-        write(root, &format!("{dir}/aer_dev_fatal"), aer_text(&BTreeMap::new(), &AER_NONFATAL, "TOTAL_ERR_FATAL"));
+        write(
+            root,
+            &format!("{dir}/aer_dev_correctable"),
+            aer_text(&b.aer_correctable, &AER_COR, "TOTAL_ERR_COR"),
+        );
+        write(
+            root,
+            &format!("{dir}/aer_dev_nonfatal"),
+            aer_text(&BTreeMap::new(), &AER_NONFATAL, "TOTAL_ERR_NONFATAL"),
+        );
+        write(
+            root,
+            &format!("{dir}/aer_dev_fatal"),
+            aer_text(&BTreeMap::new(), &AER_NONFATAL, "TOTAL_ERR_FATAL"),
+        );
     }
     for g in &rig.gpu {
         let cfg = config_space(0x10de, g.device_id, "endpoint", &g.link, None, rig.root);
-        let dir = add_device(Dev { bdf: &g.bdf, parent: &g.parent }, 0x10de, g.device_id, 0x030000, cfg);
+        let dir = add_device(
+            Dev {
+                bdf: &g.bdf,
+                parent: &g.parent,
+            },
+            0x10de,
+            g.device_id,
+            0x030000,
+            cfg,
+        );
         link_files(&dir, &g.link);
         write(root, &format!("{dir}/numa_node"), format!("{}\n", g.numa));
         let bar1 = 0xe000000000u64;
@@ -342,32 +440,91 @@ pub fn build(rig: &Rig, root: &Path) {
                 bar1 + (g.bar1_mib << 20) - 1
             ),
         );
-        write(root, &format!("{dir}/aer_dev_correctable"), aer_text(&g.aer_correctable, &AER_COR, "TOTAL_ERR_COR"));
-        write(root, &format!("{dir}/aer_dev_nonfatal"), aer_text(&g.aer_nonfatal, &AER_NONFATAL, "TOTAL_ERR_NONFATAL"));
-        write(root, &format!("{dir}/aer_dev_fatal"), aer_text(&BTreeMap::new(), &AER_NONFATAL, "TOTAL_ERR_FATAL"));
+        write(
+            root,
+            &format!("{dir}/aer_dev_correctable"),
+            aer_text(&g.aer_correctable, &AER_COR, "TOTAL_ERR_COR"),
+        );
+        write(
+            root,
+            &format!("{dir}/aer_dev_nonfatal"),
+            aer_text(&g.aer_nonfatal, &AER_NONFATAL, "TOTAL_ERR_NONFATAL"),
+        );
+        write(
+            root,
+            &format!("{dir}/aer_dev_fatal"),
+            aer_text(&BTreeMap::new(), &AER_NONFATAL, "TOTAL_ERR_FATAL"),
+        );
         if let Some(d) = &g.driver {
             fs::create_dir_all(root.join(format!("sys/bus/pci/drivers/{d}"))).unwrap();
-            link(root, &format!("{dir}/driver"), &format!("sys/bus/pci/drivers/{d}"));
+            link(
+                root,
+                &format!("{dir}/driver"),
+                &format!("sys/bus/pci/drivers/{d}"),
+            );
         }
         if g.audio {
             let audio_bdf = format!("{}.1", g.bdf.trim_end_matches(".0"));
             let cfg = config_space(0x10de, 0x1aef, "endpoint", &g.link, None, rig.root);
-            add_device(Dev { bdf: &audio_bdf, parent: &g.parent }, 0x10de, 0x1aef, 0x040300, cfg);
+            add_device(
+                Dev {
+                    bdf: &audio_bdf,
+                    parent: &g.parent,
+                },
+                0x10de,
+                0x1aef,
+                0x040300,
+                cfg,
+            );
         }
     }
     for o in &rig.other {
-        let l = RigLink { speed: "8.0 GT/s PCIe".into(), width: 4, max_speed: "8.0 GT/s PCIe".into(), max_width: 4 };
+        let l = RigLink {
+            speed: "8.0 GT/s PCIe".into(),
+            width: 4,
+            max_speed: "8.0 GT/s PCIe".into(),
+            max_width: 4,
+        };
         let cfg = config_space(o.vendor, o.device, "endpoint", &l, None, rig.root);
-        add_device(Dev { bdf: &o.bdf, parent: &o.parent }, o.vendor, o.device, o.class, cfg);
+        add_device(
+            Dev {
+                bdf: &o.bdf,
+                parent: &o.parent,
+            },
+            o.vendor,
+            o.device,
+            o.class,
+            cfg,
+        );
     }
 
     if let Some(d) = &rig.driver {
-        write(root, "proc/driver/nvidia/version", format!("{}\nGCC version:  gcc version 12.3.0 (Ubuntu 12.3.0-1ubuntu1~22.04)\n", d.version_line));
-        let version = d.version_line.split_whitespace().find(|w| w.contains('.') && w.chars().all(|c| c.is_ascii_digit() || c == '.')).unwrap_or("0");
+        write(
+            root,
+            "proc/driver/nvidia/version",
+            format!(
+                "{}\nGCC version:  gcc version 12.3.0 (Ubuntu 12.3.0-1ubuntu1~22.04)\n",
+                d.version_line
+            ),
+        );
+        let version = d
+            .version_line
+            .split_whitespace()
+            .find(|w| w.contains('.') && w.chars().all(|c| c.is_ascii_digit() || c == '.'))
+            .unwrap_or("0");
         write(root, "sys/module/nvidia/version", format!("{version}\n"));
-        let params: String = d.params.iter().map(|(k, v)| format!("{k}: {v}\n")).collect();
+        let params: String = d
+            .params
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}\n"))
+            .collect();
         write(root, "proc/driver/nvidia/params", params);
-        for (minor, g) in rig.gpu.iter().enumerate().filter(|(_, g)| g.driver.as_deref() == Some("nvidia")) {
+        for (minor, g) in rig
+            .gpu
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| g.driver.as_deref() == Some("nvidia"))
+        {
             let mut info = format!(
                 "Model: \t\t {}\nIRQ:   \t\t {}\nGPU UUID: \t {}\nVideo BIOS: \t 94.02.42.00.a9\nBus Type: \t PCIe\nDMA Size: \t 47 bits\nDMA Mask: \t 0x7fffffffffff\nBus Location: \t {}\nDevice Minor: \t {minor}\nGPU Excluded:\t No\n",
                 g.name, 130 + minor, g.uuid, g.bdf
@@ -375,7 +532,11 @@ pub fn build(rig: &Rig, root: &Path) {
             if let Some(gsp) = &d.gsp_firmware {
                 info += &format!("GSP Firmware: \t {gsp}\n");
             }
-            write(root, &format!("proc/driver/nvidia/gpus/{}/information", g.bdf), info);
+            write(
+                root,
+                &format!("proc/driver/nvidia/gpus/{}/information", g.bdf),
+                info,
+            );
         }
     }
     if rig.pci_ids {

@@ -1,0 +1,282 @@
+//! The binary as a user and a script meet it: exit codes, formats, files, bad input.
+
+mod common;
+
+use common::*;
+use predicates::prelude::*;
+use std::io::Write;
+
+#[test]
+fn machine_without_driver_says_so_and_exits_1() {
+    // An empty tree is the extreme case: no /proc, no /sys at all. Nothing may panic.
+    let empty = tempfile::tempdir().unwrap();
+    let out = rigdoctor()
+        .args(["check", "--sysroot"])
+        .arg(empty.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.lines().nth(1).unwrap().contains("NVIDIA driver"),
+        "{text}"
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn host_json_is_a_versioned_report() {
+    let empty = tempfile::tempdir().unwrap();
+    let (code, report) = host_json(empty.path(), &[]);
+    assert_eq!(code, 1);
+    assert_eq!(report["schema"], "rigdoctor.report/1");
+    assert_eq!(report["tool"]["name"], "rigdoctor");
+    assert!(report["facts"].is_object());
+    assert_eq!(summary(&report), ["error driver-not-loaded"]);
+    // Unknown facts carry their reason.
+    assert_eq!(report["facts"]["host"]["cmdline"]["unknown"], "absent");
+}
+
+#[test]
+fn live_root_never_crashes() {
+    // Whatever this machine is (CI has no NVIDIA driver), the run completes with a verdict.
+    let out = rigdoctor().args(["host", "--json"]).output().unwrap();
+    assert!(matches!(out.status.code(), Some(0 | 1)), "{:?}", out);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["schema"], "rigdoctor.report/1");
+}
+
+#[test]
+fn fail_on_sets_the_threshold() {
+    let dir = sysroot_of(&load_rig("x99-2x3090-plx")); // warnings, no error
+    let run = |level: &str| {
+        rigdoctor()
+            .args(["host", "--fail-on", level, "--sysroot"])
+            .arg(dir.path())
+            .output()
+            .unwrap()
+            .status
+            .code()
+    };
+    assert_eq!(run("error"), Some(0));
+    assert_eq!(run("warn"), Some(1));
+    assert_eq!(run("info"), Some(1));
+    let healthy = sysroot_of(&load_rig("x570-2x3090-r535")); // one note
+    let code = rigdoctor()
+        .args(["host", "--fail-on", "warn", "--sysroot"])
+        .arg(healthy.path())
+        .output()
+        .unwrap();
+    assert_eq!(code.status.code(), Some(0));
+}
+
+#[test]
+fn bad_usage_exits_2() {
+    rigdoctor().arg("frobnicate").assert().code(2);
+    rigdoctor()
+        .args(["host", "--fail-on", "never"])
+        .assert()
+        .code(2);
+    rigdoctor()
+        .args(["host", "--sysroot", "/does/not/exist"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("not a directory"));
+}
+
+#[test]
+fn help_explains_commands_and_exit_codes() {
+    rigdoctor()
+        .arg("--help")
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains("diagnose").and(predicate::str::contains("Exit codes")));
+    rigdoctor()
+        .args(["diagnose", "--help"])
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains("Example"));
+}
+
+fn diagnose_bytes(bytes: &[u8]) -> std::process::Output {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(bytes).unwrap();
+    rigdoctor().arg("diagnose").arg(f.path()).output().unwrap()
+}
+
+fn assert_one_line_error(out: &std::process::Output, what: &str) {
+    assert_eq!(out.status.code(), Some(2), "{what}: {out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{what}: {err}");
+    assert!(err.starts_with("rigdoctor: error: "), "{what}: {err}");
+    assert!(!err.contains("panicked"), "{what}: {err}");
+    assert!(out.stdout.is_empty(), "{what}");
+}
+
+#[test]
+fn diagnose_rejects_bad_files_with_one_line() {
+    let good = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/reports/x399-3x3090-r545.json"),
+    )
+    .unwrap();
+    let text = String::from_utf8(good.clone()).unwrap();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("empty", vec![]),
+        ("not json", b"hello".to_vec()),
+        ("binary", vec![0xff, 0x00, 0x13, 0x37]),
+        ("truncated", good[..good.len() / 2].to_vec()),
+        ("no schema", b"{\"facts\":{}}".to_vec()),
+        ("other tool", b"{\"schema\":\"nvbandwidth\"}".to_vec()),
+        (
+            "newer schema",
+            text.replace("rigdoctor.report/1", "rigdoctor.report/2")
+                .into_bytes(),
+        ),
+        (
+            "wrong type",
+            text.replace("\"loaded\": true", "\"loaded\": \"yes\"")
+                .into_bytes(),
+        ),
+        ("array", b"[1,2,3]".to_vec()),
+        ("deep nesting", "[".repeat(100_000).into_bytes()),
+        ("huge", vec![b' '; 17 << 20]),
+    ];
+    for (what, bytes) in cases {
+        assert_one_line_error(&diagnose_bytes(&bytes), what);
+    }
+    assert_one_line_error(
+        &rigdoctor()
+            .args(["diagnose", "/no/such/report.json"])
+            .output()
+            .unwrap(),
+        "missing",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    assert_one_line_error(
+        &rigdoctor()
+            .arg("diagnose")
+            .arg(dir.path())
+            .output()
+            .unwrap(),
+        "directory",
+    );
+}
+
+#[test]
+fn diagnose_survives_every_truncation() {
+    let good = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reports/x99-2x3090-plx.json"),
+    )
+    .unwrap();
+    for cut in (0..good.len()).step_by(good.len() / 40) {
+        let code = diagnose_bytes(&good[..cut]).status.code();
+        assert_eq!(code, Some(2), "cut at {cut}");
+    }
+}
+
+#[test]
+fn diagnose_reads_stdin_and_round_trips() {
+    let dir = sysroot_of(&load_rig("x399-3x3090-r545"));
+    let (_, live) = host_json(dir.path(), &[]);
+    let out = rigdoctor()
+        .args(["diagnose", "-", "--json"])
+        .write_stdin(live.to_string())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let again: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(again["facts"], live["facts"]);
+    assert_eq!(again["findings"], live["findings"]);
+    assert_eq!(again["command"], "diagnose");
+}
+
+#[test]
+fn output_file_gets_the_format_and_terminal_the_text() {
+    let dir = sysroot_of(&load_rig("x399-3x3090-r545"));
+    let out_dir = tempfile::tempdir().unwrap();
+    let file = out_dir.path().join("report.json");
+    let out = rigdoctor()
+        .args(["check", "--json", "-o"])
+        .arg(&file)
+        .arg("--sysroot")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(saved["schema"], "rigdoctor.report/1");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("error[driver-known-bad]"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("report written to"));
+    let bad = rigdoctor()
+        .args(["check", "-o", "/no/such/dir/r.json", "--sysroot"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_one_line_error(&bad, "unwritable output");
+}
+
+#[test]
+fn markdown_is_post_ready() {
+    let dir = sysroot_of(&load_rig("x399-3x3090-r545"));
+    let out = rigdoctor()
+        .args(["check", "--format", "markdown", "--sysroot"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let md = String::from_utf8(out.stdout).unwrap();
+    assert!(md.starts_with("## rigdoctor check: ❌ 1 error"), "{md}");
+    assert!(md.contains("| BUS ID | NAME |"));
+    assert!(md.contains("#### error `driver-known-bad`"));
+    let json_start = md.find("```json\n").unwrap() + 8;
+    let json_end = md[json_start..].find("```").unwrap() + json_start;
+    let embedded: serde_json::Value = serde_json::from_str(&md[json_start..json_end]).unwrap();
+    assert_eq!(embedded["schema"], "rigdoctor.report/1");
+}
+
+#[test]
+fn redact_hides_identity_but_keeps_the_diagnosis() {
+    let dir = sysroot_of(&load_rig("x399-3x3090-r545"));
+    let out = rigdoctor()
+        .args(["check", "--json", "--redact", "--sysroot"])
+        .arg(dir.path())
+        .env("HOME", "/home/alice")
+        .env("NCCL_SOCKET_IFNAME", "eth0")
+        .output()
+        .unwrap();
+    let s = String::from_utf8(out.stdout).unwrap();
+    for secret in [
+        "tr-rig",
+        "3a1b2c3d-0000-1111-2222-333344445555",
+        "0b4c4a1e-7a5f-4f0e-9a53-8d2a0c6f1e22",
+        "alice",
+    ] {
+        assert!(!s.contains(secret), "{secret} leaked");
+    }
+    let report: serde_json::Value = serde_json::from_str(&s).unwrap();
+    assert_eq!(summary(&report)[0], "error driver-known-bad");
+}
+
+#[test]
+fn colour_only_when_asked_or_on_a_terminal() {
+    let dir = sysroot_of(&load_rig("x399-3x3090-r545"));
+    let plain = rigdoctor()
+        .args(["check", "--sysroot"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        !plain.stdout.contains(&0x1b),
+        "piped output must not carry escape codes"
+    );
+    let coloured = rigdoctor()
+        .args(["check", "--color", "always", "--sysroot"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(coloured.stdout.contains(&0x1b));
+}
