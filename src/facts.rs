@@ -353,6 +353,8 @@ pub struct Bridge {
 /// What rigdoctor decodes from a bridge's PCI config space.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BridgeConfig {
+    pub vendor_id: u16,
+    pub device_id: u16,
     /// PCIe port type from the PCI Express capability ("root-port", "switch-upstream", ...).
     pub port_type: Probed<String>,
     /// The ACS extended capability; `None` when the bridge has none.
@@ -364,6 +366,10 @@ pub struct Acs {
     pub offset: u16,
     pub capability: u16,
     pub control: u16,
+    /// Read with the layout of Intel Sunrise/Union Point PCH root ports, whose ACS registers are
+    /// dwords (control at +8), as Linux' `pci_quirk_intel_spt_pch_acs` does.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub intel_pch_layout: bool,
 }
 
 impl Acs {
@@ -506,6 +512,7 @@ mod tests {
             offset: 0x148,
             capability: 0x5f,
             control: 0x1d,
+            intel_pch_layout: false,
         };
         assert_eq!(
             a.describe_control(),

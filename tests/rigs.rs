@@ -2,7 +2,7 @@
 //! saved report (tests/reports/*.json) is re-diagnosed.
 //!
 //! Regenerate the saved reports after a facts change with:
-//!     RIGDOCTOR_WRITE_REPORTS=1 cargo test --test rigs
+//!     RIGDOCTOR_WRITE_REPORTS=1 cargo test --test rigs live_findings_match
 
 mod common;
 

@@ -83,6 +83,15 @@ fn port_type_name(t: u16) -> String {
     .to_string()
 }
 
+/// Intel Sunrise Point / Union Point PCH root ports (Skylake and Kaby Lake desktop chipsets)
+/// implement ACS with dword registers: control sits at +8, not +6. The ranges are those of
+/// `pci_quirk_intel_spt_pch_acs_match` in Linux' drivers/pci/quirks.c.
+fn intel_pch_acs_layout(vendor: u16, device: u16, port_type: Option<&str>) -> bool {
+    vendor == 0x8086
+        && port_type == Some("root-port")
+        && matches!(device, 0xa110..=0xa11f | 0xa167..=0xa16a | 0xa290..=0xa29f | 0xa2e7..=0xa2ee)
+}
+
 /// Decode what the rules need from a bridge's `config` file.
 pub fn decode_bridge_config(bdf: &str, c: &[u8]) -> Probed<BridgeConfig> {
     if c.len() <= UNPRIVILEGED_LEN {
@@ -107,15 +116,24 @@ pub fn decode_bridge_config(bdf: &str, c: &[u8]) -> Probed<BridgeConfig> {
             ),
         )
     } else {
+        let vendor = u16_at(c, 0).unwrap_or(0);
+        let device = u16_at(c, 2).unwrap_or(0);
+        let pch = intel_pch_acs_layout(vendor, device, port_type.known().map(String::as_str));
         Probed::Known(find_ext_cap(c, EXT_CAP_ID_ACS).and_then(|p| {
             Some(Acs {
                 offset: p as u16,
                 capability: u16_at(c, p + 4)?,
-                control: u16_at(c, p + 6)?,
+                control: u16_at(c, if pch { p + 8 } else { p + 6 })?,
+                intel_pch_layout: pch,
             })
         }))
     };
-    Probed::Known(BridgeConfig { port_type, acs })
+    Probed::Known(BridgeConfig {
+        vendor_id: u16_at(c, 0).unwrap_or(0),
+        device_id: u16_at(c, 2).unwrap_or(0),
+        port_type,
+        acs,
+    })
 }
 
 #[cfg(test)]
@@ -146,6 +164,24 @@ mod tests {
         assert_eq!(cfg.port_type.known().unwrap(), "switch-downstream");
         let acs = cfg.acs.known().unwrap().as_ref().unwrap();
         assert_eq!((acs.offset, acs.control), (0x148, 0x1d));
+    }
+
+    #[test]
+    fn intel_pch_root_ports_keep_acs_control_at_plus_8() {
+        let mut c = bridge_config(Some(0x0000));
+        c[0..4].copy_from_slice(&[0x86, 0x80, 0x10, 0xa1]); // 8086:a110
+        c[0x62] = 0x42; // root port
+        c[0x150..0x152].copy_from_slice(&0x001du16.to_le_bytes());
+        let cfg = decode_bridge_config("b", &c);
+        let acs = cfg.known().unwrap().acs.known().unwrap().clone().unwrap();
+        assert!(acs.intel_pch_layout);
+        assert_eq!(acs.control, 0x1d);
+        // Another Intel root port reads the standard place.
+        c[2..4].copy_from_slice(&0x6f08u16.to_le_bytes());
+        let cfg = decode_bridge_config("b", &c);
+        let acs = cfg.known().unwrap().acs.known().unwrap().clone().unwrap();
+        assert!(!acs.intel_pch_layout);
+        assert_eq!(acs.control, 0x0000);
     }
 
     #[test]

@@ -28,6 +28,7 @@ struct Redirecting<'a> {
     bdf: String,
     acs: &'a Acs,
     port_type: String,
+    ids: String,
     pairs: Vec<(String, String)>,
 }
 
@@ -51,6 +52,7 @@ pub fn redirect(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
                     bdf,
                     acs,
                     port_type,
+                    ids: format!("{:04x}:{:04x}", cfg.vendor_id, cfg.device_id),
                     pairs,
                 });
             }
@@ -79,11 +81,27 @@ pub fn redirect(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
     for h in &hits {
         let between: Vec<String> = h.pairs.iter().map(|(a, b)| format!("{a}<->{b}")).collect();
         f = f.evidence(format!(
-            "{} ({}) ACSCtl: {} (on the path {})",
+            "{} [{}] ({}) ACSCtl: {} (on the path {})",
             h.bdf,
+            h.ids,
             h.port_type,
             h.acs.describe_control(),
             between.join(", ")
+        ));
+    }
+    let acs_params: Vec<String> = facts
+        .host
+        .cmdline
+        .known()
+        .map(|c| c.mentions(&["pci"]))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p.contains("acs"))
+        .collect();
+    if !acs_params.is_empty() {
+        f = f.evidence(format!(
+            "the kernel command line already has {}, yet these bridges still redirect: check that it names them (dmesg | grep -i acs)",
+            acs_params.join(" ")
         ));
     }
     let bdfs: Vec<&str> = hits.iter().map(|h| h.bdf.as_str()).collect();
