@@ -7,6 +7,7 @@ pub mod cli;
 pub mod facts;
 pub mod finding;
 pub mod knowledge;
+pub mod measure;
 pub mod probe;
 pub mod report;
 pub mod rules;
