@@ -1,0 +1,235 @@
+//! The NVML calls rigdoctor makes, answered from the rig. Devices are numbered in PCI bus
+//! order, as the real library numbers them; a handle is its index + 1.
+
+use crate::{rig, write_cstr};
+use std::ffi::{c_char, c_uint, c_ulonglong, c_void};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+type Ret = c_uint;
+const SUCCESS: Ret = 0;
+const UNINITIALIZED: Ret = 1;
+const INVALID_ARGUMENT: Ret = 2;
+const INSUFFICIENT_SIZE: Ret = 7;
+const DRIVER_NOT_LOADED: Ret = 9;
+const LIB_RM_VERSION_MISMATCH: Ret = 18;
+
+static INITIALISED: AtomicBool = AtomicBool::new(false);
+
+#[repr(C)]
+pub struct PciInfo {
+    bus_id_legacy: [c_char; 16],
+    domain: c_uint,
+    bus: c_uint,
+    device: c_uint,
+    pci_device_id: c_uint,
+    pci_sub_system_id: c_uint,
+    bus_id: [c_char; 32],
+}
+
+#[repr(C)]
+pub struct MemoryV2 {
+    version: c_uint,
+    total: c_ulonglong,
+    reserved: c_ulonglong,
+    free: c_ulonglong,
+    used: c_ulonglong,
+}
+
+#[repr(C)]
+pub struct Bar1 {
+    total: c_ulonglong,
+    free: c_ulonglong,
+    used: c_ulonglong,
+}
+
+fn device(h: *mut c_void) -> Result<&'static crate::rig::Gpu, Ret> {
+    if !INITIALISED.load(Ordering::SeqCst) {
+        return Err(UNINITIALIZED);
+    }
+    let i = (h as usize).checked_sub(1).ok_or(INVALID_ARGUMENT)?;
+    rig().nvml_order().get(i).copied().ok_or(INVALID_ARGUMENT)
+}
+
+fn ret(r: Result<(), Ret>) -> Ret {
+    r.err().unwrap_or(SUCCESS)
+}
+
+unsafe fn out_str(dst: *mut c_char, len: c_uint, s: &str) -> Result<(), Ret> {
+    if write_cstr(dst, len as usize, s) {
+        Ok(())
+    } else {
+        Err(INSUFFICIENT_SIZE)
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlInit_v2() -> Ret {
+    match rig().faults.nvml_init.as_deref() {
+        Some("mismatch") => return LIB_RM_VERSION_MISMATCH,
+        Some("driver-not-loaded") => return DRIVER_NOT_LOADED,
+        Some("hang") => loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        },
+        _ => {}
+    }
+    INITIALISED.store(true, Ordering::SeqCst);
+    SUCCESS
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlShutdown() -> Ret {
+    INITIALISED.store(false, Ordering::SeqCst);
+    SUCCESS
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlErrorString(r: Ret) -> *const c_char {
+    let s: &'static [u8] = match r {
+        SUCCESS => b"Success\0",
+        UNINITIALIZED => b"Uninitialized\0",
+        INVALID_ARGUMENT => b"Invalid Argument\0",
+        INSUFFICIENT_SIZE => b"Insufficient Size\0",
+        DRIVER_NOT_LOADED => b"Driver Not Loaded\0",
+        LIB_RM_VERSION_MISMATCH => b"Driver/library version mismatch\0",
+        _ => b"Unknown Error\0",
+    };
+    s.as_ptr() as *const c_char
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlSystemGetDriverVersion(v: *mut c_char, len: c_uint) -> Ret {
+    ret(out_str(v, len, &rig().driver_version))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlSystemGetCudaDriverVersion_v2(v: *mut i32) -> Ret {
+    *v = rig().cuda_version;
+    SUCCESS
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetCount_v2(n: *mut c_uint) -> Ret {
+    if !INITIALISED.load(Ordering::SeqCst) {
+        return UNINITIALIZED;
+    }
+    *n = rig().gpus.len() as c_uint;
+    SUCCESS
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex_v2(i: c_uint, h: *mut *mut c_void) -> Ret {
+    let handle = (i as usize + 1) as *mut c_void;
+    ret(device(handle).map(|_| *h = handle))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetName(h: *mut c_void, v: *mut c_char, len: c_uint) -> Ret {
+    ret(device(h).and_then(|g| out_str(v, len, &g.name)))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetUUID(h: *mut c_void, v: *mut c_char, len: c_uint) -> Ret {
+    ret(device(h).and_then(|g| out_str(v, len, &g.uuid)))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetPciInfo_v3(h: *mut c_void, p: *mut PciInfo) -> Ret {
+    ret(device(h).map(|g| {
+        let mut f = g
+            .bus_id
+            .split([':', '.'])
+            .map(|x| u32::from_str_radix(x, 16).unwrap_or(0));
+        let (domain, bus, dev) = (
+            f.next().unwrap_or(0),
+            f.next().unwrap_or(0),
+            f.next().unwrap_or(0),
+        );
+        let p = &mut *p;
+        p.domain = domain;
+        p.bus = bus;
+        p.device = dev;
+        p.pci_device_id = 0x220410de;
+        p.pci_sub_system_id = 0;
+        // NVML writes an 8-digit domain, upper case: "00000000:0A:00.0".
+        let id = format!("{domain:08X}:{bus:02X}:{dev:02X}.0");
+        write_cstr(p.bus_id.as_mut_ptr(), 32, &id);
+        write_cstr(
+            p.bus_id_legacy.as_mut_ptr(),
+            16,
+            &format!("{domain:04X}:{bus:02X}:{dev:02X}.0"),
+        );
+    }))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(h: *mut c_void, m: *mut MemoryV2) -> Ret {
+    ret(device(h).map(|g| {
+        let m = &mut *m;
+        m.total = g.memory_mib << 20;
+        m.reserved = 0;
+        m.used = 0;
+        m.free = m.total;
+    }))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetBrand(h: *mut c_void, b: *mut c_uint) -> Ret {
+    ret(device(h).map(|g| {
+        *b = match g.brand.as_str() {
+            "geforce" => 5,
+            "titan" => 6,
+            "quadro" => 1,
+            "tesla" | "datacenter" => 2,
+            "nvidia-rtx" => 13,
+            _ => 0,
+        }
+    }))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetBAR1MemoryInfo(h: *mut c_void, b: *mut Bar1) -> Ret {
+    ret(device(h).map(|g| {
+        let b = &mut *b;
+        b.total = g.bar1_mib << 20;
+        b.used = 0;
+        b.free = b.total;
+    }))
+}
+
+macro_rules! uint_getter {
+    ($name:ident, $field:expr) => {
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(h: *mut c_void, v: *mut c_uint) -> Ret {
+            ret(device(h).map(|g| *v = $field(g)))
+        }
+    };
+}
+
+uint_getter!(
+    nvmlDeviceGetCurrPcieLinkGeneration,
+    |g: &crate::rig::Gpu| g.pcie.gen
+);
+uint_getter!(nvmlDeviceGetCurrPcieLinkWidth, |g: &crate::rig::Gpu| g
+    .pcie
+    .width);
+uint_getter!(nvmlDeviceGetMaxPcieLinkGeneration, |g: &crate::rig::Gpu| g
+    .pcie
+    .max_gen);
+uint_getter!(nvmlDeviceGetMaxPcieLinkWidth, |g: &crate::rig::Gpu| g
+    .pcie
+    .max_width);
+uint_getter!(nvmlDeviceGetPowerManagementLimit, |g: &crate::rig::Gpu| g
+    .power_limit_w
+    * 1000);
+uint_getter!(nvmlDeviceGetPersistenceMode, |g: &crate::rig::Gpu| {
+    u32::from(g.persistence)
+});
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetTemperature(
+    h: *mut c_void,
+    _sensor: c_uint,
+    t: *mut c_uint,
+) -> Ret {
+    ret(device(h).map(|g| *t = g.temperature_c))
+}
