@@ -3,12 +3,14 @@
 use crate::cli::{Cli, ColorChoice, Command};
 use crate::facts::Facts;
 use crate::knowledge::Knowledge;
+use crate::measure::protocol::{read_plan, Worker};
 use crate::report::{self, Format, Report};
 use crate::sysroot::Sysroot;
 use crate::{probe, rules};
 use anyhow::{bail, Context, Result};
 use std::io::{IsTerminal, Read, Write};
 use std::path::Path;
+use std::time::Duration;
 
 /// Exit codes, as documented in README.md.
 pub const EXIT_OK: u8 = 0;
@@ -31,7 +33,14 @@ fn try_run(cli: &Cli) -> Result<u8> {
     let kb = Knowledge::embedded().context("built-in knowledge base is invalid")?;
     let g = &cli.global;
     let (command, facts) = match &cli.command {
-        Command::Check => ("check", probe_host(&g.sysroot)?),
+        Command::Worker => return Ok(worker()),
+        Command::Check => {
+            let mut facts = probe_host(&g.sysroot)?;
+            if g.gpu || g.sysroot == Path::new("/") {
+                facts.gpu = Some(probe::gpu::collect(Duration::from_secs_f64(g.timeout)));
+            }
+            ("check", facts)
+        }
         Command::Host => ("host", probe_host(&g.sysroot)?),
         Command::Diagnose { file } => ("diagnose", load(file)?),
     };
@@ -45,6 +54,26 @@ fn try_run(cli: &Cli) -> Result<u8> {
     emit(&report, cli)?;
     let failing = report.findings.iter().any(|f| f.severity >= g.fail_on);
     Ok(if failing { EXIT_FINDINGS } else { EXIT_OK })
+}
+
+/// The GPU worker: run the steps of its plan, one event line each, and exit.
+fn worker() -> u8 {
+    let steps = match read_plan() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("rigdoctor: error: {e} (the worker is started by rigdoctor itself)");
+            return EXIT_ERROR;
+        }
+    };
+    let mut w = Worker::new(std::io::stdout().lock());
+    for step in steps {
+        let _ = w.start(&step);
+        let _ = match probe::gpu::run_step(&step) {
+            Some(v) => w.done(&step, v),
+            None => w.failed(&step, "unknown step"),
+        };
+    }
+    EXIT_OK
 }
 
 fn probe_host(sysroot: &Path) -> Result<Facts> {

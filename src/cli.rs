@@ -31,7 +31,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the whole battery and print one diagnosis (today: every host check; GPU steps follow).
+    /// Run the whole battery and print one diagnosis: every host check, then the GPU inventory
+    /// through NVML and the CUDA driver (in a worker process that cannot hang rigdoctor).
     #[command(after_help = "Example:\n  sudo rigdoctor check --json -o report.json")]
     Check,
     /// Inspect the host without touching a GPU: kernel command line, IOMMU, PCIe path, ACS,
@@ -40,6 +41,9 @@ pub enum Command {
         after_help = "Examples:\n  sudo rigdoctor host\n  rigdoctor host --sysroot /mnt/captured-tree --format markdown"
     )]
     Host,
+    /// Internal: the worker process that runs GPU steps under the watchdog.
+    #[command(name = "__worker", hide = true)]
+    Worker,
     /// Re-run this version's rules on the facts of a saved JSON report (`-` reads stdin).
     #[command(after_help = "Example:\n  rigdoctor diagnose report.json --format markdown")]
     Diagnose {
@@ -60,6 +64,13 @@ pub struct GlobalArgs {
     /// Read /proc and /sys under DIR instead of / (a tree captured from another machine).
     #[arg(long, global = true, value_name = "DIR", default_value = "/")]
     pub sysroot: PathBuf,
+    /// Seconds a GPU step may take before its worker is killed and the step reported as hung.
+    #[arg(long, global = true, value_name = "SECS", default_value_t = 10.0, value_parser = parse_timeout)]
+    pub timeout: f64,
+    /// Probe this machine's GPUs even with --sysroot (e.g. the host's /proc and /sys mounted
+    /// into a container). Without it, --sysroot runs only the host checks.
+    #[arg(long, global = true)]
+    pub gpu: bool,
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
     pub format: Format,
@@ -78,6 +89,13 @@ pub struct GlobalArgs {
     /// Colour in terminal output (auto: only on a terminal, and never with NO_COLOR set).
     #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
     pub color: ColorChoice,
+}
+
+fn parse_timeout(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 3600.0 => Ok(v),
+        _ => Err("a number of seconds between 0 and 3600".into()),
+    }
 }
 
 impl GlobalArgs {

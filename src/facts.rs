@@ -19,6 +19,10 @@ pub enum Why {
     Unparsable,
     /// Reading failed for another reason (the detail says which).
     IoError,
+    /// The driver or library did not answer within the deadline; the worker was killed.
+    Hang,
+    /// A library call returned an error (the detail has its name).
+    Failed,
 }
 
 impl Why {
@@ -28,6 +32,8 @@ impl Why {
             Why::Absent => "absent",
             Why::Unparsable => "unparsable",
             Why::IoError => "read error",
+            Why::Hang => "hung",
+            Why::Failed => "failed",
         }
     }
 }
@@ -95,6 +101,80 @@ pub struct Facts {
     pub pci: Probed<PciTopology>,
     pub driver: NvidiaDriver,
     pub env: EnvFacts,
+    /// What NVML and the CUDA driver report; absent when the GPU steps did not run
+    /// (`rigdoctor host`, or `--sysroot` without `--gpu`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<GpuRuntime>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GpuRuntime {
+    pub nvml: Probed<NvmlInventory>,
+    pub cuda: Probed<CudaInventory>,
+    /// CUDA_DEVICE_ORDER as the rigdoctor process saw it.
+    pub cuda_device_order: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NvmlInventory {
+    pub driver_version: Probed<String>,
+    /// e.g. 12030 for CUDA 12.3.
+    pub cuda_driver_version: Probed<i32>,
+    /// In NVML order, which is PCI bus order.
+    pub devices: Vec<NvmlDevice>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NvmlDevice {
+    pub index: u32,
+    /// Normalised "0000:41:00.0", to match sysfs and CUDA.
+    pub bus_id: Probed<String>,
+    pub name: Probed<String>,
+    pub uuid: Probed<String>,
+    pub brand: Probed<String>,
+    pub memory_bytes: Probed<u64>,
+    pub bar1_bytes: Probed<u64>,
+    pub pcie_gen: Probed<u32>,
+    pub pcie_width: Probed<u32>,
+    /// Device + system maximum (a Gen4 card in a Gen3 slot reports 3).
+    pub pcie_max_gen: Probed<u32>,
+    pub pcie_max_width: Probed<u32>,
+    pub power_limit_mw: Probed<u32>,
+    pub temperature_c: Probed<u32>,
+    pub persistence_mode: Probed<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CudaInventory {
+    /// The libcuda the worker loaded (from its memory map), to spot a toolkit stub.
+    pub library: Option<String>,
+    /// cuDriverGetVersion, e.g. 12030.
+    pub driver_version: i32,
+    /// In CUDA ordinal order.
+    pub devices: Vec<CudaDevice>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CudaDevice {
+    pub ordinal: i32,
+    pub name: String,
+    /// Normalised "0000:41:00.0".
+    pub bus_id: String,
+    pub compute_capability: [i32; 2],
+    pub memory_bytes: u64,
+    pub multiprocessors: i32,
+}
+
+/// "00000000:0A:00.0" (NVML) or "0000:0A:00.0" (CUDA) -> "0000:0a:00.0" (sysfs).
+pub fn normalize_bus_id(id: &str) -> String {
+    let id = id.trim().to_ascii_lowercase();
+    match id.split_once(':') {
+        Some((dom, rest)) => match u32::from_str_radix(dom, 16) {
+            Ok(d) => format!("{d:04x}:{rest}"),
+            Err(_) => id,
+        },
+        None => id,
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -520,6 +600,13 @@ mod tests {
         );
         assert!(a.redirecting());
         assert!(!Acs { control: 0x01, ..a }.redirecting());
+    }
+
+    #[test]
+    fn bus_ids_normalise() {
+        assert_eq!(normalize_bus_id("00000000:0A:00.0"), "0000:0a:00.0");
+        assert_eq!(normalize_bus_id("0000:41:00.0"), "0000:41:00.0");
+        assert_eq!(normalize_bus_id("00010000:E1:00.0"), "10000:e1:00.0");
     }
 
     #[test]

@@ -28,7 +28,13 @@ pub fn parse_line(line: &str) -> Option<Event> {
     serde_json::from_str(line.strip_prefix(PREFIX)?).ok()
 }
 
-/// The worker's side: its plan, and a writer for its events.
+/// The steps a worker was asked to run, from [`PLAN_ENV`].
+pub fn read_plan() -> Result<Vec<String>, String> {
+    let raw = std::env::var(PLAN_ENV).map_err(|_| format!("{PLAN_ENV} is not set"))?;
+    serde_json::from_str(&raw).map_err(|e| format!("{PLAN_ENV}: {e}"))
+}
+
+/// The worker's side: a writer for its events.
 pub struct Worker<W: Write> {
     out: W,
 }
@@ -36,12 +42,6 @@ pub struct Worker<W: Write> {
 impl<W: Write> Worker<W> {
     pub fn new(out: W) -> Self {
         Worker { out }
-    }
-
-    /// The steps this worker was asked to run, from [`PLAN_ENV`].
-    pub fn plan() -> Result<Vec<String>, String> {
-        let raw = std::env::var(PLAN_ENV).map_err(|_| format!("{PLAN_ENV} is not set"))?;
-        serde_json::from_str(&raw).map_err(|e| format!("{PLAN_ENV}: {e}"))
     }
 
     fn emit(&mut self, e: &Event) -> std::io::Result<()> {

@@ -3,6 +3,7 @@
 mod config_space;
 mod driver;
 mod env;
+pub mod gpu;
 mod host;
 mod pci;
 
@@ -30,5 +31,6 @@ pub fn collect_host(root: &Sysroot, env: impl IntoIterator<Item = (String, Strin
         pci: pci::probe(root, &driver),
         env: env::probe(root, &env),
         driver,
+        gpu: None,
     }
 }

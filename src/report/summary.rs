@@ -64,6 +64,45 @@ pub fn machine_rows(f: &Facts) -> Vec<(&'static str, String)> {
             "NVIDIA driver not loaded".into()
         },
     ));
+    if let Some(rt) = &f.gpu {
+        rows.push((
+            "CUDA",
+            match rt.cuda.known() {
+                Some(c) => {
+                    let names: Vec<String> = c
+                        .devices
+                        .iter()
+                        .map(|d| format!("{}={}", d.ordinal, d.bus_id))
+                        .collect();
+                    format!(
+                        "driver API {}.{}, {} device(s): {}",
+                        c.driver_version / 1000,
+                        c.driver_version % 1000 / 10,
+                        c.devices.len(),
+                        names.join(" ")
+                    )
+                }
+                None => format!(
+                    "unavailable ({})",
+                    rt.cuda.why_unknown().unwrap_or_default()
+                ),
+            },
+        ));
+        rows.push((
+            "NVML",
+            match rt.nvml.known() {
+                Some(n) => format!(
+                    "driver {}, {} device(s)",
+                    show(&n.driver_version),
+                    n.devices.len()
+                ),
+                None => format!(
+                    "unavailable ({})",
+                    rt.nvml.why_unknown().unwrap_or_default()
+                ),
+            },
+        ));
+    }
     let iommu = match (h.iommu.units.known(), h.iommu.group_count.known()) {
         (Some(u), g) if !u.is_empty() => format!(
             "on: {} ({} groups)",

@@ -8,6 +8,7 @@ mod aer;
 mod bar;
 mod driver;
 mod env;
+mod gpu;
 mod iommu;
 mod link;
 pub mod topology;
@@ -25,6 +26,11 @@ const RULES: &[(&str, Rule)] = &[
     ("nouveau-bound", driver::nouveau_bound),
     ("gpu-not-bound", driver::gpu_not_bound),
     ("driver-known-bad", driver::known_bad),
+    ("driver-library-mismatch", gpu::driver_library_mismatch),
+    ("cuda-unavailable", gpu::cuda_unavailable),
+    ("nvml-unavailable", gpu::nvml_unavailable),
+    ("device-order-mismatch", gpu::device_order_mismatch),
+    ("persistence-off", gpu::persistence_off),
     ("iommu-translation", iommu::translation),
     ("acs-redirect", acs::redirect),
     ("acs-not-checked", acs::not_checked),

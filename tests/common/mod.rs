@@ -79,3 +79,32 @@ pub fn rig_findings(name: &str, edit: impl FnOnce(&mut Rig), env: &[(&str, &str)
 pub fn text(v: &Value) -> String {
     v.to_string()
 }
+
+/// A directory with `libcuda.so.1` and `libnvidia-ml.so.1` pointing at the fake driver
+/// (the `fakegpu` workspace crate), built once per test binary.
+pub fn fake_driver_dir() -> std::path::PathBuf {
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "--quiet", "-p", "fakegpu"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("cargo build -p fakegpu");
+        assert!(status.success(), "building the fake driver failed");
+        // The test binary lives in target/<profile>/deps; the library in target/<profile>.
+        let exe = std::env::current_exe().unwrap();
+        let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+        let lib = profile_dir.join("libfakegpu.so");
+        assert!(lib.exists(), "{} missing", lib.display());
+        let dir = profile_dir.join("fakegpu-libs");
+        std::fs::create_dir_all(&dir).unwrap();
+        for name in ["libcuda.so.1", "libnvidia-ml.so.1"] {
+            let link = dir.join(name);
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(&lib, &link).unwrap();
+        }
+        dir
+    })
+    .clone()
+}

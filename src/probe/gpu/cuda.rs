@@ -1,0 +1,114 @@
+//! CUDA driver inventory (cudarc, dynamically loaded). cudarc panics when libcuda or one of its
+//! symbols is missing, so both are checked before any call.
+
+use crate::facts::{normalize_bus_id, CudaDevice, CudaInventory, Probed, Why};
+use cudarc::driver::sys::{self, CUdevice_attribute as Attr};
+use cudarc::driver::{result, DriverError};
+
+/// Every driver-API symbol this module calls. All exist in any driver that CUDA 12 bindings can
+/// talk to, so a missing one means a broken or foreign libcuda.
+const SYMBOLS: [&str; 8] = [
+    "cuInit",
+    "cuDriverGetVersion",
+    "cuDeviceGetCount",
+    "cuDeviceGet",
+    "cuDeviceGetName",
+    "cuDeviceGetPCIBusId",
+    "cuDeviceTotalMem_v2",
+    "cuDeviceGetAttribute",
+];
+
+fn name_of(e: &DriverError) -> String {
+    let name = e
+        .error_name()
+        .map(|c| c.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| format!("{:?}", e.0));
+    match e.error_string() {
+        Ok(s) => format!("{name} ({})", s.to_string_lossy()),
+        Err(_) => name,
+    }
+}
+
+/// The libcuda this process mapped, from /proc/self/maps.
+fn loaded_library() -> Option<String> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| p.contains("libcuda.so") || p.contains("libcuda."))
+        .map(String::from)
+}
+
+pub fn inventory() -> Probed<CudaInventory> {
+    // SAFETY: only dlopen()s the library by name to see whether it exists.
+    if !unsafe { sys::is_culib_present() } {
+        return Probed::unknown(Why::Absent, "libcuda.so.1 not loadable (no NVIDIA driver user-space libraries, or not on the loader path)");
+    }
+    // SAFETY: the library is present (checked above), so culib() does not panic.
+    let lib = unsafe { sys::culib() };
+    for s in SYMBOLS {
+        // SAFETY: looking a symbol up does not call it.
+        if unsafe { lib.get::<unsafe extern "C" fn()>(s.as_bytes()) }.is_err() {
+            let path = loaded_library().unwrap_or_else(|| "libcuda".into());
+            return Probed::unknown(
+                Why::Absent,
+                format!("{path} has no {s}: not a usable NVIDIA driver library"),
+            );
+        }
+    }
+    let library = loaded_library();
+    if let Err(e) = result::init() {
+        let at = library
+            .as_deref()
+            .map(|l| format!(" [{l}]"))
+            .unwrap_or_default();
+        return Probed::unknown(Why::Failed, format!("cuInit: {}{at}", name_of(&e)));
+    }
+    let mut version = 0;
+    // SAFETY: the symbol exists (checked above) and `version` is a valid out pointer.
+    let _ = unsafe { sys::cuDriverGetVersion(&mut version) }.result();
+    let count = match result::device::get_count() {
+        Ok(c) => c,
+        Err(e) => {
+            return Probed::unknown(Why::Failed, format!("cuDeviceGetCount: {}", name_of(&e)))
+        }
+    };
+    let mut devices = Vec::new();
+    for ordinal in 0..count {
+        match device(ordinal) {
+            Ok(d) => devices.push(d),
+            Err(e) => {
+                return Probed::unknown(Why::Failed, format!("device {ordinal}: {}", name_of(&e)))
+            }
+        }
+    }
+    Probed::Known(CudaInventory {
+        library,
+        driver_version: version,
+        devices,
+    })
+}
+
+fn device(ordinal: i32) -> Result<CudaDevice, DriverError> {
+    let dev = result::device::get(ordinal)?;
+    let mut bus = [0 as std::ffi::c_char; 32];
+    // SAFETY: the buffer is 32 bytes, as passed; the symbol exists (checked by the caller).
+    unsafe { sys::cuDeviceGetPCIBusId(bus.as_mut_ptr(), bus.len() as i32, dev) }.result()?;
+    // SAFETY: cuDeviceGetPCIBusId NUL-terminates within the buffer on success.
+    let bus_id = unsafe { std::ffi::CStr::from_ptr(bus.as_ptr()) }
+        .to_string_lossy()
+        .into_owned();
+    // SAFETY: dev is a valid device handle from cuDeviceGet.
+    let attr = |a: Attr| unsafe { result::device::get_attribute(dev, a) };
+    Ok(CudaDevice {
+        ordinal,
+        name: result::device::get_name(dev)?,
+        bus_id: normalize_bus_id(&bus_id),
+        compute_capability: [
+            attr(Attr::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
+            attr(Attr::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
+        ],
+        // SAFETY: as above.
+        memory_bytes: unsafe { result::device::total_mem(dev) }? as u64,
+        multiprocessors: attr(Attr::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?,
+    })
+}
