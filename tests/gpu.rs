@@ -149,17 +149,22 @@ fn hung_cuda_init_costs_one_deadline_and_nvml_still_reports() {
     );
 }
 
-#[test]
-fn missing_libraries_with_a_loaded_module() {
+/// `rigdoctor check --gpu --json` on a fixture rig with no NVIDIA libraries on the loader path.
+fn check_without_libraries(rig: &str) -> Value {
     let empty = tempfile::tempdir().unwrap();
-    let root = sysroot_of(&load_rig(HEALTHY));
+    let root = sysroot_of(&load_rig(rig));
     let out = rigdoctor()
         .args(["check", "--gpu", "--json", "--sysroot"])
         .arg(root.path())
         .env("LD_LIBRARY_PATH", empty.path())
         .output()
         .unwrap();
-    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn missing_libraries_with_a_loaded_module() {
+    let r = check_without_libraries(HEALTHY);
     // This machine has no NVIDIA libraries (CI); a developer machine with them would find the real ones.
     if r["facts"]["gpu"]["cuda"]["unknown"] == "absent" {
         assert!(summary(&r).contains(&"error cuda-unavailable".to_string()));
@@ -195,15 +200,7 @@ fn sysroot_without_gpu_flag_runs_host_checks_only() {
 #[test]
 fn without_the_driver_loaded_gpu_rules_stay_quiet() {
     // nouveau box: no NVIDIA module; the GPU steps find nothing, and only driver-not-loaded speaks.
-    let root = sysroot_of(&load_rig("z790-2x3090-nouveau"));
-    let empty = tempfile::tempdir().unwrap();
-    let out = rigdoctor()
-        .args(["check", "--gpu", "--json", "--sysroot"])
-        .arg(root.path())
-        .env("LD_LIBRARY_PATH", empty.path())
-        .output()
-        .unwrap();
-    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = check_without_libraries("z790-2x3090-nouveau");
     for id in [
         "cuda-unavailable",
         "nvml-unavailable",
