@@ -16,6 +16,18 @@ fn has(report: &Value, entry: &str) -> bool {
     ids(report).iter().any(|s| s == entry)
 }
 
+/// The healthy rig after `edit`, cut down to one GPU: nothing between GPUs left to break.
+fn with_one_gpu(edit: impl FnOnce(&mut Rig)) -> Value {
+    rig_findings(
+        HEALTHY,
+        |r| {
+            edit(r);
+            r.gpu.truncate(1);
+        },
+        &[],
+    )
+}
+
 fn quiet(report: &Value, id: &str) -> bool {
     findings(report, id).is_empty()
 }
@@ -47,14 +59,7 @@ fn iommu_translation() {
     );
     assert!(quiet(&r, "iommu-translation"));
     // One GPU: no peer traffic to break.
-    let r = rig_findings(
-        HEALTHY,
-        |r| {
-            translated(r);
-            r.gpu.truncate(1);
-        },
-        &[],
-    );
+    let r = with_one_gpu(|r| translated(r));
     assert!(quiet(&r, "iommu-translation"));
     // iommu=pt on the command line but still translated: say the parameter did not take.
     let r = rig_findings(
@@ -102,14 +107,7 @@ fn acs_redirect_and_not_checked() {
     assert!(has(&r, "info acs-not-checked"));
     assert!(text(findings(&r, "acs-not-checked")[0]).contains("sudo rigdoctor host"));
     // A bridge that is not between two GPUs does not matter: move GPU 1 under GPU 0's port.
-    let r = rig_findings(
-        HEALTHY,
-        |r| {
-            r.bridge[1].acs_ctl = Some(0x1d);
-            r.gpu.truncate(1);
-        },
-        &[],
-    );
+    let r = with_one_gpu(|r| r.bridge[1].acs_ctl = Some(0x1d));
     assert!(quiet(&r, "acs-redirect") && quiet(&r, "acs-not-checked"));
 }
 
@@ -154,14 +152,7 @@ fn driver_known_bad() {
     );
     assert!(quiet(&r, "driver-known-bad"));
     // One GPU: a P2P hang needs two.
-    let r = rig_findings(
-        HEALTHY,
-        |r| {
-            r.driver.as_mut().unwrap().version_line = r545.into();
-            r.gpu.truncate(1);
-        },
-        &[],
-    );
+    let r = with_one_gpu(|r| r.driver.as_mut().unwrap().version_line = r545.into());
     assert!(quiet(&r, "driver-known-bad"));
     // The fix branch, and a later one, are quiet.
     for v in ["535.154.05", "550.54.14"] {
@@ -373,14 +364,7 @@ fn shm_too_small() {
     let r = rig_findings(HEALTHY, |r| r.shm_options = Some("rw,size=8g".into()), &[]);
     assert!(quiet(&r, "shm-too-small"));
     // One GPU: NCCL needs no shared memory between local ranks.
-    let r = rig_findings(
-        HEALTHY,
-        |r| {
-            docker(r);
-            r.gpu.truncate(1);
-        },
-        &[],
-    );
+    let r = with_one_gpu(|r| docker(r));
     assert!(quiet(&r, "shm-too-small"));
 }
 
