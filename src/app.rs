@@ -1,12 +1,12 @@
 //! Running a command: probe or load facts, judge them, render, choose the exit code.
 
-use crate::cli::{Cli, ColorChoice, Command};
+use crate::cli::{Cli, ColorChoice, Command, GlobalArgs};
 use crate::facts::Facts;
 use crate::knowledge::Knowledge;
 use crate::measure::protocol::{read_plan, Worker};
 use crate::report::{self, Format, Report};
 use crate::sysroot::Sysroot;
-use crate::{probe, rules};
+use crate::{probe, progress, rules};
 use anyhow::{bail, Context, Result};
 use std::io::{IsTerminal, Read, Write};
 use std::path::Path;
@@ -34,13 +34,8 @@ fn try_run(cli: &Cli) -> Result<u8> {
     let g = &cli.global;
     let (command, facts) = match &cli.command {
         Command::Worker => return Ok(worker()),
-        Command::Check => {
-            let mut facts = probe_host(&g.sysroot)?;
-            if g.gpu || g.sysroot == Path::new("/") {
-                facts.gpu = Some(probe::gpu::collect(Duration::from_secs_f64(g.timeout)));
-            }
-            ("check", facts)
-        }
+        Command::Check => ("check", probe_machine(g, true)?),
+        Command::P2p => ("p2p", probe_machine(g, true)?),
         Command::Host => ("host", probe_host(&g.sysroot)?),
         Command::Diagnose { file } => ("diagnose", load(file)?),
     };
@@ -66,14 +61,46 @@ fn worker() -> u8 {
         }
     };
     let mut w = Worker::new(std::io::stdout().lock());
-    for step in steps {
+    let mut gpu = probe::gpu::GpuWorker::default();
+    let mut queue: std::collections::VecDeque<String> = steps.into();
+    while let Some(step) = queue.pop_front() {
         let _ = w.start(&step);
-        let _ = match probe::gpu::run_step(&step) {
-            Some(v) => w.done(&step, v),
-            None => w.failed(&step, "unknown step"),
+        let out = gpu.run_step(&step, &mut |n| {
+            let _ = w.note(&step, n);
+        });
+        if !out.more.is_empty() {
+            let _ = w.plan(out.more.clone());
+            queue.extend(out.more);
+        }
+        let _ = match out.result {
+            Ok(v) => w.done(&step, v),
+            Err(e) => w.failed(&step, &e),
         };
+        if out.stop {
+            // The CUDA context is lost; the parent gives the remaining steps to a new worker.
+            break;
+        }
     }
     EXIT_OK
+}
+
+/// Host facts, then the GPU steps (unless --sysroot points at another machine's tree).
+fn probe_machine(g: &GlobalArgs, p2p: bool) -> Result<Facts> {
+    let mut facts = probe_host(&g.sysroot)?;
+    if g.gpu || g.sysroot == Path::new("/") {
+        let plan = probe::gpu::Plan {
+            p2p,
+            devices: g.devices.clone().map(|d| d.0),
+        };
+        let mut bar = progress::Bar::new(g.timeout);
+        facts.gpu = Some(probe::gpu::collect(
+            Duration::from_secs_f64(g.timeout),
+            &plan,
+            &mut |r| bar.step(r),
+        ));
+        bar.finish();
+    }
+    Ok(facts)
 }
 
 fn probe_host(sysroot: &Path) -> Result<Facts> {

@@ -4,6 +4,9 @@
 //! serialisable and nothing here decides anything. A value that could not be read is a
 //! [`Probed::Unknown`] carrying the reason: "absent is not zero".
 
+mod p2p;
+
+pub use p2p::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -113,6 +116,9 @@ pub struct GpuRuntime {
     pub cuda: Probed<CudaInventory>,
     /// CUDA_DEVICE_ORDER as the rigdoctor process saw it.
     pub cuda_device_order: Option<String>,
+    /// The P2P battery; absent when it did not run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p2p: Option<P2pFacts>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -122,6 +128,9 @@ pub struct NvmlInventory {
     pub cuda_driver_version: Probed<i32>,
     /// In NVML order, which is PCI bus order.
     pub devices: Vec<NvmlDevice>,
+    /// Every ordered pair of devices.
+    #[serde(default)]
+    pub pairs: Vec<NvmlPair>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -142,6 +151,17 @@ pub struct NvmlDevice {
     pub power_limit_mw: Probed<u32>,
     pub temperature_c: Probed<u32>,
     pub persistence_mode: Probed<bool>,
+    /// Links that exist on this GPU (empty: none, or NVLink not supported).
+    #[serde(default = "not_in_report")]
+    pub nvlinks: Probed<Vec<NvLinkState>>,
+}
+
+/// For fields added after a report was saved.
+fn not_in_report<T>() -> Probed<T> {
+    Probed::unknown(
+        Why::Absent,
+        "not in this report (written by an older rigdoctor)",
+    )
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

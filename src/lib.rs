@@ -9,6 +9,7 @@ pub mod finding;
 pub mod knowledge;
 pub mod measure;
 pub mod probe;
+pub mod progress;
 pub mod report;
 pub mod rules;
 pub mod sysroot;

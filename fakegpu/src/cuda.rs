@@ -1,12 +1,13 @@
 //! The CUDA driver API calls rigdoctor makes, answered from the rig.
 
+use crate::memory as m;
 use crate::{rig, write_cstr};
 use std::ffi::{c_char, c_int, c_uint};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-type CUresult = c_uint;
-const SUCCESS: CUresult = 0;
-const INVALID_VALUE: CUresult = 1;
+pub(crate) type CUresult = c_uint;
+pub(crate) const SUCCESS: CUresult = 0;
+pub(crate) const INVALID_VALUE: CUresult = 1;
 const NOT_INITIALIZED: CUresult = 3;
 const STUB_LIBRARY: CUresult = 34;
 const NO_DEVICE: CUresult = 100;
@@ -22,7 +23,7 @@ const ATTR_CC_MINOR: c_int = 76;
 
 static INITIALISED: AtomicBool = AtomicBool::new(false);
 
-fn ready() -> Result<(), CUresult> {
+pub(crate) fn ready() -> Result<(), CUresult> {
     if INITIALISED.load(Ordering::SeqCst) {
         Ok(())
     } else {
@@ -30,12 +31,17 @@ fn ready() -> Result<(), CUresult> {
     }
 }
 
-fn gpu(dev: c_int) -> Result<&'static crate::rig::Gpu, CUresult> {
+/// Index into the rig's `gpus` of CUDA device `dev`.
+pub(crate) fn gpu_index(dev: c_int) -> Result<usize, CUresult> {
     ready()?;
     usize::try_from(dev)
         .ok()
-        .and_then(|d| rig().cuda_gpu(d))
+        .and_then(|d| rig().cuda_index(d))
         .ok_or(INVALID_DEVICE)
+}
+
+fn gpu(dev: c_int) -> Result<&'static crate::rig::Gpu, CUresult> {
+    gpu_index(dev).map(|i| &rig().gpus[i])
 }
 
 fn ret(r: Result<(), CUresult>) -> CUresult {
@@ -153,6 +159,29 @@ fn error_text(e: CUresult) -> (&'static [u8], &'static [u8]) {
         SYSTEM_DRIVER_MISMATCH => (
             b"CUDA_ERROR_SYSTEM_DRIVER_MISMATCH\0",
             b"system has unsupported display driver / cuda driver combination\0",
+        ),
+        m::INVALID_CONTEXT => (b"CUDA_ERROR_INVALID_CONTEXT\0", b"invalid device context\0"),
+        m::INVALID_PTX => (
+            b"CUDA_ERROR_INVALID_PTX\0",
+            b"a PTX JIT compilation failed\0",
+        ),
+        m::PEER_ACCESS_UNSUPPORTED => (
+            b"CUDA_ERROR_PEER_ACCESS_UNSUPPORTED\0",
+            b"peer access is not supported between these two devices\0",
+        ),
+        m::INVALID_HANDLE => (b"CUDA_ERROR_INVALID_HANDLE\0", b"invalid resource handle\0"),
+        m::NOT_FOUND => (b"CUDA_ERROR_NOT_FOUND\0", b"named symbol not found\0"),
+        m::ILLEGAL_ADDRESS => (
+            b"CUDA_ERROR_ILLEGAL_ADDRESS\0",
+            b"an illegal memory access was encountered\0",
+        ),
+        m::PEER_ACCESS_ALREADY_ENABLED => (
+            b"CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED\0",
+            b"peer access is already enabled\0",
+        ),
+        m::PEER_ACCESS_NOT_ENABLED => (
+            b"CUDA_ERROR_PEER_ACCESS_NOT_ENABLED\0",
+            b"peer access has not been enabled\0",
         ),
         _ => (b"CUDA_ERROR_UNKNOWN\0", b"unknown error\0"),
     }

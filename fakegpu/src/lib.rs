@@ -8,6 +8,7 @@
 #![allow(non_snake_case, clippy::missing_safety_doc)]
 
 mod cuda;
+mod memory;
 mod nvml;
 pub mod rig;
 

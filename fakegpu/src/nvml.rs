@@ -9,6 +9,7 @@ type Ret = c_uint;
 const SUCCESS: Ret = 0;
 const UNINITIALIZED: Ret = 1;
 const INVALID_ARGUMENT: Ret = 2;
+const NOT_SUPPORTED: Ret = 3;
 const INSUFFICIENT_SIZE: Ret = 7;
 const DRIVER_NOT_LOADED: Ret = 9;
 const LIB_RM_VERSION_MISMATCH: Ret = 18;
@@ -88,6 +89,7 @@ pub unsafe extern "C" fn nvmlErrorString(r: Ret) -> *const c_char {
         SUCCESS => b"Success\0",
         UNINITIALIZED => b"Uninitialized\0",
         INVALID_ARGUMENT => b"Invalid Argument\0",
+        NOT_SUPPORTED => b"Not Supported\0",
         INSUFFICIENT_SIZE => b"Insufficient Size\0",
         DRIVER_NOT_LOADED => b"Driver Not Loaded\0",
         LIB_RM_VERSION_MISMATCH => b"Driver/library version mismatch\0",
@@ -134,31 +136,141 @@ pub unsafe extern "C" fn nvmlDeviceGetUUID(h: *mut c_void, v: *mut c_char, len: 
 
 #[no_mangle]
 pub unsafe extern "C" fn nvmlDeviceGetPciInfo_v3(h: *mut c_void, p: *mut PciInfo) -> Ret {
-    ret(device(h).map(|g| {
-        let mut f = g
-            .bus_id
-            .split([':', '.'])
-            .map(|x| u32::from_str_radix(x, 16).unwrap_or(0));
-        let (domain, bus, dev) = (
-            f.next().unwrap_or(0),
-            f.next().unwrap_or(0),
-            f.next().unwrap_or(0),
-        );
-        let p = &mut *p;
-        p.domain = domain;
-        p.bus = bus;
-        p.device = dev;
-        p.pci_device_id = 0x220410de;
-        p.pci_sub_system_id = 0;
-        // NVML writes an 8-digit domain, upper case: "00000000:0A:00.0".
-        let id = format!("{domain:08X}:{bus:02X}:{dev:02X}.0");
+    ret(device(h).map(|g| fill_pci(g, &mut *p)))
+}
+
+fn fill_pci(g: &crate::rig::Gpu, p: &mut PciInfo) {
+    let mut f = g
+        .bus_id
+        .split([':', '.'])
+        .map(|x| u32::from_str_radix(x, 16).unwrap_or(0));
+    let (domain, bus, dev) = (
+        f.next().unwrap_or(0),
+        f.next().unwrap_or(0),
+        f.next().unwrap_or(0),
+    );
+    p.domain = domain;
+    p.bus = bus;
+    p.device = dev;
+    p.pci_device_id = 0x220410de;
+    p.pci_sub_system_id = 0;
+    // NVML writes an 8-digit domain, upper case: "00000000:0A:00.0".
+    let id = format!("{domain:08X}:{bus:02X}:{dev:02X}.0");
+    // SAFETY: both buffers are as long as passed.
+    unsafe {
         write_cstr(p.bus_id.as_mut_ptr(), 32, &id);
         write_cstr(
             p.bus_id_legacy.as_mut_ptr(),
             16,
             &format!("{domain:04X}:{bus:02X}:{dev:02X}.0"),
         );
-    }))
+    }
+}
+
+/// Index into the rig's `gpus` of an NVML handle.
+fn gpu_of(h: *mut c_void) -> Result<usize, Ret> {
+    device(h)?;
+    rig().nvml_index(h as usize - 1).ok_or(INVALID_ARGUMENT)
+}
+
+const P2P_READ: c_uint = 0;
+const P2P_WRITE: c_uint = 1;
+const P2P_NVLINK: c_uint = 2;
+const P2P_ATOMICS: c_uint = 3;
+const P2P_PROP: c_uint = 4;
+
+fn status_code(s: &str) -> c_uint {
+    match s {
+        "OK" => 0,
+        "CNS" => 1,
+        "GNS" => 2,
+        "TNS" => 3,
+        "DR" => 4,
+        "NS" => 5,
+        _ => 6,
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetP2PStatus(
+    h1: *mut c_void,
+    h2: *mut c_void,
+    index: c_uint,
+    status: *mut c_uint,
+) -> Ret {
+    ret((|| {
+        let (x, y) = (gpu_of(h1)?, gpu_of(h2)?);
+        let r = rig();
+        let access = r.pair(x, y).filter(|p| p.access);
+        let nvlink = r.link(x, y).is_some_and(|p| p.nvlinks > p.nvlinks_down);
+        let refused = r
+            .pair(x, y)
+            .and_then(|p| p.nvml_status.as_deref())
+            .unwrap_or("NS");
+        *status = match index {
+            P2P_READ | P2P_WRITE | P2P_PROP if access.is_some() => 0,
+            P2P_READ | P2P_WRITE | P2P_PROP => status_code(refused),
+            P2P_NVLINK | P2P_ATOMICS if nvlink => 0,
+            P2P_NVLINK | P2P_ATOMICS => status_code("NS"),
+            _ => return Err(INVALID_ARGUMENT),
+        };
+        Ok(())
+    })())
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetTopologyCommonAncestor(
+    h1: *mut c_void,
+    h2: *mut c_void,
+    level: *mut c_uint,
+) -> Ret {
+    ret((|| {
+        let (x, y) = (gpu_of(h1)?, gpu_of(h2)?);
+        let topo = rig().link(x, y).map_or("PHB", |p| p.topology.as_str());
+        *level = match topo {
+            _ if x == y => 0,
+            "PIX" => 10,
+            "PXB" => 20,
+            "PHB" => 30,
+            "NODE" => 40,
+            _ => 50,
+        };
+        Ok(())
+    })())
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetNvLinkState(
+    h: *mut c_void,
+    link: c_uint,
+    active: *mut c_uint,
+) -> Ret {
+    ret((|| {
+        let links = rig().nvlinks(gpu_of(h)?);
+        if links.is_empty() {
+            return Err(NOT_SUPPORTED);
+        }
+        let (_, up) = links.get(link as usize).ok_or(INVALID_ARGUMENT)?;
+        *active = c_uint::from(*up);
+        Ok(())
+    })())
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetNvLinkRemotePciInfo_v2(
+    h: *mut c_void,
+    link: c_uint,
+    p: *mut PciInfo,
+) -> Ret {
+    ret((|| {
+        let links = rig().nvlinks(gpu_of(h)?);
+        if links.is_empty() {
+            return Err(NOT_SUPPORTED);
+        }
+        let (peer, _) = links.get(link as usize).ok_or(INVALID_ARGUMENT)?;
+        fill_pci(&rig().gpus[*peer], &mut *p);
+        Ok(())
+    })())
 }
 
 #[no_mangle]

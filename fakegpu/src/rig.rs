@@ -18,6 +18,49 @@ pub struct Rig {
     /// Faults of the whole driver.
     #[serde(default)]
     pub faults: Faults,
+    /// GPU pairs (indices into `gpus`). A pair not listed has no peer access.
+    #[serde(default)]
+    pub pairs: Vec<Pair>,
+}
+
+/// What happens between two GPUs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pair {
+    pub a: usize,
+    pub b: usize,
+    /// cuDeviceCanAccessPeer and NVML read/write status.
+    #[serde(default = "yes")]
+    pub access: bool,
+    /// What a transfer over P2P does: "none", "corrupt" (some bytes flipped), "zeros" (the
+    /// destination receives zeros), "hang" (the call never returns), "enable-fails"
+    /// (cuCtxEnablePeerAccess returns CUDA_ERROR_PEER_ACCESS_UNSUPPORTED), "corrupt-always"
+    /// (corrupt on every path, staged copies through host memory included).
+    #[serde(default = "none")]
+    pub fault: String,
+    /// NVML common ancestor: PIX, PXB, PHB, NODE or SYS.
+    #[serde(default = "phb")]
+    pub topology: String,
+    /// The entry applies to a->b only (b->a then behaves as unlisted).
+    #[serde(default)]
+    pub directed: bool,
+    /// NVLink links joining the pair (a 3090 bridge has 4) and how many of them are down.
+    #[serde(default)]
+    pub nvlinks: u32,
+    #[serde(default)]
+    pub nvlinks_down: u32,
+    /// NVML P2P read/write status when `access` is false: "CNS", "GNS", "TNS", "NS", "DR".
+    pub nvml_status: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn none() -> String {
+    "none".into()
+}
+fn phb() -> String {
+    "PHB".into()
 }
 
 fn default_driver() -> String {
@@ -93,12 +136,46 @@ impl Rig {
         serde_json::from_str(&text).map_err(|e| format!("{path}: {e}"))
     }
 
-    /// The GPU behind CUDA ordinal `i`.
-    pub fn cuda_gpu(&self, i: usize) -> Option<&Gpu> {
+    /// Index into `gpus` of CUDA ordinal `i`.
+    pub fn cuda_index(&self, i: usize) -> Option<usize> {
         match &self.cuda_order {
-            Some(order) => order.get(i).and_then(|&g| self.gpus.get(g)),
-            None => self.gpus.get(i),
+            Some(order) => order.get(i).copied().filter(|&g| g < self.gpus.len()),
+            None => (i < self.gpus.len()).then_some(i),
         }
+    }
+
+    /// The pair entry governing transfers from GPU `from` to GPU `to` (indices into `gpus`).
+    pub fn pair(&self, from: usize, to: usize) -> Option<&Pair> {
+        self.pairs
+            .iter()
+            .find(|p| (p.a == from && p.b == to) || (!p.directed && p.a == to && p.b == from))
+    }
+
+    /// The pair entry joining two GPUs in either direction (topology and NVLink are symmetric).
+    pub fn link(&self, x: usize, y: usize) -> Option<&Pair> {
+        self.pair(x, y).or_else(|| self.pair(y, x))
+    }
+
+    /// NVLink links of GPU `g`, in link order: (peer index, active).
+    pub fn nvlinks(&self, g: usize) -> Vec<(usize, bool)> {
+        let mut links = Vec::new();
+        for p in self.pairs.iter().filter(|p| p.nvlinks > 0) {
+            let peer = match (p.a == g, p.b == g) {
+                (true, _) => p.b,
+                (_, true) => p.a,
+                _ => continue,
+            };
+            for l in 0..p.nvlinks {
+                links.push((peer, l >= p.nvlinks_down));
+            }
+        }
+        links
+    }
+
+    /// Index into `gpus` of the GPU NVML enumerates `i`-th.
+    pub fn nvml_index(&self, i: usize) -> Option<usize> {
+        let gpu = *self.nvml_order().get(i)?;
+        self.gpus.iter().position(|g| std::ptr::eq(g, gpu))
     }
 
     /// NVML enumerates in PCI bus order, as the real library does.
@@ -127,7 +204,7 @@ mod tests {
              "pcie":{"gen":4,"width":16,"max_gen":4,"max_width":16}}]}"#,
         )
         .unwrap();
-        assert_eq!(r.cuda_gpu(0).unwrap().uuid, "GPU-b");
+        assert_eq!(r.gpus[r.cuda_index(0).unwrap()].uuid, "GPU-b");
         assert_eq!(r.nvml_order()[0].uuid, "GPU-b");
         assert!(serde_json::from_str::<Rig>(r#"{"gpus":[],"bogus":1}"#).is_err());
     }

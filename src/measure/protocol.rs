@@ -21,6 +21,12 @@ pub enum Event {
     Done { step: String, result: Value },
     /// The step ran and failed without hanging (a CUDA error, say).
     Failed { step: String, error: String },
+    /// Partial progress of the running step (a sub-test began or finished): if the step then
+    /// hangs, the notes say how far it got.
+    Note { step: String, note: Value },
+    /// More steps, appended to the plan: a step can decide what follows (the pairs to test
+    /// once the devices are known) without a second worker paying CUDA initialisation again.
+    Plan { steps: Vec<String> },
 }
 
 /// Parse one stdout line: `Some(event)` for a protocol line, `None` for anything else.
@@ -61,6 +67,17 @@ impl<W: Write> Worker<W> {
             step: step.into(),
             result,
         })
+    }
+
+    pub fn note(&mut self, step: &str, note: Value) -> std::io::Result<()> {
+        self.emit(&Event::Note {
+            step: step.into(),
+            note,
+        })
+    }
+
+    pub fn plan(&mut self, steps: Vec<String>) -> std::io::Result<()> {
+        self.emit(&Event::Plan { steps })
     }
 
     pub fn failed(&mut self, step: &str, error: &str) -> std::io::Result<()> {

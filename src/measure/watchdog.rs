@@ -42,6 +42,8 @@ pub struct StepReport {
     pub elapsed: Duration,
     /// Which worker ran it (1 = the first), to see where restarts happened.
     pub worker: usize,
+    /// The step's progress notes, in order (kept whatever the outcome).
+    pub notes: Vec<Value>,
 }
 
 #[derive(Debug, Clone)]
@@ -106,36 +108,45 @@ impl Watchdog {
         Ok(Running { child, rx })
     }
 
-    /// Run `steps` in order; every step gets exactly one report, in the same order.
-    /// `log` receives the workers' non-protocol output; `progress` each report as it lands.
+    /// Run `steps` in order, and the steps the workers append to the plan; every step gets
+    /// exactly one report, in plan order. `log` receives the workers' non-protocol output;
+    /// `progress` each report as it lands.
     pub fn run(
         &self,
         steps: &[String],
         log: &mut Vec<String>,
         progress: &mut dyn FnMut(&StepReport),
     ) -> Vec<StepReport> {
+        let mut steps = steps.to_vec();
         let mut reports: Vec<StepReport> = Vec::new();
+        let mut notes: Vec<Value> = Vec::new();
         let mut worker = 0;
         while reports.len() < steps.len() {
             worker += 1;
-            let remaining = &steps[reports.len()..];
-            let mut push = |reports: &mut Vec<StepReport>, outcome: Outcome, since: Instant| {
+            let remaining = steps[reports.len()..].to_vec();
+            let mut push = |reports: &mut Vec<StepReport>,
+                            steps: &[String],
+                            notes: &mut Vec<Value>,
+                            outcome: Outcome,
+                            since: Instant| {
                 let r = StepReport {
                     step: steps[reports.len()].clone(),
                     outcome,
                     elapsed: since.elapsed(),
                     worker,
+                    notes: std::mem::take(notes),
                 };
                 progress(&r);
                 reports.push(r);
             };
             let started_at = Instant::now();
-            let mut running = match self.spawn(remaining) {
+            let mut running = match self.spawn(&remaining) {
                 Ok(r) => r,
                 Err(e) => {
                     let why = format!("cannot start worker {}: {e}", self.program.display());
                     while reports.len() < steps.len() {
-                        push(&mut reports, Outcome::Crashed(why.clone()), started_at);
+                        let o = Outcome::Crashed(why.clone());
+                        push(&mut reports, &steps, &mut notes, o, started_at);
                     }
                     break;
                 }
@@ -155,13 +166,22 @@ impl Watchdog {
                         current = Some(Instant::now());
                         deadline = Instant::now() + self.step_deadline;
                     }
+                    Ok(Msg::Event(Event::Note { step, note })) if step == steps[reports.len()] => {
+                        notes.push(note);
+                    }
+                    Ok(Msg::Event(Event::Plan { steps: more })) if current.is_some() => {
+                        steps.extend(more);
+                    }
                     Ok(Msg::Event(Event::Done { step, result }))
                         if step == steps[reports.len()] =>
                     {
+                        let since = current.unwrap_or(started_at);
                         push(
                             &mut reports,
+                            &steps,
+                            &mut notes,
                             Outcome::Done(result),
-                            current.unwrap_or(started_at),
+                            since,
                         );
                         current = None;
                         deadline = Instant::now() + self.step_deadline;
@@ -169,10 +189,13 @@ impl Watchdog {
                     Ok(Msg::Event(Event::Failed { step, error }))
                         if step == steps[reports.len()] =>
                     {
+                        let since = current.unwrap_or(started_at);
                         push(
                             &mut reports,
+                            &steps,
+                            &mut notes,
                             Outcome::Failed(error),
-                            current.unwrap_or(started_at),
+                            since,
                         );
                         current = None;
                         deadline = Instant::now() + self.step_deadline;
@@ -182,12 +205,19 @@ impl Watchdog {
                     }
                     Ok(Msg::Eof) | Err(RecvTimeoutError::Disconnected) => {
                         let status = reap(&mut running.child, REAP_GRACE);
-                        if reports.len() < steps.len() {
+                        // A worker that leaves between steps, having settled some, harmed no
+                        // step (it exits on purpose when its CUDA context is lost): the rest
+                        // go to a fresh worker.
+                        let between_steps = current.is_none() && reports.len() > before;
+                        if reports.len() < steps.len() && !between_steps {
                             let how = status.unwrap_or_else(|| "worker closed its output".into());
+                            let since = current.unwrap_or(started_at);
                             push(
                                 &mut reports,
+                                &steps,
+                                &mut notes,
                                 Outcome::Crashed(how),
-                                current.unwrap_or(started_at),
+                                since,
                             );
                         }
                         break;
@@ -199,7 +229,8 @@ impl Watchdog {
                             started: current.is_some(),
                             unkillable,
                         };
-                        push(&mut reports, outcome, current.unwrap_or(started_at));
+                        let since = current.unwrap_or(started_at);
+                        push(&mut reports, &steps, &mut notes, outcome, since);
                         break;
                     }
                 }

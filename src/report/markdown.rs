@@ -1,13 +1,42 @@
 //! Markdown for a forum post or an issue: summary table, findings, and the JSON to re-diagnose.
 
 use super::summary::{gpu_rows, machine_rows, no_gpu_reason, GPU_HEADER};
-use super::{json, Report};
+use super::{json, p2p_matrix, Report};
 use crate::finding::Severity;
 use std::fmt::Write;
 
 /// Table cells cannot hold a bare `|` or a newline.
 fn cell(s: &str) -> String {
     s.replace('|', "\\|").replace('\n', " ")
+}
+
+fn write_grid(out: &mut String, rows: &[Vec<String>]) {
+    for (i, r) in rows.iter().enumerate() {
+        let cells: Vec<String> = r.iter().map(|c| cell(c)).collect();
+        let _ = writeln!(out, "| {} |", cells.join(" | "));
+        if i == 0 {
+            let _ = writeln!(out, "|{}", "---|".repeat(r.len()));
+        }
+    }
+    out.push('\n');
+}
+
+fn write_p2p(out: &mut String, f: &crate::facts::Facts) {
+    let Some(t) = p2p_matrix::tables(f) else {
+        return;
+    };
+    if let Some(note) = &t.note {
+        let _ = writeln!(out, "P2P: {note}\n");
+        return;
+    }
+    let _ = writeln!(out, "**P2P, tested**\n");
+    write_grid(out, &t.verdicts);
+    let _ = writeln!(out, "**P2P, as claimed** (CUDA access, NVML read/write)\n");
+    write_grid(out, &t.claims);
+    for l in &t.legend {
+        let _ = writeln!(out, "> {l}");
+    }
+    out.push('\n');
 }
 
 pub fn render(report: &Report) -> String {
@@ -40,6 +69,7 @@ pub fn render(report: &Report) -> String {
         }
         out.push('\n');
     }
+    write_p2p(&mut out, f);
     if !report.findings.is_empty() {
         let _ = writeln!(out, "### Findings\n");
     }

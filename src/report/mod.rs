@@ -2,6 +2,7 @@
 
 mod json;
 mod markdown;
+mod p2p_matrix;
 mod redact;
 mod summary;
 mod text;

@@ -2,7 +2,7 @@
 //! each shaped like a rustc diagnostic.
 
 use super::summary::{gpu_rows, machine_rows, no_gpu_reason, GPU_HEADER};
-use super::Report;
+use super::{p2p_matrix, Report};
 use crate::finding::{Finding, Severity};
 use anstyle::{AnsiColor, Style};
 use std::fmt::Write;
@@ -81,6 +81,7 @@ pub fn render(report: &Report, color: bool) -> String {
         out.push('\n');
     }
 
+    write_p2p(&mut out, &p, f);
     for finding in &report.findings {
         write_finding(&mut out, &p, finding);
     }
@@ -108,7 +109,14 @@ fn idle_speed_shown(f: &crate::facts::Facts) -> bool {
 }
 
 fn write_table(out: &mut String, p: &Paint, rows: &[[String; 7]]) {
-    let mut widths = GPU_HEADER.map(|h| h.chars().count());
+    let header: Vec<String> = GPU_HEADER.iter().map(|s| s.to_string()).collect();
+    let rows: Vec<Vec<String>> = rows.iter().map(|r| r.to_vec()).collect();
+    write_grid(out, p, &header, &rows);
+}
+
+/// Columns padded to their widest cell; the header dimmed.
+fn write_grid(out: &mut String, p: &Paint, header: &[String], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for r in rows {
         for (w, cell) in widths.iter_mut().zip(r) {
             *w = (*w).max(cell.chars().count());
@@ -117,16 +125,49 @@ fn write_table(out: &mut String, p: &Paint, rows: &[[String; 7]]) {
     let line = |cells: &[String]| {
         let padded: Vec<String> = cells
             .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
+            .zip(&widths)
+            .map(|(c, &w)| format!("{c:<w$}"))
             .collect();
         format!("  {}", padded.join("  ").trim_end())
     };
-    let header: Vec<String> = GPU_HEADER.iter().map(|s| s.to_string()).collect();
-    let _ = writeln!(out, "{}", p.dim(&line(&header)));
+    let _ = writeln!(out, "{}", p.dim(&line(header)));
     for r in rows {
         let _ = writeln!(out, "{}", line(r));
     }
+}
+
+fn write_p2p(out: &mut String, p: &Paint, f: &crate::facts::Facts) {
+    let Some(t) = p2p_matrix::tables(f) else {
+        return;
+    };
+    if let Some(note) = &t.note {
+        let _ = writeln!(out, "  {} {note}\n", p.dim("P2P"));
+        return;
+    }
+    let bytes = f
+        .gpu
+        .as_ref()
+        .and_then(|g| g.p2p.as_ref())
+        .map_or(0, |x| x.bytes);
+    let _ = writeln!(
+        out,
+        "  {}",
+        p.bold(&format!(
+            "P2P, tested ({} MiB per transfer, every byte compared)",
+            bytes >> 20
+        ))
+    );
+    write_grid(out, p, &t.verdicts[0], &t.verdicts[1..]);
+    let _ = writeln!(
+        out,
+        "\n  {}",
+        p.bold("P2P, as claimed (CUDA access, NVML read/write)")
+    );
+    write_grid(out, p, &t.claims[0], &t.claims[1..]);
+    for l in &t.legend {
+        let _ = writeln!(out, "  {}", p.dim(l));
+    }
+    out.push('\n');
 }
 
 fn write_finding(out: &mut String, p: &Paint, f: &Finding) {

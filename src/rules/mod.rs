@@ -11,6 +11,7 @@ mod env;
 mod gpu;
 mod iommu;
 mod link;
+mod p2p;
 pub mod topology;
 mod virt;
 
@@ -31,6 +32,12 @@ const RULES: &[(&str, Rule)] = &[
     ("nvml-unavailable", gpu::nvml_unavailable),
     ("device-order-mismatch", gpu::device_order_mismatch),
     ("persistence-off", gpu::persistence_off),
+    ("p2p-corrupt", p2p::corrupt),
+    ("copy-corrupt", p2p::copy_corrupt),
+    ("p2p-hang", p2p::hang),
+    ("p2p-enable-failed", p2p::enable_failed),
+    ("p2p-not-supported", p2p::not_supported),
+    ("nvlink-inactive", p2p::nvlink_inactive),
     ("iommu-translation", iommu::translation),
     ("acs-redirect", acs::redirect),
     ("acs-not-checked", acs::not_checked),

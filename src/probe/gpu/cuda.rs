@@ -1,13 +1,14 @@
 //! CUDA driver inventory (cudarc, dynamically loaded). cudarc panics when libcuda or one of its
 //! symbols is missing, so both are checked before any call.
 
+use super::driver_api::{error_name as name_of, loaded_library, unusable};
 use crate::facts::{normalize_bus_id, CudaDevice, CudaInventory, Probed, Why};
 use cudarc::driver::sys::{self, CUdevice_attribute as Attr};
 use cudarc::driver::{result, DriverError};
 
 /// Every driver-API symbol this module calls. All exist in any driver that CUDA 12 bindings can
 /// talk to, so a missing one means a broken or foreign libcuda.
-const SYMBOLS: [&str; 8] = [
+pub const SYMBOLS: [&str; 8] = [
     "cuInit",
     "cuDriverGetVersion",
     "cuDeviceGetCount",
@@ -18,42 +19,9 @@ const SYMBOLS: [&str; 8] = [
     "cuDeviceGetAttribute",
 ];
 
-fn name_of(e: &DriverError) -> String {
-    let name = e
-        .error_name()
-        .map(|c| c.to_string_lossy().into_owned())
-        .unwrap_or_else(|_| format!("{:?}", e.0));
-    match e.error_string() {
-        Ok(s) => format!("{name} ({})", s.to_string_lossy()),
-        Err(_) => name,
-    }
-}
-
-/// The libcuda this process mapped, from /proc/self/maps.
-fn loaded_library() -> Option<String> {
-    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
-    maps.lines()
-        .filter_map(|l| l.split_whitespace().nth(5))
-        .find(|p| p.contains("libcuda.so") || p.contains("libcuda."))
-        .map(String::from)
-}
-
 pub fn inventory() -> Probed<CudaInventory> {
-    // SAFETY: only dlopen()s the library by name to see whether it exists.
-    if !unsafe { sys::is_culib_present() } {
-        return Probed::unknown(Why::Absent, "libcuda.so.1 not loadable (no NVIDIA driver user-space libraries, or not on the loader path)");
-    }
-    // SAFETY: the library is present (checked above), so culib() does not panic.
-    let lib = unsafe { sys::culib() };
-    for s in SYMBOLS {
-        // SAFETY: looking a symbol up does not call it.
-        if unsafe { lib.get::<unsafe extern "C" fn()>(s.as_bytes()) }.is_err() {
-            let path = loaded_library().unwrap_or_else(|| "libcuda".into());
-            return Probed::unknown(
-                Why::Absent,
-                format!("{path} has no {s}: not a usable NVIDIA driver library"),
-            );
-        }
+    if let Some(why) = unusable(&SYMBOLS) {
+        return Probed::unknown(Why::Absent, why);
     }
     let library = loaded_library();
     if let Err(e) = result::init() {

@@ -1,19 +1,41 @@
 //! GPU facts from NVML and the CUDA driver. Both run in a worker process under the watchdog:
-//! a wedged GPU can hang `cuInit` or an NVML call, and a missing library or symbol makes cudarc
-//! panic; neither may take rigdoctor down.
+//! a wedged GPU can hang `cuInit`, an NVML call or a P2P copy, and a missing library or symbol
+//! makes cudarc panic; none of it may take rigdoctor down.
 
 pub mod cuda;
+mod driver_api;
 pub mod nvml;
+pub mod p2p;
+mod pattern;
 
-use crate::facts::{CudaInventory, GpuRuntime, NvmlInventory, Probed, Why};
-use crate::measure::watchdog::{Outcome, Watchdog};
+use crate::facts::{
+    CudaInventory, GpuRuntime, NvmlInventory, P2pFacts, PairOutcome, PairTest, PathResult,
+    PeerAccess, Probed, Why,
+};
+use crate::measure::watchdog::{Outcome, StepReport, Watchdog};
+use serde::Deserialize;
+use serde_json::Value;
 use std::time::Duration;
 
 pub const STEP_NVML: &str = "nvml-inventory";
 pub const STEP_CUDA: &str = "cuda-inventory";
 
-/// Run the inventory steps in a worker (this same binary, `__worker`).
-pub fn collect(step_deadline: Duration) -> GpuRuntime {
+/// What the GPU steps should cover.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    /// Run the P2P battery.
+    pub p2p: bool,
+    /// CUDA ordinals to cover (None: all).
+    pub devices: Option<Vec<i32>>,
+}
+
+/// Run the GPU steps in a worker (this same binary, `__worker`). `progress` sees each step as
+/// it settles.
+pub fn collect(
+    step_deadline: Duration,
+    plan: &Plan,
+    progress: &mut dyn FnMut(&StepReport),
+) -> GpuRuntime {
     let cuda_device_order = std::env::var("CUDA_DEVICE_ORDER").ok();
     let program = match std::env::current_exe() {
         Ok(p) => p,
@@ -23,6 +45,7 @@ pub fn collect(step_deadline: Duration) -> GpuRuntime {
                 nvml: Probed::unknown(Why::IoError, why.clone()),
                 cuda: Probed::unknown(Why::IoError, why),
                 cuda_device_order,
+                p2p: None,
             };
         }
     };
@@ -32,26 +55,111 @@ pub fn collect(step_deadline: Duration) -> GpuRuntime {
         env: Vec::new(),
         step_deadline,
     };
-    let steps = [STEP_NVML.to_string(), STEP_CUDA.to_string()];
-    let reports = dog.run(&steps, &mut Vec::new(), &mut |_| {});
+    let mut steps = vec![STEP_NVML.to_string(), STEP_CUDA.to_string()];
+    if plan.p2p {
+        steps.push(p2p::matrix_step(plan.devices.as_deref()));
+    }
+    let reports = dog.run(&steps, &mut Vec::new(), progress);
+    let secs = step_deadline.as_secs_f64();
     let mut nvml = Probed::unknown(Why::IoError, "not run");
     let mut cuda = Probed::unknown(Why::IoError, "not run");
+    let mut p2p_facts = plan.p2p.then(|| P2pFacts {
+        devices: plan.devices.clone().unwrap_or_default(),
+        bytes: p2p::TRANSFER_BYTES as u64,
+        deadline_s: step_deadline.as_secs_f64(),
+        access: Probed::unknown(Why::IoError, "not run"),
+        tests: Vec::new(),
+    });
     for r in reports {
-        let secs = step_deadline.as_secs_f64();
         if r.step == STEP_NVML {
             nvml = settle::<NvmlInventory>(r.outcome, "NVML", secs);
-        } else {
+        } else if r.step == STEP_CUDA {
             cuda = settle::<CudaInventory>(r.outcome, "the CUDA driver", secs);
+        } else if let Some(facts) = p2p_facts.as_mut() {
+            settle_p2p(facts, r, secs);
         }
     }
     GpuRuntime {
         nvml,
         cuda,
         cuda_device_order,
+        p2p: p2p_facts,
     }
 }
 
-/// A worker's answer as a fact. The worker sends `{"value": ...}` or `{"unknown": why, "detail": ...}`.
+#[derive(Deserialize)]
+struct MatrixAnswer {
+    devices: Vec<i32>,
+    access: Vec<PeerAccess>,
+}
+
+#[derive(Deserialize)]
+struct PairAnswer {
+    enable: Vec<crate::facts::EnableAttempt>,
+    paths: Vec<PathResult>,
+}
+
+fn settle_p2p(facts: &mut P2pFacts, r: StepReport, secs: f64) {
+    if p2p::parse_matrix_step(&r.step).is_some() {
+        let m = settle::<MatrixAnswer>(r.outcome, "the P2P access matrix", secs);
+        facts.access = match m {
+            Probed::Known(m) => {
+                facts.devices = m.devices;
+                Probed::Known(m.access)
+            }
+            Probed::Unknown { unknown, detail } => Probed::Unknown { unknown, detail },
+        };
+        return;
+    }
+    let Some((from, to)) = p2p::parse_pair_step(&r.step) else {
+        return;
+    };
+    // What finished before a hang or crash, from the step's notes.
+    let noted: Vec<PathResult> = r
+        .notes
+        .iter()
+        .filter_map(|n| serde_json::from_value(n.get("path")?.clone()).ok())
+        .collect();
+    let stage = r
+        .notes
+        .iter()
+        .rev()
+        .find_map(|n| n.get("stage").and_then(Value::as_str).map(String::from))
+        .filter(|s| !noted.iter().any(|p| p.path.label() == s));
+    let outcome = match r.outcome {
+        Outcome::Done(v) => match serde_json::from_value::<PairAnswer>(v) {
+            Ok(a) => PairOutcome::Tested {
+                enable: a.enable,
+                paths: a.paths,
+            },
+            Err(e) => PairOutcome::Failed {
+                error: format!("unreadable worker answer: {e}"),
+                paths: noted,
+            },
+        },
+        Outcome::Failed(error) => PairOutcome::Failed {
+            error,
+            paths: noted,
+        },
+        Outcome::Hang { unkillable, .. } => PairOutcome::Hang {
+            stage,
+            paths: noted,
+            unkillable,
+        },
+        Outcome::Crashed(e) => PairOutcome::Failed {
+            error: format!("the worker died: {e}"),
+            paths: noted,
+        },
+    };
+    facts.tests.push(PairTest {
+        from,
+        to,
+        elapsed_ms: r.elapsed.as_secs_f64() * 1e3,
+        outcome,
+    });
+}
+
+/// A worker's answer as a fact: the value itself, or `{"unknown": why, "detail": ...}`.
 fn settle<T: serde::de::DeserializeOwned>(o: Outcome, what: &str, secs: f64) -> Probed<T> {
     match o {
         Outcome::Done(v) => serde_json::from_value::<Probed<T>>(v).unwrap_or_else(|e| {
@@ -83,12 +191,72 @@ fn settle<T: serde::de::DeserializeOwned>(o: Outcome, what: &str, secs: f64) -> 
     }
 }
 
-/// The worker side: run one inventory step and say what it found.
-pub fn run_step(step: &str) -> Option<serde_json::Value> {
-    let value = match step {
-        STEP_NVML => serde_json::to_value(nvml::inventory()),
-        STEP_CUDA => serde_json::to_value(cuda::inventory()),
-        _ => return None,
-    };
-    value.ok()
+/// What a worker step produced.
+pub struct StepOutput {
+    pub result: Result<Value, String>,
+    /// Steps to append to the plan.
+    pub more: Vec<String>,
+    /// The worker must stop after this step (its CUDA context is lost).
+    pub stop: bool,
+}
+
+impl StepOutput {
+    fn value(v: Result<Value, serde_json::Error>) -> StepOutput {
+        StepOutput {
+            result: v.map_err(|e| e.to_string()),
+            more: Vec::new(),
+            stop: false,
+        }
+    }
+}
+
+/// The worker side: state kept across the steps of one worker (CUDA contexts, kernels).
+#[derive(Default)]
+pub struct GpuWorker {
+    session: driver_api::Session,
+}
+
+impl GpuWorker {
+    /// Run one step; `note` streams its progress.
+    pub fn run_step(&mut self, step: &str, note: &mut dyn FnMut(Value)) -> StepOutput {
+        if step == STEP_NVML {
+            return StepOutput::value(serde_json::to_value(nvml::inventory()));
+        }
+        if step == STEP_CUDA {
+            return StepOutput::value(serde_json::to_value(cuda::inventory()));
+        }
+        if let Some(devices) = p2p::parse_matrix_step(step) {
+            return match p2p::matrix(devices) {
+                Ok((v, more)) => StepOutput {
+                    result: Ok(v),
+                    more,
+                    stop: false,
+                },
+                Err(e) => StepOutput {
+                    result: Err(e),
+                    more: Vec::new(),
+                    stop: false,
+                },
+            };
+        }
+        if let Some((from, to)) = p2p::parse_pair_step(step) {
+            return match p2p::pair(&mut self.session, from, to, note) {
+                Ok(a) => StepOutput {
+                    result: Ok(a.value),
+                    more: Vec::new(),
+                    stop: a.context_lost,
+                },
+                Err(e) => StepOutput {
+                    result: Err(e),
+                    more: Vec::new(),
+                    stop: false,
+                },
+            };
+        }
+        StepOutput {
+            result: Err(format!("unknown step {step:?}")),
+            more: Vec::new(),
+            stop: false,
+        }
+    }
 }

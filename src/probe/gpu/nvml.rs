@@ -1,10 +1,17 @@
 //! NVML inventory (nvml-wrapper). Every call may fail on its own, e.g. a symbol missing from an
 //! older driver's libnvidia-ml: that field is unknown with the reason, the rest is still read.
 
-use crate::facts::{normalize_bus_id, NvmlDevice, NvmlInventory, Probed, Why};
-use nvml_wrapper::enum_wrappers::device::TemperatureSensor;
+use crate::facts::{
+    normalize_bus_id, NvLinkState, NvmlDevice, NvmlInventory, NvmlPair, Probed, Why,
+};
+use nvml_wrapper::enum_wrappers::device::{
+    P2pCapabilitiesIndex, P2pStatus, TemperatureSensor, TopologyLevel,
+};
 use nvml_wrapper::error::NvmlError;
-use nvml_wrapper::Nvml;
+use nvml_wrapper::{Device, Nvml};
+
+/// NVML_NVLINK_MAX_LINKS in current drivers (an H100 has 18).
+const MAX_NVLINKS: u32 = 18;
 
 fn fact<T>(r: Result<T, NvmlError>, call: &str) -> Probed<T> {
     match r {
@@ -68,6 +75,7 @@ pub fn inventory() -> Probed<NvmlInventory> {
                     "nvmlDeviceGetTemperature",
                 ),
                 persistence_mode: fact(d.is_in_persistent_mode(), "nvmlDeviceGetPersistenceMode"),
+                nvlinks: nvlinks(&d),
             },
             Err(e) => {
                 let why = Probed::unknown(
@@ -88,7 +96,8 @@ pub fn inventory() -> Probed<NvmlInventory> {
                     pcie_max_width: why.clone().map(|_| 0),
                     power_limit_mw: why.clone().map(|_| 0),
                     temperature_c: why.clone().map(|_| 0),
-                    persistence_mode: why.map(|_| false),
+                    persistence_mode: why.clone().map(|_| false),
+                    nvlinks: why.map(|_| Vec::new()),
                 }
             }
         })
@@ -99,6 +108,90 @@ pub fn inventory() -> Probed<NvmlInventory> {
             nvml.sys_cuda_driver_version(),
             "nvmlSystemGetCudaDriverVersion",
         ),
+        pairs: pairs(&nvml, count),
         devices,
     })
+}
+
+fn nvlinks(d: &Device) -> Probed<Vec<NvLinkState>> {
+    let mut links = Vec::new();
+    for link in 0..MAX_NVLINKS {
+        let w = d.link_wrapper_for(link);
+        match w.is_active() {
+            Ok(active) => links.push(NvLinkState {
+                link,
+                active,
+                remote_bus_id: w
+                    .remote_pci_info()
+                    .ok()
+                    .map(|p| normalize_bus_id(&p.bus_id)),
+            }),
+            // Links this GPU does not have.
+            Err(NvmlError::NotSupported | NvmlError::InvalidArg) => {}
+            Err(e) => return fact(Err(e), "nvmlDeviceGetNvLinkState"),
+        }
+    }
+    Probed::Known(links)
+}
+
+fn level_name(l: TopologyLevel) -> String {
+    match l {
+        TopologyLevel::Internal => "INT",
+        TopologyLevel::Single => "PIX",
+        TopologyLevel::Multiple => "PXB",
+        TopologyLevel::HostBridge => "PHB",
+        TopologyLevel::Node => "NODE",
+        TopologyLevel::System => "SYS",
+    }
+    .to_string()
+}
+
+fn status_code(s: P2pStatus) -> String {
+    match s {
+        P2pStatus::Ok => "OK",
+        P2pStatus::ChipsetNotSupported => "CNS",
+        P2pStatus::GpuNotSupported => "GNS",
+        P2pStatus::IohTopologyNotSupported => "TNS",
+        P2pStatus::DisabledByRegkey => "DR",
+        P2pStatus::NotSupported => "NS",
+        P2pStatus::Unknown => "U",
+    }
+    .to_string()
+}
+
+/// Every ordered pair: topology and the four P2P capabilities, each its own fact.
+fn pairs(nvml: &Nvml, count: u32) -> Vec<NvmlPair> {
+    let handles: Vec<Option<Device>> = (0..count).map(|i| nvml.device_by_index(i).ok()).collect();
+    let mut out = Vec::new();
+    for (a, da) in handles.iter().enumerate() {
+        for (b, db) in handles.iter().enumerate() {
+            let (Some(da), Some(db)) = (da, db) else {
+                continue;
+            };
+            if a == b {
+                continue;
+            }
+            let status = |i: P2pCapabilitiesIndex| {
+                fact(
+                    da.p2p_status(db, i).map(status_code),
+                    "nvmlDeviceGetP2PStatus",
+                )
+            };
+            out.push(NvmlPair {
+                a: a as u32,
+                b: b as u32,
+                topology: fact(
+                    nvml.device_by_index(b as u32)
+                        .and_then(|other| da.topology_common_ancestor(other))
+                        .map(level_name),
+                    "nvmlDeviceGetTopologyCommonAncestor",
+                ),
+                read: status(P2pCapabilitiesIndex::Read),
+                write: status(P2pCapabilitiesIndex::Write),
+                nvlink: status(P2pCapabilitiesIndex::NvLink),
+                atomics: status(P2pCapabilitiesIndex::Atomics),
+            });
+        }
+    }
+    out
 }

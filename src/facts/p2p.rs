@@ -1,0 +1,208 @@
+//! Peer-to-peer facts: what NVML and CUDA claim between GPUs, and what a real transfer did.
+
+use super::Probed;
+use serde::{Deserialize, Serialize};
+
+/// NVML's view of an ordered GPU pair (NVML indices, which are PCI bus order).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NvmlPair {
+    pub a: u32,
+    pub b: u32,
+    /// Common PCIe ancestor as `nvidia-smi topo -m` names it: PIX, PXB, PHB, NODE, SYS.
+    pub topology: Probed<String>,
+    /// nvmlDeviceGetP2PStatus per capability, as nvidia-smi's codes: OK, CNS (chipset not
+    /// supported), GNS (GPU not supported), TNS (topology not supported), DR (disabled by
+    /// registry key), NS (not supported), U (unknown).
+    pub read: Probed<String>,
+    pub write: Probed<String>,
+    pub nvlink: Probed<String>,
+    pub atomics: Probed<String>,
+}
+
+/// One NVLink link of a GPU.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NvLinkState {
+    pub link: u32,
+    pub active: bool,
+    /// Normalised bus id of the device at the other end, when NVML says.
+    pub remote_bus_id: Option<String>,
+}
+
+/// The P2P battery of one run, in CUDA ordinals (what `cuda:N` means to the user's job).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct P2pFacts {
+    /// The devices covered (all, or the --devices selection).
+    pub devices: Vec<i32>,
+    /// Bytes moved per transfer.
+    pub bytes: u64,
+    /// How long one pair could take before it was called hung (--timeout).
+    pub deadline_s: f64,
+    /// What CUDA grants, per ordered pair of `devices`.
+    pub access: Probed<Vec<PeerAccess>>,
+    /// One per ordered pair that CUDA granted in at least one direction.
+    pub tests: Vec<PairTest>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerAccess {
+    pub from: i32,
+    pub to: i32,
+    /// cuDeviceCanAccessPeer(from, to): `from` may map `to`'s memory.
+    pub can_access: Probed<bool>,
+    /// cuDeviceGetP2PAttribute: ACCESS_SUPPORTED, PERFORMANCE_RANK, NATIVE_ATOMIC_SUPPORTED.
+    pub access_supported: Probed<bool>,
+    pub perf_rank: Probed<i32>,
+    pub native_atomics: Probed<bool>,
+}
+
+/// The verified transfer of data from GPU `from` to GPU `to`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PairTest {
+    pub from: i32,
+    pub to: i32,
+    pub elapsed_ms: f64,
+    #[serde(flatten)]
+    pub outcome: PairOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "kebab-case")]
+pub enum PairOutcome {
+    /// Every sub-test ran to an answer (which may be a mismatch or an error).
+    Tested {
+        enable: Vec<EnableAttempt>,
+        paths: Vec<PathResult>,
+    },
+    /// The worker stopped answering: killed after the deadline.
+    Hang {
+        /// The sub-test running when it stopped ("ce", "enable 1->0", ...).
+        stage: Option<String>,
+        /// Sub-tests finished before it.
+        paths: Vec<PathResult>,
+        /// SIGKILL did not remove the worker: it is stuck inside the kernel driver.
+        unkillable: bool,
+    },
+    /// The test could not run (allocation failed, the worker died, ...).
+    Failed {
+        error: String,
+        paths: Vec<PathResult>,
+    },
+}
+
+impl PairOutcome {
+    pub fn paths(&self) -> &[PathResult] {
+        match self {
+            PairOutcome::Tested { paths, .. }
+            | PairOutcome::Hang { paths, .. }
+            | PairOutcome::Failed { paths, .. } => paths,
+        }
+    }
+}
+
+/// cuCtxEnablePeerAccess in `ctx`'s context for `peer`'s memory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnableAttempt {
+    pub ctx: i32,
+    pub peer: i32,
+    /// None when it worked (or was already enabled); the CUDA error otherwise.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TransferPath {
+    /// cuMemcpyPeerAsync with peer access off: the driver stages through host memory. The
+    /// control: if this fails too, the fault is not P2P.
+    Staged,
+    /// cuMemcpyPeerAsync with peer access on: the copy engine moves data over P2P.
+    Ce,
+    /// A kernel on the destination GPU loads from the source GPU's memory.
+    SmRead,
+    /// A kernel on the source GPU stores into the destination GPU's memory.
+    SmWrite,
+}
+
+impl TransferPath {
+    pub const ALL: [TransferPath; 4] = [
+        TransferPath::Staged,
+        TransferPath::Ce,
+        TransferPath::SmRead,
+        TransferPath::SmWrite,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            TransferPath::Staged => "staged",
+            TransferPath::Ce => "ce",
+            TransferPath::SmRead => "sm-read",
+            TransferPath::SmWrite => "sm-write",
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            TransferPath::Staged => "staged copy through host memory (peer access off)",
+            TransferPath::Ce => "copy engine over P2P (cuMemcpyPeerAsync, peer access on)",
+            TransferPath::SmRead => "SM kernel on the destination reading peer memory",
+            TransferPath::SmWrite => "SM kernel on the source writing peer memory",
+        }
+    }
+
+    pub fn is_p2p(self) -> bool {
+        self != TransferPath::Staged
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PathResult {
+    pub path: TransferPath,
+    #[serde(flatten)]
+    pub verdict: Verdict,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "verdict", rename_all = "kebab-case")]
+pub enum Verdict {
+    /// Every byte arrived as sent.
+    Ok,
+    Mismatch(Mismatch),
+    /// A CUDA call failed.
+    Error {
+        error: String,
+    },
+    /// Not run, and why (peer access not granted in that direction, say).
+    Skipped {
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Mismatch {
+    pub first_bad_offset: u64,
+    pub bad_bytes: u64,
+    /// Up to 16 bytes from the first bad offset, hex.
+    pub expected: String,
+    pub got: String,
+    pub damage: Damage,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Damage {
+    /// The wrong bytes are all zero (what early RTX 4090 drivers delivered).
+    Zeros,
+    /// The destination kept its fill: the data never landed.
+    Unchanged,
+    /// Other values: corrupted in flight or written to the wrong place.
+    Garbage,
+}
+
+impl Damage {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Damage::Zeros => "zeros",
+            Damage::Unchanged => "nothing arrived (the destination kept its fill)",
+            Damage::Garbage => "garbage",
+        }
+    }
+}

@@ -1,0 +1,397 @@
+//! `rigdoctor p2p` end to end: fixture sysroots for the host facts, the fake driver for the
+//! GPUs, real transfers verified byte for byte, the watchdog killing hung pairs.
+
+mod common;
+
+use common::sysroot::Rig;
+use common::*;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+fn gpu(name: &str, bus: &str, n: usize) -> Value {
+    json!({"name": name, "bus_id": bus, "uuid": format!("GPU-{n}a1b2c3d-0000-1111-2222-333344445555"),
+           "memory_mib": 24576, "cc": [8, 6], "persistence": true, "bar1_mib": 32768,
+           "pcie": {"gen": 4, "width": 16, "max_gen": 4, "max_width": 16}})
+}
+
+struct Run {
+    code: i32,
+    report: Value,
+    took: Duration,
+    text: String,
+}
+
+/// `rigdoctor p2p --gpu` on `sysroot` with the fake driver emulating `fake`: once as JSON,
+/// and the JSON re-rendered as text by `diagnose` (no second GPU run).
+fn p2p(sysroot: &Rig, fake: &Value, args: &[&str]) -> Run {
+    let root = sysroot_of(sysroot);
+    let rig_file = root.path().join("fake-rig.json");
+    std::fs::write(&rig_file, fake.to_string()).unwrap();
+    let report_file = root.path().join("report.json");
+    let t = Instant::now();
+    let out = rigdoctor()
+        .args(["p2p", "--gpu", "--json", "--sysroot"])
+        .arg(root.path())
+        .args(args)
+        .env("LD_LIBRARY_PATH", fake_driver_dir())
+        .env("FAKEGPU_RIG", &rig_file)
+        .output()
+        .unwrap();
+    let took = t.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    std::fs::write(&report_file, &out.stdout).unwrap();
+    let text = rigdoctor()
+        .args(["diagnose", "--color", "never"])
+        .arg(&report_file)
+        .output()
+        .unwrap();
+    Run {
+        code: out.status.code().unwrap(),
+        report,
+        took,
+        text: String::from_utf8_lossy(&text.stdout).into_owned(),
+    }
+}
+
+fn ids(r: &Value) -> Vec<String> {
+    summary(r)
+        .into_iter()
+        .filter(|s| s.contains("p2p") || s.contains("nvlink") || s.contains("copy-corrupt"))
+        .collect()
+}
+
+fn tests_of(r: &Value) -> Vec<(i64, i64, String)> {
+    r["facts"]["gpu"]["p2p"]["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["from"].as_i64().unwrap(),
+                t["to"].as_i64().unwrap(),
+                t["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The seed story: 3x3090 on X399, IOMMU translating, driver 545; one pair hangs both ways.
+#[test]
+fn x399_three_3090s_one_pair_hangs() {
+    let rig = load_rig("x399-3x3090-r545");
+    let name = "NVIDIA GeForce RTX 3090";
+    let fake = json!({"driver_version": "545.29.06", "cuda_version": 12030,
+        "gpus": [gpu(name, "0000:0a:00.0", 0), gpu(name, "0000:42:00.0", 1), gpu(name, "0000:43:00.0", 2)],
+        "pairs": [{"a": 0, "b": 1, "fault": "hang", "topology": "SYS"},
+                  {"a": 0, "b": 2, "topology": "SYS"},
+                  {"a": 1, "b": 2, "topology": "PHB"}]});
+    let deadline = 1.5;
+    let r = p2p(&rig, &fake, &["--timeout", "1.5"]);
+    assert_eq!(r.code, 1);
+    assert_eq!(ids(&r.report), ["error p2p-hang"]);
+    let statuses = tests_of(&r.report);
+    assert_eq!(statuses.len(), 6);
+    for (from, to, status) in &statuses {
+        let hung = matches!((from, to), (0, 1) | (1, 0));
+        assert_eq!(status, if hung { "hang" } else { "tested" }, "{from}->{to}");
+    }
+    // Two hung directions cost about two deadlines, not the whole run.
+    assert!(
+        r.took < Duration::from_secs_f64(2.0 * deadline + 6.0),
+        "{:?}",
+        r.took
+    );
+    let f = text(findings(&r.report, "p2p-hang")[0]);
+    assert!(
+        f.contains(
+            "GPU 0 (0000:0a:00.0) -> GPU 1 (0000:42:00.0): no answer from the copy engine over P2P"
+        ),
+        "{f}"
+    );
+    assert!(
+        f.contains("GPU 1 (0000:42:00.0) -> GPU 0 (0000:0a:00.0)"),
+        "{f}"
+    );
+    assert!(
+        f.contains("staged copy through host memory (the control): correct"),
+        "{f}"
+    );
+    assert!(
+        f.contains("likely cause 1: the IOMMU translates the DMA of 0000:0a:00.0, 0000:42:00.0"),
+        "{f}"
+    );
+    assert!(f.contains("(see driver-known-bad)"), "{f}");
+    assert!(f.contains("NCCL_P2P_DISABLE=1"), "{f}");
+    // The matrix says it at a glance.
+    assert!(
+        r.text.contains("GPU0  X         SYS HANG  SYS ok"),
+        "{}",
+        r.text
+    );
+    assert!(
+        r.text.contains("GPU1  SYS HANG  X         PHB ok"),
+        "{}",
+        r.text
+    );
+}
+
+/// An early RTX 4090 driver grants P2P and delivers zeros.
+#[test]
+fn rtx4090_early_driver_returns_zeros() {
+    let mut rig = load_rig("epyc-2x4090-nonroot");
+    if let Some(d) = rig.driver.as_mut() {
+        d.version_line = d.version_line.replace("550.127.05", "525.60.11");
+    }
+    let name = "NVIDIA GeForce RTX 4090";
+    let fake = json!({"driver_version": "525.60.11", "cuda_version": 12000,
+        "gpus": [gpu(name, "0000:41:00.0", 0), gpu(name, "0000:81:00.0", 1)],
+        "pairs": [{"a": 0, "b": 1, "fault": "zeros", "topology": "SYS"}]});
+    let r = p2p(&rig, &fake, &[]);
+    assert_eq!(r.code, 1);
+    assert_eq!(ids(&r.report), ["error p2p-corrupt"]);
+    let f = text(findings(&r.report, "p2p-corrupt")[0]);
+    assert!(f.contains("(2 of 2 directions tested)"), "{f}");
+    for path in [
+        "copy engine over P2P",
+        "SM kernel on the destination reading",
+        "SM kernel on the source writing",
+    ] {
+        assert!(
+            f.contains(&format!(
+                "GPU 0 (0000:41:00.0) -> GPU 1 (0000:81:00.0), {path}"
+            )),
+            "{path}: {f}"
+        );
+    }
+    // Every byte but the pattern's own zero bytes.
+    assert!(f.contains(" of 16777216 bytes wrong from offset 0"), "{f}");
+    assert!(
+        f.contains(&format!("got {}): zeros", "00".repeat(16))),
+        "{f}"
+    );
+    assert!(f.contains("GeForce GPUs without NVLink"), "{f}");
+    assert!(
+        !f.contains("IOMMU translates"),
+        "iommu=pt: identity domains: {f}"
+    );
+    assert!(f.contains("ACS not checked"), "non-root run: {f}");
+    assert!(r.text.contains("SYS ZEROS"), "{}", r.text);
+}
+
+/// Two NVLinked 3090s: everything works, nothing to say about P2P.
+#[test]
+fn nvlinked_3090s_are_healthy() {
+    let rig = load_rig("x570-2x3090-r535");
+    let name = "NVIDIA GeForce RTX 3090";
+    let fake = json!({"driver_version": "535.129.03", "cuda_version": 12020,
+        "gpus": [gpu(name, "0000:0b:00.0", 0), gpu(name, "0000:0c:00.0", 1)],
+        "pairs": [{"a": 0, "b": 1, "nvlinks": 4, "topology": "PHB"}]});
+    let r = p2p(&rig, &fake, &[]);
+    assert_eq!(r.code, 0, "{}", r.text);
+    assert!(ids(&r.report).is_empty(), "{:?}", summary(&r.report));
+    for (_, _, status) in tests_of(&r.report) {
+        assert_eq!(status, "tested");
+    }
+    let paths = &r.report["facts"]["gpu"]["p2p"]["tests"][0]["paths"];
+    let verdicts: Vec<(&str, &str)> = paths
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["path"].as_str().unwrap(), p["verdict"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        verdicts,
+        [
+            ("staged", "ok"),
+            ("ce", "ok"),
+            ("sm-read", "ok"),
+            ("sm-write", "ok")
+        ]
+    );
+    assert!(r.text.contains("GPU0  X       NV4 ok"), "{}", r.text);
+    assert!(r.text.contains("GPU0  X       yes OK"), "{}", r.text);
+    let links = &r.report["facts"]["gpu"]["nvml"]["devices"][0]["nvlinks"];
+    assert_eq!(links.as_array().unwrap().len(), 4);
+    assert_eq!(links[0]["remote_bus_id"], "0000:0c:00.0");
+}
+
+/// Four GPUs, one direction of one pair corrupts: exactly that direction is named.
+#[test]
+fn four_gpus_one_corrupt_direction() {
+    let mut rig = load_rig("x399-3x3090-r545");
+    let mut bridge = rig.bridge.last().unwrap().clone();
+    bridge.bdf = "0000:40:07.1".into();
+    let mut fourth = rig.gpu.last().unwrap().clone();
+    fourth.bdf = "0000:44:00.0".into();
+    fourth.parent = bridge.bdf.clone();
+    rig.bridge.push(bridge);
+    rig.gpu.push(fourth);
+    let name = "NVIDIA GeForce RTX 3090";
+    let gpus: Vec<Value> = ["0a", "42", "43", "44"]
+        .iter()
+        .enumerate()
+        .map(|(i, b)| gpu(name, &format!("0000:{b}:00.0"), i))
+        .collect();
+    // 2 -> 3 corrupts; 3 -> 2 (the next entry, first match wins) and every other pair work.
+    let mut pairs = vec![
+        json!({"a": 2, "b": 3, "fault": "corrupt", "directed": true}),
+        json!({"a": 3, "b": 2}),
+    ];
+    for a in 0..4 {
+        for b in a + 1..4 {
+            if (a, b) != (2, 3) {
+                pairs.push(json!({"a": a, "b": b}));
+            }
+        }
+    }
+    let fake =
+        json!({"driver_version": "545.29.06", "cuda_version": 12030, "gpus": gpus, "pairs": pairs});
+    let r = p2p(&rig, &fake, &[]);
+    assert_eq!(r.code, 1);
+    assert_eq!(ids(&r.report), ["error p2p-corrupt"]);
+    assert_eq!(tests_of(&r.report).len(), 12);
+    let f = findings(&r.report, "p2p-corrupt")[0];
+    let ev: Vec<&str> = f["evidence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .filter(|e| e.contains("bytes wrong"))
+        .collect();
+    assert_eq!(ev.len(), 3, "CE, SM read and SM write: {ev:?}");
+    for e in &ev {
+        assert!(
+            e.starts_with("GPU 2 (0000:43:00.0) -> GPU 3 (0000:44:00.0)"),
+            "{e}"
+        );
+        assert!(e.contains("4096 of 16777216 bytes wrong"), "{e}");
+        assert!(e.ends_with("garbage"), "{e}");
+    }
+    assert!(text(f).contains("(1 of 12 directions tested)"));
+    assert!(
+        r.text.contains("GPU2  PHB ok  PHB ok  X       PHB CORRUPT"),
+        "{}",
+        r.text
+    );
+}
+
+#[test]
+fn staged_copy_corrupt_is_not_blamed_on_p2p() {
+    let rig = load_rig("x570-2x3090-r535");
+    let name = "NVIDIA GeForce RTX 3090";
+    let fake = json!({"driver_version": "535.129.03", "gpus": [gpu(name, "0000:0b:00.0", 0), gpu(name, "0000:0c:00.0", 1)],
+        "pairs": [{"a": 0, "b": 1, "fault": "corrupt-always", "nvlinks": 4}]});
+    let r = p2p(&rig, &fake, &[]);
+    assert_eq!(ids(&r.report), ["error copy-corrupt"]);
+    let f = text(findings(&r.report, "copy-corrupt")[0]);
+    assert!(f.contains("staged copy through host memory"), "{f}");
+    assert!(!f.contains("export NCCL_P2P_DISABLE"), "{f}");
+}
+
+#[test]
+fn enable_fails_is_reported() {
+    let rig = load_rig("x570-2x3090-r535");
+    let name = "NVIDIA GeForce RTX 3090";
+    let fake = json!({"driver_version": "535.129.03",
+        "gpus": [gpu(name, "0000:0b:00.0", 0), gpu(name, "0000:0c:00.0", 1)],
+        "pairs": [{"a": 0, "b": 1, "fault": "enable-fails"}]});
+    let r = p2p(&rig, &fake, &[]);
+    assert_eq!(r.code, 1);
+    assert_eq!(ids(&r.report), ["error p2p-enable-failed"]);
+    let f = text(findings(&r.report, "p2p-enable-failed")[0]);
+    assert!(f.contains("cuCtxEnablePeerAccess in GPU 1 (0000:0c:00.0)'s context for GPU 0 (0000:0b:00.0)'s memory: CUDA_ERROR_PEER_ACCESS_UNSUPPORTED"), "{f}");
+    assert!(r.text.contains("NO-ENABLE"), "{}", r.text);
+}
+
+#[test]
+fn geforce_without_p2p_is_a_note() {
+    let rig = load_rig("x570-2x3090-r535");
+    let name = "NVIDIA GeForce RTX 3090";
+    let fake = json!({"driver_version": "535.129.03", "gpus": [gpu(name, "0000:0b:00.0", 0), gpu(name, "0000:0c:00.0", 1)],
+        "pairs": [{"a": 0, "b": 1, "access": false, "nvml_status": "CNS"}]});
+    let r = p2p(&rig, &fake, &[]);
+    assert_eq!(r.code, 0, "{:?}", summary(&r.report));
+    assert_eq!(ids(&r.report), ["info p2p-not-supported"]);
+    let f = text(findings(&r.report, "p2p-not-supported")[0]);
+    assert!(f.contains("GPU 0 (0000:0b:00.0) <-> GPU 1 (0000:0c:00.0): no P2P (NVML read CNS, write CNS, topology PHB)"), "{f}");
+    assert!(tests_of(&r.report).is_empty());
+    assert!(r.text.contains("GPU0  X      PHB -"), "{}", r.text);
+}
+
+#[test]
+fn half_seated_nvlink_bridge() {
+    let rig = load_rig("x570-2x3090-r535");
+    let name = "NVIDIA GeForce RTX 3090";
+    let fake = json!({"driver_version": "535.129.03", "gpus": [gpu(name, "0000:0b:00.0", 0), gpu(name, "0000:0c:00.0", 1)],
+        "pairs": [{"a": 0, "b": 1, "nvlinks": 4, "nvlinks_down": 2}]});
+    let r = p2p(&rig, &fake, &[]);
+    assert_eq!(ids(&r.report), ["warn nvlink-inactive"]);
+    let f = text(findings(&r.report, "nvlink-inactive")[0]);
+    assert!(
+        f.contains("0000:0b:00.0: 2 of 4 links active; down: link 0, 1"),
+        "{f}"
+    );
+    assert!(r.text.contains("NV2 ok"), "{}", r.text);
+}
+
+#[test]
+fn devices_select_the_pairs_and_bad_ordinals_are_explained() {
+    let rig = load_rig("x399-3x3090-r545");
+    let name = "NVIDIA GeForce RTX 3090";
+    let fake = json!({"gpus": [gpu(name, "0000:0a:00.0", 0), gpu(name, "0000:42:00.0", 1), gpu(name, "0000:43:00.0", 2)],
+        "pairs": [{"a": 0, "b": 1, "fault": "hang"}, {"a": 1, "b": 2}, {"a": 0, "b": 2}]});
+    let r = p2p(&rig, &fake, &["--devices", "2,1"]);
+    assert_eq!(
+        tests_of(&r.report),
+        [(2, 1, "tested".to_string()), (1, 2, "tested".to_string())]
+    );
+    assert!(r.text.contains("        GPU2    GPU1"), "{}", r.text);
+    let r = p2p(&rig, &fake, &["--devices", "0,7"]);
+    assert!(
+        r.text
+            .contains("P2P not tested: --devices: there is no CUDA device 7 (CUDA sees 3: 0..2)"),
+        "{}",
+        r.text
+    );
+}
+
+#[test]
+fn no_gpu_and_no_library_give_clear_answers() {
+    let rig = load_rig("x570-2x3090-r535");
+    let r = p2p(
+        &rig,
+        &json!({"driver_version": "535.129.03", "gpus": []}),
+        &[],
+    );
+    assert_eq!(r.code, 1);
+    assert!(
+        summary(&r.report).contains(&"error cuda-unavailable".to_string()),
+        "{:?}",
+        summary(&r.report)
+    );
+    assert!(
+        r.text
+            .contains("P2P not tested: cuInit: CUDA_ERROR_NO_DEVICE"),
+        "{}",
+        r.text
+    );
+
+    let root = sysroot_of(&rig);
+    let empty = tempfile::tempdir().unwrap();
+    let out = rigdoctor()
+        .args(["p2p", "--gpu", "--sysroot"])
+        .arg(root.path())
+        .env("LD_LIBRARY_PATH", empty.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("P2P not tested: libcuda.so.1 not loadable"),
+        "{stdout}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+}
