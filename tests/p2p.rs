@@ -395,3 +395,41 @@ fn no_gpu_and_no_library_give_clear_answers() {
     );
     assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
 }
+
+/// A kernel fault over P2P poisons the worker's context: that pair reports it, the worker
+/// leaves, and the remaining pairs run in a fresh one.
+#[test]
+fn sticky_kernel_fault_loses_one_worker_not_the_run() {
+    let rig = load_rig("x399-3x3090-r545");
+    let name = "NVIDIA GeForce RTX 3090";
+    let fake = json!({"driver_version": "545.29.06",
+        "gpus": [gpu(name, "0000:0a:00.0", 0), gpu(name, "0000:42:00.0", 1), gpu(name, "0000:43:00.0", 2)],
+        "pairs": [{"a": 0, "b": 1, "fault": "illegal-address", "directed": true}, {"a": 1, "b": 0}, {"a": 1, "b": 2}, {"a": 0, "b": 2}]});
+    let r = p2p(&rig, &fake, &[]);
+    assert_eq!(ids(&r.report), ["error p2p-error"]);
+    let statuses = tests_of(&r.report);
+    assert_eq!(statuses.len(), 6);
+    assert!(
+        statuses.iter().all(|(_, _, s)| s == "tested"),
+        "{statuses:?}"
+    );
+    let first = &r.report["facts"]["gpu"]["p2p"]["tests"][0];
+    let verdicts: Vec<(&str, &str)> = first["paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["path"].as_str().unwrap(), p["verdict"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        verdicts,
+        [
+            ("staged", "ok"),
+            ("ce", "ok"),
+            ("sm-read", "error"),
+            ("sm-write", "skipped")
+        ]
+    );
+    let f = text(findings(&r.report, "p2p-error")[0]);
+    assert!(f.contains("GPU 0 (0000:0a:00.0) -> GPU 1 (0000:42:00.0), SM kernel on the destination reading peer memory: cuCtxSynchronize after copy_v4: CUDA_ERROR_ILLEGAL_ADDRESS"), "{f}");
+    assert!(r.text.contains("GPU0  X       PHB ERROR  PHB ok"), "{}", r.text);
+}

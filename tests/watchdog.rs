@@ -4,20 +4,27 @@
 use rigdoctor::measure::watchdog::{Outcome, StepReport, Watchdog};
 use std::time::{Duration, Instant};
 
-/// Runs the steps of its plan; a step's name says how it behaves: ok*, fail*, hang*, crash*.
+/// Runs the steps of its plan; a step's name says how it behaves: ok*, fail*, hang*, crash*,
+/// plan* (appends okA noteB leaveC), note* (notes a stage, then hangs), leave* (finishes, then
+/// exits between steps as a worker with a lost CUDA context does).
 /// `stall` makes it hang before announcing anything (stuck in initialisation) on its first run.
 const WORKER: &str = r#"
 if [ -n "$STALL_ONCE" ] && [ ! -e "$STALL_ONCE" ]; then : > "$STALL_ONCE"; exec sleep 30; fi
 echo "some library chatter"
 echo "stderr chatter" >&2
-for s in $(printf '%s' "$RIGDOCTOR_WORKER_PLAN" | tr -d '[]"' | tr ',' ' '); do
+queue=$(printf '%s' "$RIGDOCTOR_WORKER_PLAN" | tr -d '[]"' | tr ',' ' ')
+while [ -n "$queue" ]; do
+  set -- $queue; s=$1; shift; queue="$*"
   echo "@rigdoctor {\"event\":\"start\",\"step\":\"$s\"}"
   case $s in
     hang*) exec sleep 30 ;;
     crash*) exit 3 ;;
     fail*) echo "@rigdoctor {\"event\":\"failed\",\"step\":\"$s\",\"error\":\"CUDA_ERROR_X\"}"; continue ;;
+    plan*) echo "@rigdoctor {\"event\":\"plan\",\"steps\":[\"okA\",\"noteB\",\"leaveC\"]}"; queue="$queue okA noteB leaveC" ;;
+    note*) echo "@rigdoctor {\"event\":\"note\",\"step\":\"$s\",\"note\":{\"stage\":\"ce\"}}"; exec sleep 30 ;;
   esac
   echo "@rigdoctor {\"event\":\"done\",\"step\":\"$s\",\"result\":{\"pid\":$$}}"
+  case $s in leave*) exit 0 ;; esac
 done
 "#;
 
@@ -140,4 +147,36 @@ fn a_missing_worker_program_fails_every_step_without_panicking() {
     assert!(r
         .iter()
         .all(|x| matches!(&x.outcome, Outcome::Crashed(m) if m.contains("cannot start worker"))));
+}
+
+#[test]
+fn a_worker_can_extend_the_plan_and_notes_survive_a_hang() {
+    let r = watchdog(500, vec![]).run(&steps(&["plan1", "ok2"]), &mut Vec::new(), &mut |_| {});
+    let names: Vec<&str> = r.iter().map(|x| x.step.as_str()).collect();
+    assert_eq!(names, ["plan1", "ok2", "okA", "noteB", "leaveC"]);
+    assert_eq!(
+        pid(&r[0]),
+        pid(&r[2]),
+        "appended steps run in the same worker"
+    );
+    assert!(matches!(r[3].outcome, Outcome::Hang { started: true, .. }));
+    assert_eq!(r[3].notes, [serde_json::json!({"stage": "ce"})]);
+    assert!(r[4].notes.is_empty());
+    assert_eq!((r[3].worker, r[4].worker), (1, 2));
+    pid(&r[4]);
+}
+
+#[test]
+fn a_worker_leaving_between_steps_is_replaced_without_blame() {
+    let r = watchdog(2000, vec![]).run(
+        &steps(&["leave1", "ok2", "leave3", "ok4"]),
+        &mut Vec::new(),
+        &mut |_| {},
+    );
+    assert_eq!(r.len(), 4);
+    for x in &r {
+        pid(x);
+    }
+    let workers: Vec<usize> = r.iter().map(|x| x.worker).collect();
+    assert_eq!(workers, [1, 2, 2, 3]);
 }

@@ -384,7 +384,10 @@ pub unsafe extern "C" fn cuLaunchKernel(
             _ => return Ok(Err(ILLEGAL_ADDRESS)),
         };
         for other in [from, to].into_iter().filter(|&g| g != me) {
-            if !s.peers.contains(&(me, other)) {
+            let faulty = rig()
+                .pair(from, to)
+                .is_some_and(|p| p.fault == "illegal-address");
+            if !s.peers.contains(&(me, other)) || faulty {
                 return Ok(Err(ILLEGAL_ADDRESS));
             }
         }

@@ -35,7 +35,8 @@ pub struct Pair {
     /// What a transfer over P2P does: "none", "corrupt" (some bytes flipped), "zeros" (the
     /// destination receives zeros), "hang" (the call never returns), "enable-fails"
     /// (cuCtxEnablePeerAccess returns CUDA_ERROR_PEER_ACCESS_UNSUPPORTED), "corrupt-always"
-    /// (corrupt on every path, staged copies through host memory included).
+    /// (corrupt on every path, staged copies through host memory included), "illegal-address"
+    /// (a kernel touching the peer's memory faults: sticky CUDA_ERROR_ILLEGAL_ADDRESS).
     #[serde(default = "none")]
     pub fault: String,
     /// NVML common ancestor: PIX, PXB, PHB, NODE or SYS.

@@ -33,6 +33,7 @@ const RULES: &[(&str, Rule)] = &[
     ("device-order-mismatch", gpu::device_order_mismatch),
     ("persistence-off", gpu::persistence_off),
     ("p2p-corrupt", p2p::corrupt),
+    ("p2p-error", p2p::error),
     ("copy-corrupt", p2p::copy_corrupt),
     ("p2p-hang", p2p::hang),
     ("p2p-enable-failed", p2p::enable_failed),

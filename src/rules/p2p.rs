@@ -292,6 +292,49 @@ pub fn corrupt(facts: &Facts, kb: &Knowledge) -> Vec<Finding> {
     vec![with_causes(f, ranked(facts, kb, &bad), all_staged_ok)]
 }
 
+/// A P2P path failed with a CUDA error (an MMU fault from a kernel touching peer memory, say)
+/// while the staged control worked.
+pub fn error(facts: &Facts, kb: &Knowledge) -> Vec<Finding> {
+    let bad: Vec<&PairTest> = tests(facts)
+        .iter()
+        .filter(|t| {
+            t.outcome
+                .paths()
+                .iter()
+                .any(|r| r.path.is_p2p() && matches!(r.verdict, Verdict::Error { .. }))
+        })
+        .collect();
+    if bad.is_empty() {
+        return Vec::new();
+    }
+    let mut f = Finding::new(
+        "p2p-error",
+        Severity::Error,
+        format!(
+            "peer-to-peer transfers fail with CUDA errors ({} of {} directions tested): jobs using P2P crash",
+            bad.len(),
+            tests(facts).len()
+        ),
+    )
+    .gpus(involved(facts, &bad))
+    .refs([SIMPLE_P2P, "https://docs.nvidia.com/deploy/xid-errors/index.html"]);
+    for t in &bad {
+        let label = direction(facts, t);
+        for r in t.outcome.paths().iter().filter(|r| r.path.is_p2p()) {
+            if let Verdict::Error { error } = &r.verdict {
+                f = f.evidence(format!("{label}, {}: {error}", r.path.describe()));
+            }
+        }
+        if staged_ok(t) {
+            f = f.evidence(format!(
+                "{label}, staged copy through host memory (the control): correct, so the P2P path is at fault"
+            ));
+        }
+    }
+    let all_staged_ok = bad.iter().all(|t| staged_ok(t));
+    vec![with_causes(f, ranked(facts, kb, &bad), all_staged_ok)]
+}
+
 /// Wrong data even with peer access off: not P2P, but the GPUs, their memory or their links.
 pub fn copy_corrupt(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
     let bad: Vec<&PairTest> = tests(facts)
