@@ -431,5 +431,33 @@ fn sticky_kernel_fault_loses_one_worker_not_the_run() {
     );
     let f = text(findings(&r.report, "p2p-error")[0]);
     assert!(f.contains("GPU 0 (0000:0a:00.0) -> GPU 1 (0000:42:00.0), SM kernel on the destination reading peer memory: cuCtxSynchronize after copy_v4: CUDA_ERROR_ILLEGAL_ADDRESS"), "{f}");
-    assert!(r.text.contains("GPU0  X       PHB ERROR  PHB ok"), "{}", r.text);
+    assert!(
+        r.text.contains("GPU0  X       PHB ERROR  PHB ok"),
+        "{}",
+        r.text
+    );
+}
+
+/// sysfs has no model name (no pci.ids, no driver information file): NVML's name confirms the
+/// GeForce condition of the known-bad entry, so the finding keeps its full severity.
+#[test]
+fn nvml_confirms_what_sysfs_cannot() {
+    let mut rig = load_rig("x399-3x3090-r545");
+    rig.gpu
+        .iter_mut()
+        .for_each(|g| g.driver = Some("nvidia-unlisted".into()));
+    let name = "NVIDIA GeForce RTX 3090";
+    let fake = json!({"driver_version": "545.29.06",
+        "gpus": [gpu(name, "0000:0a:00.0", 0), gpu(name, "0000:42:00.0", 1), gpu(name, "0000:43:00.0", 2)]});
+    let r = p2p(&rig, &fake, &["--devices", "0"]);
+    let f = findings(&r.report, "driver-known-bad");
+    assert_eq!(f.len(), 1, "{:?}", summary(&r.report));
+    assert_eq!(f[0]["severity"], "error");
+    assert!(!text(f[0]).contains("not confirmed"), "{}", text(f[0]));
+    assert!(
+        r.text
+            .contains("P2P 1 CUDA device(s) selected, nothing to pair"),
+        "{}",
+        r.text
+    );
 }

@@ -115,6 +115,18 @@ pub fn gpu_not_bound(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
     out
 }
 
+/// NVML's record of the GPU at `bdf`, when the GPU steps ran.
+fn nvml_device<'a>(facts: &'a Facts, bdf: &str) -> Option<&'a crate::facts::NvmlDevice> {
+    facts
+        .gpu
+        .as_ref()?
+        .nvml
+        .known()?
+        .devices
+        .iter()
+        .find(|d| d.bus_id.known().map(String::as_str) == Some(bdf))
+}
+
 /// How well a GPU fits an entry: every condition true, or some condition unknown.
 enum Fit {
     Yes,
@@ -132,10 +144,16 @@ fn fit(entry: &DriverEntry, g: &GpuPci, facts: &Facts, kb: &Knowledge) -> Fit {
         }
     }
     if entry.brands.iter().any(|b| b == "geforce") {
-        match g.name.known() {
-            Some(n) if is_geforce(n) => {}
-            Some(_) => return Fit::No,
-            None => unsure.push(format!(
+        // sysfs/pci.ids name first; NVML's name and brand when those are missing.
+        let nvml = nvml_device(facts, &g.bdf);
+        let name = g.name.known().or_else(|| nvml.and_then(|d| d.name.known()));
+        let brand = nvml.and_then(|d| d.brand.known());
+        match (name, brand) {
+            (Some(n), _) if is_geforce(n) => {}
+            (_, Some(b))
+                if b.eq_ignore_ascii_case("geforce") || b.eq_ignore_ascii_case("titan") => {}
+            (Some(_), _) | (None, Some(_)) => return Fit::No,
+            (None, None) => unsure.push(format!(
                 "{}: model name unknown, GeForce not confirmed",
                 g.bdf
             )),
@@ -162,8 +180,16 @@ fn fit(entry: &DriverEntry, g: &GpuPci, facts: &Facts, kb: &Knowledge) -> Fit {
 }
 
 pub fn known_bad(facts: &Facts, kb: &Knowledge) -> Vec<Finding> {
-    let Some(text) = facts.driver.version.known() else {
-        return Vec::new();
+    // The kernel module's version; in a container without /proc/driver/nvidia, NVML's.
+    let nvml_version = facts
+        .gpu
+        .as_ref()
+        .and_then(|g| g.nvml.known())
+        .and_then(|n| n.driver_version.known());
+    let (text, source) = match (facts.driver.version.known(), nvml_version) {
+        (Some(v), _) => (v, "/proc/driver/nvidia/version"),
+        (None, Some(v)) => (v, "NVML"),
+        (None, None) => return Vec::new(),
     };
     let Some(version) = Version::parse(text) else {
         return Vec::new();
@@ -193,7 +219,7 @@ pub fn known_bad(facts: &Facts, kb: &Knowledge) -> Vec<Finding> {
         };
         let mut f = Finding::new("driver-known-bad", severity, entry.title.clone())
             .evidence(format!(
-                "driver {version} (/proc/driver/nvidia/version) is in the affected range {}",
+                "driver {version} ({source}) is in the affected range {}",
                 entry.describe_range()
             ))
             .gpus(matched.iter().map(|g| g.bdf.clone()))
