@@ -212,6 +212,16 @@ fn nvlinked_3090s_are_healthy() {
         ]
     );
     assert!(r.text.contains("GPU0  X       NV4 ok"), "{}", r.text);
+    let md = rigdoctor()
+        .args(["diagnose", "--format", "markdown", "-"])
+        .write_stdin(r.report.to_string())
+        .output()
+        .unwrap();
+    let md = String::from_utf8_lossy(&md.stdout);
+    assert!(
+        md.contains("**P2P, tested**\n\n|  | GPU0 | GPU1 |\n|---|---|---|\n| GPU0 | X | NV4 ok |"),
+        "{md}"
+    );
     assert!(r.text.contains("GPU0  X       yes OK"), "{}", r.text);
     let links = &r.report["facts"]["gpu"]["nvml"]["devices"][0]["nvlinks"];
     assert_eq!(links.as_array().unwrap().len(), 4);

@@ -413,11 +413,16 @@ pub fn hang(facts: &Facts, kb: &Knowledge) -> Vec<Finding> {
         };
         unkillable |= stuck;
         let what = match stage.as_deref() {
-            Some(s) => TransferPath::ALL
-                .iter()
-                .find(|p| p.label() == s)
-                .map_or_else(|| s.to_string(), |p| p.describe().to_string()),
-            None => "before the first transfer".into(),
+            Some(s) => match s.strip_prefix("enable ").and_then(|x| x.split_once("->")) {
+                Some((ctx, peer)) => format!(
+                    "peer-access enable (cuCtxEnablePeerAccess in GPU {ctx}'s context for GPU {peer})"
+                ),
+                None => TransferPath::ALL
+                    .iter()
+                    .find(|p| p.label() == s)
+                    .map_or_else(|| s.to_string(), |p| p.describe().to_string()),
+            },
+            None => "setup before the first transfer (allocation, pattern upload)".into(),
         };
         f = f.evidence(format!(
             "{label}: no answer from the {what} within {deadline}; the worker was killed"
