@@ -223,6 +223,17 @@ fn nvlinked_3090s_are_healthy() {
         "{md}"
     );
     assert!(r.text.contains("GPU0  X       yes OK"), "{}", r.text);
+    let local = r.report["facts"]["gpu"]["p2p"]["local"].as_array().unwrap();
+    assert_eq!(local.len(), 2, "a self-test per GPU");
+    for t in local {
+        let v: Vec<&str> = t["paths"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["verdict"].as_str().unwrap())
+            .collect();
+        assert_eq!(v, ["ok", "ok"], "{t}");
+    }
     let links = &r.report["facts"]["gpu"]["nvml"]["devices"][0]["nvlinks"];
     assert_eq!(links.as_array().unwrap().len(), 4);
     assert_eq!(links[0]["remote_bus_id"], "0000:0c:00.0");
@@ -470,4 +481,28 @@ fn nvml_confirms_what_sysfs_cannot() {
         "{}",
         r.text
     );
+}
+
+/// A driver that cannot JIT the PTX fails each GPU's self-test; that is the GPU's finding, and
+/// the SM paths of the pairs are not blamed on P2P.
+#[test]
+fn ptx_the_driver_cannot_load_is_a_gpu_finding_not_a_p2p_one() {
+    let rig = load_rig("x570-2x3090-r535");
+    let name = "NVIDIA GeForce RTX 3090";
+    let fake = json!({"driver_version": "535.129.03", "faults": {"module_load": "unsupported-ptx"},
+        "gpus": [gpu(name, "0000:0b:00.0", 0), gpu(name, "0000:0c:00.0", 1)],
+        "pairs": [{"a": 0, "b": 1, "nvlinks": 4}]});
+    let r = p2p(&rig, &fake, &[]);
+    assert_eq!(r.code, 1);
+    assert_eq!(
+        summary(&r.report)
+            .iter()
+            .filter(|s| s.starts_with("error"))
+            .collect::<Vec<_>>(),
+        ["error gpu-copy-failed"]
+    );
+    let f = text(findings(&r.report, "gpu-copy-failed")[0]);
+    assert!(f.contains("GPU 0 (0000:0b:00.0), copy kernel within the GPU (kernels/copy.ptx, JIT-compiled by the driver): cuModuleLoadData (kernels/copy.ptx): CUDA_ERROR_UNSUPPORTED_PTX_VERSION"), "{f}");
+    assert!(f.contains("rm -rf ~/.nv/ComputeCache"), "{f}");
+    assert!(r.text.contains("GPU0  X ERROR    NV4 ERROR"), "{}", r.text);
 }

@@ -165,6 +165,10 @@ fn error_text(e: CUresult) -> (&'static [u8], &'static [u8]) {
             b"CUDA_ERROR_INVALID_PTX\0",
             b"a PTX JIT compilation failed\0",
         ),
+        m::UNSUPPORTED_PTX_VERSION => (
+            b"CUDA_ERROR_UNSUPPORTED_PTX_VERSION\0",
+            b"the provided PTX was compiled with an unsupported toolchain.\0",
+        ),
         m::PEER_ACCESS_UNSUPPORTED => (
             b"CUDA_ERROR_PEER_ACCESS_UNSUPPORTED\0",
             b"peer access is not supported between these two devices\0",

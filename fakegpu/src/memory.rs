@@ -10,6 +10,7 @@ use std::sync::{Mutex, MutexGuard};
 
 pub const INVALID_CONTEXT: CUresult = 201;
 pub const INVALID_PTX: CUresult = 218;
+pub const UNSUPPORTED_PTX_VERSION: CUresult = 222;
 pub const PEER_ACCESS_UNSUPPORTED: CUresult = 217;
 pub const INVALID_HANDLE: CUresult = 400;
 pub const NOT_FOUND: CUresult = 500;
@@ -311,6 +312,9 @@ pub unsafe extern "C" fn cuModuleLoadData(
         let text = CStr::from_ptr(image as *const c_char).to_string_lossy();
         if !text.contains(".version") || !text.contains(".target") {
             return Err(INVALID_PTX);
+        }
+        if rig().faults.module_load.as_deref() == Some("unsupported-ptx") {
+            return Err(UNSUPPORTED_PTX_VERSION);
         }
         let first = s.functions.len();
         for part in text.split(".entry").skip(1) {

@@ -79,6 +79,9 @@ pub struct Faults {
     pub cuda_init: Option<String>,
     /// nvmlInit: "mismatch" (NVML_ERROR_LIB_RM_VERSION_MISMATCH), "driver-not-loaded", "hang".
     pub nvml_init: Option<String>,
+    /// cuModuleLoadData: "unsupported-ptx" (CUDA_ERROR_UNSUPPORTED_PTX_VERSION, a driver too
+    /// old for the PTX ISA version).
+    pub module_load: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -41,6 +41,9 @@ pub struct P2pFacts {
     pub access: Probed<Vec<PeerAccess>>,
     /// One per ordered pair that CUDA granted in at least one direction.
     pub tests: Vec<PairTest>,
+    /// The self-test of each device (`from` == `to`): copies within the GPU, kernel included.
+    #[serde(default)]
+    pub local: Vec<PairTest>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -120,6 +123,10 @@ pub enum TransferPath {
     SmRead,
     /// A kernel on the source GPU stores into the destination GPU's memory.
     SmWrite,
+    /// Within one GPU (the self-test): cuMemcpyPeerAsync inside one context, a device copy.
+    LocalCe,
+    /// Within one GPU: the copy kernel, which proves the driver JIT-compiled kernels/ PTX.
+    LocalSm,
 }
 
 impl TransferPath {
@@ -136,6 +143,8 @@ impl TransferPath {
             TransferPath::Ce => "ce",
             TransferPath::SmRead => "sm-read",
             TransferPath::SmWrite => "sm-write",
+            TransferPath::LocalCe => "local-ce",
+            TransferPath::LocalSm => "local-sm",
         }
     }
 
@@ -145,11 +154,18 @@ impl TransferPath {
             TransferPath::Ce => "copy engine over P2P (cuMemcpyPeerAsync, peer access on)",
             TransferPath::SmRead => "SM kernel on the destination reading peer memory",
             TransferPath::SmWrite => "SM kernel on the source writing peer memory",
+            TransferPath::LocalCe => "device-to-device copy within the GPU (copy engine)",
+            TransferPath::LocalSm => {
+                "copy kernel within the GPU (kernels/copy.ptx, JIT-compiled by the driver)"
+            }
         }
     }
 
     pub fn is_p2p(self) -> bool {
-        self != TransferPath::Staged
+        matches!(
+            self,
+            TransferPath::Ce | TransferPath::SmRead | TransferPath::SmWrite
+        )
     }
 }
 

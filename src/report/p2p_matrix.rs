@@ -15,7 +15,7 @@ pub struct P2pTables {
 }
 
 pub const LEGEND: [&str; 4] = [
-    "Rows send, columns receive (CUDA device numbers). Cell: how the GPUs connect, then what the real transfer did.",
+    "Rows send, columns receive (CUDA device numbers). Cell: how the GPUs connect, then what the real transfer did; the diagonal shows a failed self-test (copies within the GPU).",
     "ok every byte arrived (copy engine, SM read, SM write) · CORRUPT/ZEROS wrong data over P2P · HANG killed after --timeout · NO-ENABLE peer access refused · ERROR a CUDA call failed · - no P2P granted (copies go through host memory)",
     "X self · NV# # active NVLinks · PIX one PCIe switch · PXB several switches · PHB via a CPU host bridge · NODE across host bridges of one NUMA node · SYS across NUMA nodes",
     "Claims: cuDeviceCanAccessPeer (yes/no) · NVML P2P read/write status: OK, CNS chipset not supported, GNS GPU not supported, TNS topology not supported, DR disabled by registry key, NS not supported",
@@ -131,7 +131,12 @@ pub fn tables(f: &Facts) -> Option<P2pTables> {
         let mut crow = vec![format!("GPU{a}")];
         for &b in &p2p.devices {
             if a == b {
-                vrow.push("X".into());
+                // The diagonal: the GPU's self-test (copies within it, kernel included).
+                let own = p2p.local.iter().find(|t| t.from == a).map(verdict_word);
+                vrow.push(match own {
+                    Some("ok") | None => "X".into(),
+                    Some(w) => format!("X {w}"),
+                });
                 crow.push("X".into());
                 continue;
             }

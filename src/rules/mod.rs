@@ -32,6 +32,7 @@ const RULES: &[(&str, Rule)] = &[
     ("nvml-unavailable", gpu::nvml_unavailable),
     ("device-order-mismatch", gpu::device_order_mismatch),
     ("persistence-off", gpu::persistence_off),
+    ("gpu-copy-failed", p2p::gpu_copy_failed),
     ("p2p-corrupt", p2p::corrupt),
     ("p2p-error", p2p::error),
     ("copy-corrupt", p2p::copy_corrupt),

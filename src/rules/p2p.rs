@@ -292,11 +292,92 @@ pub fn corrupt(facts: &Facts, kb: &Knowledge) -> Vec<Finding> {
     vec![with_causes(f, ranked(facts, kb, &bad), all_staged_ok)]
 }
 
+fn local_tests(facts: &Facts) -> &[PairTest] {
+    facts
+        .gpu
+        .as_ref()
+        .and_then(|g| g.p2p.as_ref())
+        .map_or(&[], |p| p.local.as_slice())
+}
+
+/// Whether device `d` passed its self-test (or had none): a failure there is the GPU's, and
+/// must not be blamed on P2P.
+fn local_ok(facts: &Facts, d: i32) -> bool {
+    local_tests(facts).iter().filter(|t| t.from == d).all(|t| {
+        matches!(t.outcome, PairOutcome::Tested { .. })
+            && t.outcome.paths().iter().all(|r| r.verdict == Verdict::Ok)
+    })
+}
+
+/// A GPU fails copies within itself: the kernel cannot be loaded (driver JIT), or the GPU's
+/// memory or the GPU is faulty.
+pub fn gpu_copy_failed(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
+    let bad: Vec<&PairTest> = local_tests(facts)
+        .iter()
+        .filter(|t| !local_ok(facts, t.from))
+        .collect();
+    if bad.is_empty() {
+        return Vec::new();
+    }
+    let mut f = Finding::new(
+        "gpu-copy-failed",
+        Severity::Error,
+        "a GPU fails copies within itself: kernels or its memory do not work, whatever the P2P path",
+    )
+    .gpus(involved(facts, &bad))
+    .refs([
+        "https://docs.nvidia.com/cuda/cuda-driver-api/group__CUDA__MODULE.html",
+        "https://docs.nvidia.com/deploy/xid-errors/index.html",
+    ]);
+    let mut ptx = false;
+    let mut data = false;
+    for t in &bad {
+        let g = gpu(facts, t.from).label();
+        match &t.outcome {
+            PairOutcome::Hang { stage, .. } => {
+                f = f.evidence(format!(
+                    "{g}: the self-test hung ({}) and was killed",
+                    stage.as_deref().unwrap_or("before the first copy")
+                ))
+            }
+            PairOutcome::Failed { error, .. } => f = f.evidence(format!("{g}: {error}")),
+            PairOutcome::Tested { .. } => {}
+        }
+        for r in t.outcome.paths() {
+            match &r.verdict {
+                Verdict::Error { error } => {
+                    ptx |= error.contains("PTX") || error.contains("cuModule");
+                    f = f.evidence(format!("{g}, {}: {error}", r.path.describe()));
+                }
+                Verdict::Mismatch(m) => {
+                    data = true;
+                    f = f.evidence(format!(
+                        "{g}, {}: {} bytes wrong from offset {} ({})",
+                        r.path.describe(),
+                        m.bad_bytes,
+                        m.first_bad_offset,
+                        m.damage.describe()
+                    ));
+                }
+                Verdict::Ok | Verdict::Skipped { .. } => {}
+            }
+        }
+    }
+    if ptx {
+        f = f.fix("the driver cannot JIT-compile rigdoctor's PTX (ISA 7.0, sm_52): drivers before R470 are too old for it; update the driver (sudo apt install nvidia-driver-535 or newer), and clear a corrupt JIT cache: rm -rf ~/.nv/ComputeCache");
+    }
+    if data {
+        f = f.fix("wrong data inside one GPU points at its memory: look for Xid 48/63/94/95 (sudo dmesg | grep -i xid), check temperatures, and stress-test the card alone (e.g. gpu-burn)");
+    }
+    vec![f.fix("P2P results involving this GPU are not conclusive until it passes: the P2P findings leave its failures out")]
+}
+
 /// A P2P path failed with a CUDA error (an MMU fault from a kernel touching peer memory, say)
 /// while the staged control worked.
 pub fn error(facts: &Facts, kb: &Knowledge) -> Vec<Finding> {
     let bad: Vec<&PairTest> = tests(facts)
         .iter()
+        .filter(|t| local_ok(facts, t.from) && local_ok(facts, t.to))
         .filter(|t| {
             t.outcome
                 .paths()
@@ -380,6 +461,7 @@ pub fn copy_corrupt(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
 pub fn hang(facts: &Facts, kb: &Knowledge) -> Vec<Finding> {
     let hung: Vec<&PairTest> = tests(facts)
         .iter()
+        .filter(|t| local_ok(facts, t.from) && local_ok(facts, t.to))
         .filter(|t| matches!(t.outcome, PairOutcome::Hang { .. }))
         .collect();
     if hung.is_empty() {

@@ -69,6 +69,7 @@ pub fn collect(
         deadline_s: step_deadline.as_secs_f64(),
         access: Probed::unknown(Why::IoError, "not run"),
         tests: Vec::new(),
+        local: Vec::new(),
     });
     for r in reports {
         if r.step == STEP_NVML {
@@ -111,7 +112,11 @@ fn settle_p2p(facts: &mut P2pFacts, r: StepReport, secs: f64) {
         };
         return;
     }
-    let Some((from, to)) = p2p::parse_pair_step(&r.step) else {
+    let local = p2p::parse_local_step(&r.step);
+    let Some((from, to)) = local
+        .map(|d| (d, d))
+        .or_else(|| p2p::parse_pair_step(&r.step))
+    else {
         return;
     };
     // What finished before a hang or crash, from the step's notes.
@@ -151,12 +156,17 @@ fn settle_p2p(facts: &mut P2pFacts, r: StepReport, secs: f64) {
             paths: noted,
         },
     };
-    facts.tests.push(PairTest {
+    let test = PairTest {
         from,
         to,
         elapsed_ms: r.elapsed.as_secs_f64() * 1e3,
         outcome,
-    });
+    };
+    if local.is_some() {
+        facts.local.push(test);
+    } else {
+        facts.tests.push(test);
+    }
 }
 
 /// A worker's answer as a fact: the value itself, or `{"unknown": why, "detail": ...}`.
@@ -239,8 +249,13 @@ impl GpuWorker {
                 },
             };
         }
-        if let Some((from, to)) = p2p::parse_pair_step(step) {
-            return match p2p::pair(&mut self.session, from, to, note) {
+        let run = match (p2p::parse_local_step(step), p2p::parse_pair_step(step)) {
+            (Some(d), _) => Some(p2p::local(&mut self.session, d, note)),
+            (None, Some((from, to))) => Some(p2p::pair(&mut self.session, from, to, note)),
+            _ => None,
+        };
+        if let Some(run) = run {
+            return match run {
                 Ok(a) => StepOutput {
                     result: Ok(a.value),
                     more: Vec::new(),

@@ -15,6 +15,16 @@ pub const TRANSFER_BYTES: usize = 16 << 20;
 
 pub const STEP_MATRIX: &str = "p2p-matrix";
 pub const STEP_PAIR: &str = "p2p";
+pub const STEP_LOCAL: &str = "gpu-selftest";
+
+pub fn local_step(device: i32) -> String {
+    format!("{STEP_LOCAL} {device}")
+}
+
+/// `"gpu-selftest 2"` -> 2.
+pub fn parse_local_step(step: &str) -> Option<i32> {
+    step.strip_prefix(STEP_LOCAL)?.trim().parse().ok()
+}
 
 /// `p2p-matrix` or `p2p-matrix 0,2,3`.
 pub fn matrix_step(devices: Option<&[i32]>) -> String {
@@ -83,7 +93,7 @@ pub fn matrix(devices: Option<Vec<i32>>) -> Result<(Value, Vec<String>), String>
             .iter()
             .any(|p| p.from == a && p.to == b && p.can_access.known() == Some(&true))
     };
-    let mut steps = Vec::new();
+    let mut steps: Vec<String> = devices.iter().map(|&d| local_step(d)).collect();
     for &from in &devices {
         for &to in devices.iter().filter(|&&t| t != from) {
             if granted(from, to) || granted(to, from) {
@@ -297,6 +307,70 @@ fn disable(session: &mut Session, ctx: i32, peer: i32) {
     }
 }
 
+/// The self-test of one device: a device copy and the copy kernel within it, verified. On a
+/// one-GPU machine this is what proves the driver can JIT and run kernels/ PTX.
+pub fn local(
+    session: &mut Session,
+    device: i32,
+    note: &mut dyn FnMut(Value),
+) -> Result<PairAnswer, String> {
+    init()?;
+    session
+        .bind(device)
+        .map_err(|e| cuda("cuCtxSetCurrent", e))?;
+    let alloc = || {
+        DeviceBuffer::new(TRANSFER_BYTES).map_err(|e| {
+            cuda(
+                &format!("cuMemAlloc of {TRANSFER_BYTES} bytes on device {device}"),
+                e,
+            )
+        })
+    };
+    let (src, dst) = (alloc()?, alloc()?);
+    let sent = pattern(seed(device, device), TRANSFER_BYTES);
+    src.upload(&sent)
+        .map_err(|e| cuda("cuMemcpyHtoD (pattern)", e))?;
+    let mut p = Pair {
+        session,
+        from: device,
+        to: device,
+        src,
+        dst,
+        sent,
+        got: vec![0; TRANSFER_BYTES],
+    };
+    let mut paths = Vec::new();
+    let mut lost = false;
+    for path in [TransferPath::LocalCe, TransferPath::LocalSm] {
+        let verdict = if lost {
+            Verdict::Skipped {
+                reason: "the CUDA context was lost".into(),
+            }
+        } else {
+            note(json!({ "stage": path.label() }));
+            let r = p.check(|p| match path {
+                TransferPath::LocalCe => p.peer_copy(),
+                _ => p.kernel_copy(device),
+            });
+            r.unwrap_or_else(|f| {
+                lost |= f.sticky;
+                Verdict::Error { error: f.message }
+            })
+        };
+        let r = PathResult { path, verdict };
+        note(json!({ "path": r }));
+        paths.push(r);
+    }
+    if lost {
+        std::mem::forget(p.src);
+        std::mem::forget(p.dst);
+    }
+    Ok(PairAnswer {
+        value: json!({ "enable": [], "paths": paths }),
+        context_lost: lost,
+    })
+}
+
 /// The verified transfer from `from` to `to`. `note` streams progress: `{"stage": ..}` before
 /// each sub-test and `{"path": ..}` after it, so that a hang is pinned to its sub-test.
 pub fn pair(
@@ -429,9 +503,9 @@ pub fn pair(
         }
         note(json!({ "stage": path.label() }));
         let verdict = p.check(|p| match path {
-            TransferPath::Staged | TransferPath::Ce => p.peer_copy(),
+            TransferPath::Staged | TransferPath::Ce | TransferPath::LocalCe => p.peer_copy(),
             TransferPath::SmRead => p.kernel_copy(p.to),
-            TransferPath::SmWrite => p.kernel_copy(p.from),
+            TransferPath::SmWrite | TransferPath::LocalSm => p.kernel_copy(p.from),
         });
         match verdict {
             Ok(v) => record(note, path, v),
