@@ -506,3 +506,16 @@ fn ptx_the_driver_cannot_load_is_a_gpu_finding_not_a_p2p_one() {
     assert!(f.contains("rm -rf ~/.nv/ComputeCache"), "{f}");
     assert!(r.text.contains("GPU0  X ERROR    NV4 ERROR"), "{}", r.text);
 }
+
+#[test]
+fn a_hang_in_peer_access_enable_is_named() {
+    let rig = load_rig("x570-2x3090-r535");
+    let name = "NVIDIA GeForce RTX 3090";
+    let fake = json!({"driver_version": "535.129.03",
+        "gpus": [gpu(name, "0000:0b:00.0", 0), gpu(name, "0000:0c:00.0", 1)],
+        "pairs": [{"a": 0, "b": 1, "fault": "enable-hangs"}]});
+    let r = p2p(&rig, &fake, &["--timeout", "1"]);
+    assert_eq!(ids(&r.report), ["error p2p-hang"]);
+    let f = text(findings(&r.report, "p2p-hang")[0]);
+    assert!(f.contains("GPU 0 (0000:0b:00.0) -> GPU 1 (0000:0c:00.0): no answer from the peer-access enable (cuCtxEnablePeerAccess in GPU 1's context for GPU 0) within 1 s"), "{f}");
+}

@@ -279,6 +279,9 @@ pub unsafe extern "C" fn cuCtxEnablePeerAccess(peer_ctx: *mut c_void, _flags: c_
         match allowed {
             None => Err(PEER_ACCESS_UNSUPPORTED),
             Some(p) if p.fault == "enable-fails" => Err(PEER_ACCESS_UNSUPPORTED),
+            Some(p) if p.fault == "enable-hangs" => loop {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            },
             Some(_) if !s.peers.insert((me, peer)) => Err(PEER_ACCESS_ALREADY_ENABLED),
             Some(_) => Ok(()),
         }

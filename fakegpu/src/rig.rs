@@ -36,7 +36,8 @@ pub struct Pair {
     /// destination receives zeros), "hang" (the call never returns), "enable-fails"
     /// (cuCtxEnablePeerAccess returns CUDA_ERROR_PEER_ACCESS_UNSUPPORTED), "corrupt-always"
     /// (corrupt on every path, staged copies through host memory included), "illegal-address"
-    /// (a kernel touching the peer's memory faults: sticky CUDA_ERROR_ILLEGAL_ADDRESS).
+    /// (a kernel touching the peer's memory faults: sticky CUDA_ERROR_ILLEGAL_ADDRESS),
+    /// "enable-hangs" (cuCtxEnablePeerAccess never returns).
     #[serde(default = "none")]
     pub fault: String,
     /// NVML common ancestor: PIX, PXB, PHB, NODE or SYS.
