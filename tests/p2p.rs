@@ -56,6 +56,27 @@ fn p2p(sysroot: &Rig, fake: &Value, args: &[&str]) -> Run {
     }
 }
 
+/// The text report has this line (or part of a line).
+fn shows(r: &Run, line: &str) {
+    assert!(r.text.contains(line), "{line:?} not in:\n{}", r.text);
+}
+
+/// "path verdict" per sub-test of a test of the JSON report.
+fn verdicts(test: &Value) -> Vec<String> {
+    test["paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            format!(
+                "{} {}",
+                p["path"].as_str().unwrap(),
+                p["verdict"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
 fn ids(r: &Value) -> Vec<String> {
     summary(r)
         .into_iter()
@@ -126,16 +147,8 @@ fn x399_three_3090s_one_pair_hangs() {
     assert!(f.contains("(see driver-known-bad)"), "{f}");
     assert!(f.contains("NCCL_P2P_DISABLE=1"), "{f}");
     // The matrix says it at a glance.
-    assert!(
-        r.text.contains("GPU0  X         SYS HANG  SYS ok"),
-        "{}",
-        r.text
-    );
-    assert!(
-        r.text.contains("GPU1  SYS HANG  X         PHB ok"),
-        "{}",
-        r.text
-    );
+    shows(&r, "GPU0  X         SYS HANG  SYS ok");
+    shows(&r, "GPU1  SYS HANG  X         PHB ok");
 }
 
 /// An early RTX 4090 driver grants P2P and delivers zeros.
@@ -178,7 +191,7 @@ fn rtx4090_early_driver_returns_zeros() {
         "iommu=pt: identity domains: {f}"
     );
     assert!(f.contains("ACS not checked"), "non-root run: {f}");
-    assert!(r.text.contains("SYS ZEROS"), "{}", r.text);
+    shows(&r, "SYS ZEROS");
 }
 
 /// Two NVLinked 3090s: everything works, nothing to say about P2P.
@@ -195,23 +208,11 @@ fn nvlinked_3090s_are_healthy() {
     for (_, _, status) in tests_of(&r.report) {
         assert_eq!(status, "tested");
     }
-    let paths = &r.report["facts"]["gpu"]["p2p"]["tests"][0]["paths"];
-    let verdicts: Vec<(&str, &str)> = paths
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| (p["path"].as_str().unwrap(), p["verdict"].as_str().unwrap()))
-        .collect();
     assert_eq!(
-        verdicts,
-        [
-            ("staged", "ok"),
-            ("ce", "ok"),
-            ("sm-read", "ok"),
-            ("sm-write", "ok")
-        ]
+        verdicts(&r.report["facts"]["gpu"]["p2p"]["tests"][0]),
+        ["staged ok", "ce ok", "sm-read ok", "sm-write ok"]
     );
-    assert!(r.text.contains("GPU0  X       NV4 ok"), "{}", r.text);
+    shows(&r, "GPU0  X       NV4 ok");
     let md = rigdoctor()
         .args(["diagnose", "--format", "markdown", "-"])
         .write_stdin(r.report.to_string())
@@ -222,17 +223,11 @@ fn nvlinked_3090s_are_healthy() {
         md.contains("**P2P, tested**\n\n|  | GPU0 | GPU1 |\n|---|---|---|\n| GPU0 | X | NV4 ok |"),
         "{md}"
     );
-    assert!(r.text.contains("GPU0  X       yes OK"), "{}", r.text);
+    shows(&r, "GPU0  X       yes OK");
     let local = r.report["facts"]["gpu"]["p2p"]["local"].as_array().unwrap();
     assert_eq!(local.len(), 2, "a self-test per GPU");
     for t in local {
-        let v: Vec<&str> = t["paths"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["verdict"].as_str().unwrap())
-            .collect();
-        assert_eq!(v, ["ok", "ok"], "{t}");
+        assert_eq!(verdicts(t), ["local-ce ok", "local-sm ok"], "{t}");
     }
     let links = &r.report["facts"]["gpu"]["nvml"]["devices"][0]["nvlinks"];
     assert_eq!(links.as_array().unwrap().len(), 4);
@@ -292,11 +287,7 @@ fn four_gpus_one_corrupt_direction() {
         assert!(e.ends_with("garbage"), "{e}");
     }
     assert!(text(f).contains("(1 of 12 directions tested)"));
-    assert!(
-        r.text.contains("GPU2  PHB ok  PHB ok  X       PHB CORRUPT"),
-        "{}",
-        r.text
-    );
+    shows(&r, "GPU2  PHB ok  PHB ok  X       PHB CORRUPT");
 }
 
 #[test]
@@ -324,7 +315,7 @@ fn enable_fails_is_reported() {
     assert_eq!(ids(&r.report), ["error p2p-enable-failed"]);
     let f = text(findings(&r.report, "p2p-enable-failed")[0]);
     assert!(f.contains("cuCtxEnablePeerAccess in GPU 1 (0000:0c:00.0)'s context for GPU 0 (0000:0b:00.0)'s memory: CUDA_ERROR_PEER_ACCESS_UNSUPPORTED"), "{f}");
-    assert!(r.text.contains("NO-ENABLE"), "{}", r.text);
+    shows(&r, "NO-ENABLE");
 }
 
 #[test]
@@ -339,7 +330,7 @@ fn geforce_without_p2p_is_a_note() {
     let f = text(findings(&r.report, "p2p-not-supported")[0]);
     assert!(f.contains("GPU 0 (0000:0b:00.0) <-> GPU 1 (0000:0c:00.0): no P2P (NVML read CNS, write CNS, topology PHB)"), "{f}");
     assert!(tests_of(&r.report).is_empty());
-    assert!(r.text.contains("GPU0  X      PHB -"), "{}", r.text);
+    shows(&r, "GPU0  X      PHB -");
 }
 
 #[test]
@@ -355,7 +346,7 @@ fn half_seated_nvlink_bridge() {
         f.contains("0000:0b:00.0: 2 of 4 links active; down: link 0, 1"),
         "{f}"
     );
-    assert!(r.text.contains("NV2 ok"), "{}", r.text);
+    shows(&r, "NV2 ok");
 }
 
 #[test]
@@ -369,7 +360,7 @@ fn devices_select_the_pairs_and_bad_ordinals_are_explained() {
         tests_of(&r.report),
         [(2, 1, "tested".to_string()), (1, 2, "tested".to_string())]
     );
-    assert!(r.text.contains("        GPU2    GPU1"), "{}", r.text);
+    shows(&r, "        GPU2    GPU1");
     let r = p2p(&rig, &fake, &["--devices", "0,7"]);
     assert!(
         r.text
@@ -434,29 +425,13 @@ fn sticky_kernel_fault_loses_one_worker_not_the_run() {
         statuses.iter().all(|(_, _, s)| s == "tested"),
         "{statuses:?}"
     );
-    let first = &r.report["facts"]["gpu"]["p2p"]["tests"][0];
-    let verdicts: Vec<(&str, &str)> = first["paths"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| (p["path"].as_str().unwrap(), p["verdict"].as_str().unwrap()))
-        .collect();
     assert_eq!(
-        verdicts,
-        [
-            ("staged", "ok"),
-            ("ce", "ok"),
-            ("sm-read", "error"),
-            ("sm-write", "skipped")
-        ]
+        verdicts(&r.report["facts"]["gpu"]["p2p"]["tests"][0]),
+        ["staged ok", "ce ok", "sm-read error", "sm-write skipped"]
     );
     let f = text(findings(&r.report, "p2p-error")[0]);
     assert!(f.contains("GPU 0 (0000:0a:00.0) -> GPU 1 (0000:42:00.0), SM kernel on the destination reading peer memory: cuCtxSynchronize after copy_v4: CUDA_ERROR_ILLEGAL_ADDRESS"), "{f}");
-    assert!(
-        r.text.contains("GPU0  X       PHB ERROR  PHB ok"),
-        "{}",
-        r.text
-    );
+    shows(&r, "GPU0  X       PHB ERROR  PHB ok");
 }
 
 /// sysfs has no model name (no pci.ids, no driver information file): NVML's name confirms the
@@ -504,7 +479,7 @@ fn ptx_the_driver_cannot_load_is_a_gpu_finding_not_a_p2p_one() {
     let f = text(findings(&r.report, "gpu-copy-failed")[0]);
     assert!(f.contains("GPU 0 (0000:0b:00.0), copy kernel within the GPU (kernels/copy.ptx, JIT-compiled by the driver): cuModuleLoadData (kernels/copy.ptx): CUDA_ERROR_UNSUPPORTED_PTX_VERSION"), "{f}");
     assert!(f.contains("rm -rf ~/.nv/ComputeCache"), "{f}");
-    assert!(r.text.contains("GPU0  X ERROR    NV4 ERROR"), "{}", r.text);
+    shows(&r, "GPU0  X ERROR    NV4 ERROR");
 }
 
 #[test]

@@ -236,51 +236,76 @@ fn ranked(facts: &Facts, kb: &Knowledge, list: &[&PairTest]) -> Causes {
 }
 
 pub fn corrupt(facts: &Facts, kb: &Knowledge) -> Vec<Finding> {
+    let staged_bad = |t: &PairTest| {
+        matches!(
+            path_result(t, TransferPath::Staged).map(|r| &r.verdict),
+            Some(Verdict::Mismatch(_))
+        )
+    };
+    let bytes = facts
+        .gpu
+        .as_ref()
+        .and_then(|g| g.p2p.as_ref())
+        .map_or(0, |p| p.bytes);
+    path_failures(
+        facts,
+        kb,
+        |t, r| !staged_bad(t) && matches!(r.verdict, Verdict::Mismatch(_)),
+        |n, total| {
+            Finding::new(
+                "p2p-corrupt",
+                Severity::Error,
+                format!("peer-to-peer transfers deliver wrong data ({n} of {total} directions tested): training silently learns garbage or NCCL fails"),
+            )
+            .refs([SIMPLE_P2P, NCCL_TROUBLESHOOTING, "https://github.com/pytorch/pytorch/issues/96600"])
+        },
+        |r| match &r.verdict {
+            Verdict::Mismatch(m) => format!(
+                "{} of {bytes} bytes wrong from offset {} (expected {}, got {}): {}",
+                m.bad_bytes,
+                m.first_bad_offset,
+                m.expected,
+                m.got,
+                m.damage.describe()
+            ),
+            _ => String::new(),
+        },
+    )
+}
+
+/// One finding over every direction with a failing P2P path (`fails`): a line per failing path
+/// (`says`), whether the staged control was correct, and the ranked causes. Pairs with a GPU
+/// that fails its own self-test are left to `gpu-copy-failed`.
+fn path_failures(
+    facts: &Facts,
+    kb: &Knowledge,
+    fails: impl Fn(&PairTest, &PathResult) -> bool,
+    finding: impl FnOnce(usize, usize) -> Finding,
+    says: impl Fn(&PathResult) -> String,
+) -> Vec<Finding> {
     let bad: Vec<&PairTest> = tests(facts)
         .iter()
+        .filter(|t| local_ok(facts, t.from) && local_ok(facts, t.to))
         .filter(|t| {
             t.outcome
                 .paths()
                 .iter()
-                .any(|r| r.path.is_p2p() && matches!(r.verdict, Verdict::Mismatch(_)))
-        })
-        .filter(|t| {
-            !matches!(
-                path_result(t, TransferPath::Staged).map(|r| &r.verdict),
-                Some(Verdict::Mismatch(_))
-            )
+                .any(|r| r.path.is_p2p() && fails(t, r))
         })
         .collect();
     if bad.is_empty() {
         return Vec::new();
     }
-    let mut f = Finding::new(
-        "p2p-corrupt",
-        Severity::Error,
-        format!(
-            "peer-to-peer transfers deliver wrong data ({} of {} directions tested): training silently learns garbage or NCCL fails",
-            bad.len(),
-            tests(facts).len()
-        ),
-    )
-    .gpus(involved(facts, &bad))
-    .refs([SIMPLE_P2P, NCCL_TROUBLESHOOTING, "https://github.com/pytorch/pytorch/issues/96600"]);
+    let mut f = finding(bad.len(), tests(facts).len()).gpus(involved(facts, &bad));
     for t in &bad {
         let label = direction(facts, t);
-        for r in t.outcome.paths().iter().filter(|r| r.path.is_p2p()) {
-            if let Verdict::Mismatch(m) = &r.verdict {
-                f =
-                    f.evidence(format!(
-                    "{label}, {}: {} of {} bytes wrong from offset {} (expected {}, got {}): {}",
-                    r.path.describe(),
-                    m.bad_bytes,
-                    facts.gpu.as_ref().and_then(|g| g.p2p.as_ref()).map_or(0, |p| p.bytes),
-                    m.first_bad_offset,
-                    m.expected,
-                    m.got,
-                    m.damage.describe()
-                ));
-            }
+        for r in t
+            .outcome
+            .paths()
+            .iter()
+            .filter(|r| r.path.is_p2p() && fails(t, r))
+        {
+            f = f.evidence(format!("{label}, {}: {}", r.path.describe(), says(r)));
         }
         if staged_ok(t) {
             f = f.evidence(format!(
@@ -372,48 +397,25 @@ pub fn gpu_copy_failed(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
     vec![f.fix("P2P results involving this GPU are not conclusive until it passes: the P2P findings leave its failures out")]
 }
 
-/// A P2P path failed with a CUDA error (an MMU fault from a kernel touching peer memory, say)
-/// while the staged control worked.
+/// A P2P path failed with a CUDA error (an MMU fault from a kernel touching peer memory, say).
 pub fn error(facts: &Facts, kb: &Knowledge) -> Vec<Finding> {
-    let bad: Vec<&PairTest> = tests(facts)
-        .iter()
-        .filter(|t| local_ok(facts, t.from) && local_ok(facts, t.to))
-        .filter(|t| {
-            t.outcome
-                .paths()
-                .iter()
-                .any(|r| r.path.is_p2p() && matches!(r.verdict, Verdict::Error { .. }))
-        })
-        .collect();
-    if bad.is_empty() {
-        return Vec::new();
-    }
-    let mut f = Finding::new(
-        "p2p-error",
-        Severity::Error,
-        format!(
-            "peer-to-peer transfers fail with CUDA errors ({} of {} directions tested): jobs using P2P crash",
-            bad.len(),
-            tests(facts).len()
-        ),
+    path_failures(
+        facts,
+        kb,
+        |_, r| matches!(r.verdict, Verdict::Error { .. }),
+        |n, total| {
+            Finding::new(
+                "p2p-error",
+                Severity::Error,
+                format!("peer-to-peer transfers fail with CUDA errors ({n} of {total} directions tested): jobs using P2P crash"),
+            )
+            .refs([SIMPLE_P2P, "https://docs.nvidia.com/deploy/xid-errors/index.html"])
+        },
+        |r| match &r.verdict {
+            Verdict::Error { error } => error.clone(),
+            _ => String::new(),
+        },
     )
-    .gpus(involved(facts, &bad))
-    .refs([SIMPLE_P2P, "https://docs.nvidia.com/deploy/xid-errors/index.html"]);
-    for t in &bad {
-        let label = direction(facts, t);
-        for r in t.outcome.paths().iter().filter(|r| r.path.is_p2p()) {
-            if let Verdict::Error { error } = &r.verdict {
-                f = f.evidence(format!("{label}, {}: {error}", r.path.describe()));
-            }
-        }
-        if staged_ok(t) {
-            f = f.evidence(format!(
-                "{label}, staged copy through host memory (the control): correct, so the P2P path is at fault"
-            ));
-        }
-    }
-    let all_staged_ok = bad.iter().all(|t| staged_ok(t));
-    vec![with_causes(f, ranked(facts, kb, &bad), all_staged_ok)]
 }
 
 /// Wrong data even with peer access off: not P2P, but the GPUs, their memory or their links.

@@ -426,17 +426,7 @@ pub fn pair(
     };
 
     for path in TransferPath::ALL {
-        if let Some(why) = &lost {
-            record(
-                note,
-                path,
-                Verdict::Skipped {
-                    reason: why.clone(),
-                },
-            );
-            continue;
-        }
-        if path == TransferPath::Ce {
+        if path == TransferPath::Ce && lost.is_none() {
             // Peer access on, in each direction CUDA grants: the destination reads the source
             // (SM read), the source writes the destination (SM write).
             for (ctx, peer, granted) in [(to, from, read_granted), (from, to, write_granted)] {
@@ -456,16 +446,11 @@ pub fn pair(
                     }
                 }
             }
-            if let Some(why) = &lost {
-                record(
-                    note,
-                    path,
-                    Verdict::Skipped {
-                        reason: why.clone(),
-                    },
-                );
-                continue;
-            }
+        }
+        if let Some(why) = &lost {
+            let reason = why.clone();
+            record(note, path, Verdict::Skipped { reason });
+            continue;
         }
         let enabled = |ctx: i32| {
             enable_attempts
