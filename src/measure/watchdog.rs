@@ -172,37 +172,15 @@ impl Watchdog {
                     Ok(Msg::Event(Event::Plan { steps: more })) if current.is_some() => {
                         steps.extend(more);
                     }
-                    Ok(Msg::Event(Event::Done { step, result }))
-                        if step == steps[reports.len()] =>
-                    {
-                        let since = current.unwrap_or(started_at);
-                        push(
-                            &mut reports,
-                            &steps,
-                            &mut notes,
-                            Outcome::Done(result),
-                            since,
-                        );
-                        current = None;
-                        deadline = Instant::now() + self.step_deadline;
-                    }
-                    Ok(Msg::Event(Event::Failed { step, error }))
-                        if step == steps[reports.len()] =>
-                    {
-                        let since = current.unwrap_or(started_at);
-                        push(
-                            &mut reports,
-                            &steps,
-                            &mut notes,
-                            Outcome::Failed(error),
-                            since,
-                        );
-                        current = None;
-                        deadline = Instant::now() + self.step_deadline;
-                    }
-                    Ok(Msg::Event(other)) => {
-                        log.push(format!("worker protocol: unexpected {other:?}"));
-                    }
+                    Ok(Msg::Event(e)) => match settled(e) {
+                        Ok((step, outcome)) if step == steps[reports.len()] => {
+                            let since = current.unwrap_or(started_at);
+                            push(&mut reports, &steps, &mut notes, outcome, since);
+                            current = None;
+                            deadline = Instant::now() + self.step_deadline;
+                        }
+                        other => log.push(format!("worker protocol: unexpected {other:?}")),
+                    },
                     Ok(Msg::Eof) | Err(RecvTimeoutError::Disconnected) => {
                         let status = reap(&mut running.child, REAP_GRACE);
                         // A worker that leaves between steps, having settled some, harmed no
@@ -245,6 +223,15 @@ impl Watchdog {
             );
         }
         reports
+    }
+}
+
+/// A Done or Failed event as (step, outcome); any other event back as it is.
+fn settled(e: Event) -> Result<(String, Outcome), Event> {
+    match e {
+        Event::Done { step, result } => Ok((step, Outcome::Done(result))),
+        Event::Failed { step, error } => Ok((step, Outcome::Failed(error))),
+        other => Err(other),
     }
 }
 
