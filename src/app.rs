@@ -1,7 +1,7 @@
 //! Running a command: probe or load facts, judge them, render, choose the exit code.
 
 use crate::cli::{Cli, ColorChoice, Command, GlobalArgs};
-use crate::facts::Facts;
+use crate::facts::{BandwidthConfig, Facts, Probed};
 use crate::knowledge::Knowledge;
 use crate::measure::protocol::{read_plan, Worker};
 use crate::report::{self, Format, Report};
@@ -34,8 +34,9 @@ fn try_run(cli: &Cli) -> Result<u8> {
     let g = &cli.global;
     let (command, facts) = match &cli.command {
         Command::Worker => return Ok(worker()),
-        Command::Check => ("check", probe_machine(g, true)?),
-        Command::P2p => ("p2p", probe_machine(g, true)?),
+        Command::Check => ("check", probe_machine(g, true, None)?),
+        Command::P2p => ("p2p", probe_machine(g, true, None)?),
+        Command::Bandwidth(a) => ("bandwidth", probe_machine(g, false, Some(a.config()))?),
         Command::Host => ("host", probe_host(&g.sysroot)?),
         Command::Diagnose { file } => ("diagnose", load(file)?),
     };
@@ -64,7 +65,10 @@ fn worker() -> u8 {
     let mut gpu = probe::gpu::GpuWorker::default();
     let mut queue: std::collections::VecDeque<String> = steps.into();
     while let Some(step) = queue.pop_front() {
-        let _ = w.start(&step);
+        if w.start(&step).is_err() {
+            // The parent is gone (its end of the pipe closed): nobody is waiting for results.
+            break;
+        }
         let out = gpu.run_step(&step, &mut |n| {
             let _ = w.note(&step, n);
         });
@@ -85,22 +89,41 @@ fn worker() -> u8 {
 }
 
 /// Host facts, then the GPU steps (unless --sysroot points at another machine's tree).
-fn probe_machine(g: &GlobalArgs, p2p: bool) -> Result<Facts> {
+fn probe_machine(g: &GlobalArgs, p2p: bool, bandwidth: Option<BandwidthConfig>) -> Result<Facts> {
     let mut facts = probe_host(&g.sysroot)?;
     if g.gpu || g.sysroot == Path::new("/") {
+        // Ctrl-C stops the worker; the report still shows what was measured. Failing to
+        // install the handler only costs that.
+        let _ = ctrlc::set_handler(crate::measure::interrupt);
+        let deadline = step_deadline(g.timeout, bandwidth.as_ref());
         let plan = probe::gpu::Plan {
             p2p,
             devices: g.devices.clone().map(|d| d.0),
+            bandwidth,
         };
-        let mut bar = progress::Bar::new(g.timeout);
-        facts.gpu = Some(probe::gpu::collect(
-            Duration::from_secs_f64(g.timeout),
-            &plan,
-            &mut |r| bar.step(r),
-        ));
+        let quiet = g.format() == Format::Json && g.output.is_none();
+        let mut bar = progress::Bar::new(deadline.as_secs_f64(), quiet);
+        let mut gpu = probe::gpu::collect(deadline, &plan, &mut |r| bar.step(r));
         bar.finish();
+        if let (Some(bw), Probed::Known(topo)) = (gpu.bandwidth.as_mut(), &facts.pci) {
+            bw.aer_after = probe::pci::reread_aer(&Sysroot::new(&g.sysroot), topo);
+        }
+        facts.gpu = Some(gpu);
     }
     Ok(facts)
+}
+
+/// --timeout, raised for bandwidth steps so that a slow but working link (x1 Gen1 moves
+/// 0.25 GB/s) is measured, not killed as hung.
+fn step_deadline(timeout: f64, bw: Option<&BandwidthConfig>) -> Duration {
+    let slowest_gbps = 0.2;
+    let need = bw.map_or(0.0, |c| {
+        let per_sample = c.size_bytes as f64 * f64::from(c.iters + c.warmup);
+        // Bidirectional steps move two streams over the same link.
+        let lanes = if c.bidirectional { 2.0 } else { 1.0 };
+        2.0 + lanes * per_sample * f64::from(c.samples) / (slowest_gbps * 1e9)
+    });
+    Duration::from_secs_f64(timeout.max(need))
 }
 
 fn probe_host(sysroot: &Path) -> Result<Facts> {

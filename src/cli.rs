@@ -9,6 +9,7 @@ const AFTER_HELP: &str = "\
 Examples:
   rigdoctor check                         diagnose this machine
   rigdoctor p2p                           test peer-to-peer on every GPU pair, bytes verified
+  rigdoctor bandwidth                     GB/s host<->GPU and GPU<->GPU against what each link should give
   rigdoctor check --json -o report.json   save a report to attach to a forum post or issue
   rigdoctor diagnose report.json          re-check a saved report with this version's rules
   rigdoctor check --fail-on warn && torchrun train.py   pre-flight before a training job
@@ -45,6 +46,15 @@ pub enum Command {
         after_help = "Examples:\n  rigdoctor p2p\n  rigdoctor p2p --devices 0,1 --timeout 5\n  rigdoctor p2p --json -o p2p.json"
     )]
     P2p,
+    /// Bandwidth (and with --latency, latency) host<->device, within each GPU and between every
+    /// pair of GPUs, P2P and staged through the host, each copy verified and each figure
+    /// compared with what its PCIe/NVLink link should carry; PCIe width/generation, replay
+    /// counters, AER and clock throttling read while the copies run. Ctrl-C stops it and
+    /// still prints what was measured.
+    #[command(
+        after_help = "Examples:\n  rigdoctor bandwidth\n  rigdoctor bandwidth --quick\n  rigdoctor bandwidth --bidirectional --method both --latency\n  rigdoctor bandwidth --devices 0,1 --size 256M --iters 20 --samples 5\n\nGB = 1e9 bytes. Each cell is the median of --samples samples, each timing --iters copies\nof --size bytes between CUDA events; docs/bandwidth.md explains the columns and the model."
+    )]
+    Bandwidth(BandwidthArgs),
     /// Inspect the host without touching a GPU: kernel command line, IOMMU, PCIe path, ACS,
     /// links, AER, BAR1, NVIDIA driver, /dev/shm, NCCL/CUDA environment.
     #[command(
@@ -60,6 +70,75 @@ pub enum Command {
         /// A report written by `rigdoctor ... --json`.
         file: PathBuf,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct BandwidthArgs {
+    /// Both directions of every pair (the default; with --quick, which measures one direction
+    /// per pair, this restores both).
+    #[arg(long)]
+    pub all_pairs: bool,
+    /// Also measure both directions at once: host<->device on each GPU and each GPU pair.
+    #[arg(long)]
+    pub bidirectional: bool,
+    /// Copy engine (cuMemcpyAsync), SM kernel (kernels/copy.ptx), or both.
+    #[arg(long, value_enum, default_value_t = MethodChoice::Ce)]
+    pub method: MethodChoice,
+    /// Bytes per copy, e.g. 32M, 1G (K/M/G are powers of 1024; rounded up to 16 bytes).
+    /// Default 32M, 8M with --quick.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub size: Option<u64>,
+    /// Timed copies per sample. Default 16, 8 with --quick.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub iters: Option<u32>,
+    /// Samples per measurement; the median is reported. Default 3, 1 with --quick.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub samples: Option<u32>,
+    /// Also measure latency: 16-byte copies host<->device and between GPUs, in µs.
+    #[arg(long)]
+    pub latency: bool,
+    /// A faster, coarser run for pre-flight scripts: smaller copies, one sample, one direction
+    /// per GPU pair.
+    #[arg(long)]
+    pub quick: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MethodChoice {
+    Ce,
+    Sm,
+    Both,
+}
+
+/// `32M` -> 33554432.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => {
+            let unit = t[i..].to_ascii_uppercase();
+            let m: u64 = match unit.trim_end_matches("IB").trim_end_matches('B') {
+                "" => 1,
+                "K" => 1 << 10,
+                "M" => 1 << 20,
+                "G" => 1 << 30,
+                _ => {
+                    return Err(format!(
+                        "{s:?}: use a number of bytes with K, M or G, e.g. 64M"
+                    ))
+                }
+            };
+            (&t[..i], m)
+        }
+        None => (t, 1),
+    };
+    let n: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: use a number of bytes with K, M or G, e.g. 64M"))?;
+    match n.checked_mul(mult) {
+        Some(b) if (16..=(16u64 << 30)).contains(&b) => Ok(b.div_ceil(16) * 16),
+        _ => Err(format!("{s:?}: between 16 bytes and 16G")),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -131,6 +210,30 @@ fn parse_timeout(s: &str) -> Result<f64, String> {
     }
 }
 
+impl BandwidthArgs {
+    /// The run's settings, defaults applied.
+    pub fn config(&self) -> crate::facts::BandwidthConfig {
+        use crate::facts::Method;
+        let q = self.quick;
+        crate::facts::BandwidthConfig {
+            size_bytes: self.size.unwrap_or(if q { 8 << 20 } else { 32 << 20 }),
+            iters: self.iters.unwrap_or(if q { 8 } else { 16 }),
+            warmup: if q { 1 } else { 2 },
+            samples: self.samples.unwrap_or(if q { 1 } else { 3 }),
+            methods: match self.method {
+                MethodChoice::Ce => vec![Method::Ce],
+                MethodChoice::Sm => vec![Method::Sm],
+                MethodChoice::Both => vec![Method::Ce, Method::Sm],
+            },
+            bidirectional: self.bidirectional,
+            all_pairs: self.all_pairs || !q,
+            latency: self.latency,
+            latency_iters: 100,
+            latency_bytes: 16,
+        }
+    }
+}
+
 impl GlobalArgs {
     pub fn format(&self) -> Format {
         if self.json {
@@ -143,6 +246,16 @@ impl GlobalArgs {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn sizes() {
+        assert_eq!(super::parse_size("32M"), Ok(32 << 20));
+        assert_eq!(super::parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(super::parse_size("100"), Ok(112));
+        assert!(super::parse_size("8").is_err());
+        assert!(super::parse_size("1T").is_err());
+        assert!(super::parse_size("lots").is_err());
+    }
+
     #[test]
     fn cli_definition_is_consistent() {
         use clap::CommandFactory;

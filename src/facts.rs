@@ -4,8 +4,10 @@
 //! serialisable and nothing here decides anything. A value that could not be read is a
 //! [`Probed::Unknown`] carrying the reason: "absent is not zero".
 
+mod bandwidth;
 mod p2p;
 
+pub use bandwidth::*;
 pub use p2p::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -119,6 +121,9 @@ pub struct GpuRuntime {
     /// The P2P battery; absent when it did not run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub p2p: Option<P2pFacts>,
+    /// The bandwidth battery; absent when it did not run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<BandwidthFacts>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod cli;
+pub mod expect;
 pub mod facts;
 pub mod finding;
 pub mod knowledge;

@@ -1,19 +1,35 @@
-//! Progress on stderr while the GPU steps run (hidden when stderr is not a terminal, so logs
-//! and pipes stay clean).
+//! Progress on stderr while the GPU steps run: a spinner for inventory and P2P, then a bar
+//! with ETA per bandwidth phase. Hidden when stderr is not a terminal or the report itself
+//! goes to stdout as JSON, so logs and pipes stay clean.
 
 use crate::measure::watchdog::{Outcome, StepReport};
-use indicatif::{ProgressBar, ProgressStyle};
+use crate::probe::gpu::bandwidth::Spec;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::collections::VecDeque;
 use std::time::Duration;
 
 pub struct Bar {
     bar: ProgressBar,
+    /// The phase the bar shows, when it is a bandwidth phase bar.
+    phase: Option<&'static str>,
+    /// Bandwidth steps planned and not yet settled, in order.
+    planned: VecDeque<Spec>,
+    hidden: bool,
     done: usize,
     timeout: f64,
 }
 
+fn target(hidden: bool) -> ProgressDrawTarget {
+    if hidden {
+        ProgressDrawTarget::hidden()
+    } else {
+        ProgressDrawTarget::stderr()
+    }
+}
+
 impl Bar {
-    pub fn new(timeout: f64) -> Bar {
-        let bar = ProgressBar::new_spinner();
+    pub fn new(timeout: f64, hidden: bool) -> Bar {
+        let bar = ProgressBar::with_draw_target(None, target(hidden));
         bar.set_style(
             ProgressStyle::with_template("{spinner} GPU tests {elapsed:>3} · {msg}")
                 .unwrap_or_else(|_| ProgressStyle::default_spinner()),
@@ -22,6 +38,9 @@ impl Bar {
         bar.set_message("starting the worker (NVML, CUDA)");
         Bar {
             bar,
+            phase: None,
+            planned: VecDeque::new(),
+            hidden,
             done: 0,
             timeout,
         }
@@ -29,6 +48,8 @@ impl Bar {
 
     pub fn step(&mut self, r: &StepReport) {
         self.done += 1;
+        self.planned
+            .extend(r.added.iter().filter_map(|s| Spec::parse(s)));
         let how = match &r.outcome {
             Outcome::Done(_) => "done",
             Outcome::Failed(_) => "failed",
@@ -37,19 +58,59 @@ impl Bar {
         };
         if matches!(r.outcome, Outcome::Hang { .. }) {
             self.bar.println(format!(
-                "rigdoctor: {} did not finish within {} s: killed, going on with the rest",
+                "rigdoctor: {} did not finish within {:.0} s: killed, going on with the rest",
                 r.step, self.timeout
             ));
         }
-        self.bar.set_message(format!(
-            "{} steps · last: {} {how} ({:.0} ms)",
-            self.done,
-            r.step,
-            r.elapsed.as_secs_f64() * 1e3
-        ));
+        let Some(spec) = Spec::parse(&r.step) else {
+            self.bar.set_message(format!(
+                "{} steps · last: {} {how} ({:.0} ms)",
+                self.done,
+                r.step,
+                r.elapsed.as_secs_f64() * 1e3
+            ));
+            return;
+        };
+        if let Some(i) = self.planned.iter().position(|s| *s == spec) {
+            self.planned.remove(i);
+        }
+        if self.phase != Some(spec.phase()) {
+            self.start_phase(spec.phase());
+        }
+        self.bar.inc(1);
+        self.bar.set_message(format!("{} {how}", r.step));
+        let next_phase = self.planned.front().map(Spec::phase);
+        if next_phase != self.phase {
+            self.bar.finish_with_message("done");
+        }
+    }
+
+    /// A bar for `phase`: its length is the steps of that phase still planned, plus this one.
+    fn start_phase(&mut self, phase: &'static str) {
+        if self.phase.is_none() {
+            self.bar.finish_and_clear();
+        } else if !self.bar.is_finished() {
+            self.bar.finish();
+        }
+        let len = 1 + self.planned.iter().filter(|s| s.phase() == phase).count();
+        let bar = ProgressBar::with_draw_target(Some(len as u64), target(self.hidden));
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{prefix:>18} [{bar:28}] {pos:>3}/{len:3} {elapsed:>3} ETA {eta:>3} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(phase);
+        self.bar = bar;
+        self.phase = Some(phase);
     }
 
     pub fn finish(self) {
-        self.bar.finish_and_clear();
+        if self.phase.is_none() {
+            self.bar.finish_and_clear();
+        } else if !self.bar.is_finished() {
+            self.bar.abandon_with_message("stopped");
+        }
     }
 }

@@ -6,59 +6,11 @@ mod common;
 use common::sysroot::Rig;
 use common::*;
 use serde_json::{json, Value};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-fn gpu(name: &str, bus: &str, n: usize) -> Value {
-    json!({"name": name, "bus_id": bus, "uuid": format!("GPU-{n}a1b2c3d-0000-1111-2222-333344445555"),
-           "memory_mib": 24576, "cc": [8, 6], "persistence": true, "bar1_mib": 32768,
-           "pcie": {"gen": 4, "width": 16, "max_gen": 4, "max_width": 16}})
-}
-
-struct Run {
-    code: i32,
-    report: Value,
-    took: Duration,
-    text: String,
-}
-
-/// `rigdoctor p2p --gpu` on `sysroot` with the fake driver emulating `fake`: once as JSON,
-/// and the JSON re-rendered as text by `diagnose` (no second GPU run).
+/// `rigdoctor p2p --gpu` on `sysroot` with the fake driver emulating `fake`.
 fn p2p(sysroot: &Rig, fake: &Value, args: &[&str]) -> Run {
-    let root = sysroot_of(sysroot);
-    let rig_file = root.path().join("fake-rig.json");
-    std::fs::write(&rig_file, fake.to_string()).unwrap();
-    let report_file = root.path().join("report.json");
-    let t = Instant::now();
-    let out = rigdoctor()
-        .args(["p2p", "--gpu", "--json", "--sysroot"])
-        .arg(root.path())
-        .args(args)
-        .env("LD_LIBRARY_PATH", fake_driver_dir())
-        .env("FAKEGPU_RIG", &rig_file)
-        .output()
-        .unwrap();
-    let took = t.elapsed();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    let report: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
-    std::fs::write(&report_file, &out.stdout).unwrap();
-    let text = rigdoctor()
-        .args(["diagnose", "--color", "never"])
-        .arg(&report_file)
-        .output()
-        .unwrap();
-    Run {
-        code: out.status.code().unwrap(),
-        report,
-        took,
-        text: String::from_utf8_lossy(&text.stdout).into_owned(),
-    }
-}
-
-/// The text report has this line (or part of a line).
-fn shows(r: &Run, line: &str) {
-    assert!(r.text.contains(line), "{line:?} not in:\n{}", r.text);
+    run_gpu("p2p", sysroot, fake, args)
 }
 
 /// "path verdict" per sub-test of a test of the JSON report.

@@ -11,6 +11,7 @@ mod cuda;
 mod memory;
 mod nvml;
 pub mod rig;
+mod stream;
 
 pub use rig::Rig;
 

@@ -24,22 +24,31 @@ const ATTR_NATIVE_ATOMIC: c_int = 3;
 
 /// The kernel of rigdoctor's PTX that the fake runs (kernels/copy.ptx).
 const KERNEL_COPY: &str = "copy_v4";
+const KERNEL_SPIN: &str = "spin_wait";
 
-struct Alloc {
-    gpu: usize,
+/// The `gpu` of pinned host memory (cuMemHostAlloc), mapped into every GPU.
+pub(crate) const HOST: usize = usize::MAX;
+
+pub(crate) struct Alloc {
+    pub(crate) gpu: usize,
     bytes: Box<[u8]>,
 }
 
-struct State {
+pub(crate) struct State {
     /// Current context: index into the rig's `gpus`.
-    current: Option<usize>,
+    pub(crate) current: Option<usize>,
     /// (context's GPU, peer GPU) with peer access enabled.
     peers: BTreeSet<(usize, usize)>,
-    allocs: BTreeMap<u64, Alloc>,
+    pub(crate) allocs: BTreeMap<u64, Alloc>,
     /// Kernel names, a function handle being its index + 1.
     functions: Vec<String>,
     /// A sticky error: the context is lost and every later call fails with it.
-    sticky: Option<CUresult>,
+    pub(crate) sticky: Option<CUresult>,
+    pub(crate) streams: BTreeMap<usize, crate::stream::Stream>,
+    pub(crate) events: BTreeMap<usize, crate::stream::EventState>,
+    /// PCIe replays counted per GPU.
+    pub(crate) replays: BTreeMap<usize, u64>,
+    pub(crate) next_handle: usize,
 }
 
 static STATE: Mutex<State> = Mutex::new(State {
@@ -48,13 +57,17 @@ static STATE: Mutex<State> = Mutex::new(State {
     allocs: BTreeMap::new(),
     functions: Vec::new(),
     sticky: None,
+    streams: BTreeMap::new(),
+    events: BTreeMap::new(),
+    replays: BTreeMap::new(),
+    next_handle: 0x1000,
 });
 
-fn state() -> MutexGuard<'static, State> {
+pub(crate) fn state() -> MutexGuard<'static, State> {
     STATE.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn ret(r: Result<(), CUresult>) -> CUresult {
+pub(crate) fn ret(r: Result<(), CUresult>) -> CUresult {
     r.err().unwrap_or(SUCCESS)
 }
 
@@ -72,7 +85,7 @@ fn ctx_gpu(ctx: *mut c_void) -> Result<usize, CUresult> {
 }
 
 impl State {
-    fn live(&self) -> Result<usize, CUresult> {
+    pub(crate) fn live(&self) -> Result<usize, CUresult> {
         ready()?;
         if let Some(e) = self.sticky {
             return Err(e);
@@ -81,7 +94,7 @@ impl State {
     }
 
     /// The allocation holding `[ptr, ptr + len)`: its GPU and a host pointer to `ptr`.
-    fn resolve(&self, ptr: u64, len: usize) -> Result<(usize, *mut u8), CUresult> {
+    pub(crate) fn resolve(&self, ptr: u64, len: usize) -> Result<(usize, *mut u8), CUresult> {
         let (base, a) = self.allocs.range(..=ptr).next_back().ok_or(INVALID_VALUE)?;
         let off = (ptr - base) as usize;
         if off.checked_add(len).is_none_or(|end| end > a.bytes.len()) {
@@ -91,13 +104,23 @@ impl State {
     }
 
     /// Whether a transfer from GPU `from` to GPU `to` goes over P2P.
-    fn over_p2p(&self, from: usize, to: usize) -> bool {
-        from != to && (self.peers.contains(&(from, to)) || self.peers.contains(&(to, from)))
+    pub(crate) fn over_p2p(&self, from: usize, to: usize) -> bool {
+        from != to
+            && from != HOST
+            && to != HOST
+            && (self.peers.contains(&(from, to)) || self.peers.contains(&(to, from)))
     }
 }
 
 /// Copy `len` bytes; across GPUs over P2P, the rig's fault for that direction applies.
-unsafe fn transfer(from: usize, to: usize, p2p: bool, dst: *mut u8, src: *const u8, len: usize) {
+pub(crate) unsafe fn transfer(
+    from: usize,
+    to: usize,
+    p2p: bool,
+    dst: *mut u8,
+    src: *const u8,
+    len: usize,
+) {
     std::ptr::copy(src, dst, len);
     let fault = rig()
         .pair(from, to)
@@ -144,12 +167,8 @@ pub unsafe extern "C" fn cuCtxSetCurrent(ctx: *mut c_void) -> CUresult {
 
 #[no_mangle]
 pub unsafe extern "C" fn cuCtxSynchronize() -> CUresult {
+    crate::stream::flush_all();
     ret(state().live().map(|_| ()))
-}
-
-#[no_mangle]
-pub unsafe extern "C" fn cuStreamSynchronize(_stream: *mut c_void) -> CUresult {
-    cuCtxSynchronize()
 }
 
 #[no_mangle]
@@ -166,6 +185,86 @@ pub unsafe extern "C" fn cuMemAlloc_v2(ptr: *mut u64, len: usize) -> CUresult {
         *ptr = p;
         Ok(())
     }))
+}
+
+/// Pinned host memory: an allocation of `HOST`, at the same address for host and GPUs.
+#[no_mangle]
+pub unsafe extern "C" fn cuMemHostAlloc(
+    ptr: *mut *mut c_void,
+    len: usize,
+    _flags: c_uint,
+) -> CUresult {
+    let mut s = state();
+    ret(s.live().and_then(|_| {
+        if len == 0 || ptr.is_null() {
+            return Err(INVALID_VALUE);
+        }
+        let bytes = vec![0u8; len].into_boxed_slice();
+        let p = bytes.as_ptr() as u64;
+        s.allocs.insert(p, Alloc { gpu: HOST, bytes });
+        *ptr = p as *mut c_void;
+        Ok(())
+    }))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemFreeHost(ptr: *mut c_void) -> CUresult {
+    cuMemFree_v2(ptr as u64)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemHostGetDevicePointer_v2(
+    d: *mut u64,
+    p: *mut c_void,
+    _flags: c_uint,
+) -> CUresult {
+    let s = state();
+    ret(s.live().and_then(|_| match s.resolve(p as u64, 1)? {
+        (HOST, _) => {
+            *d = p as u64;
+            Ok(())
+        }
+        _ => Err(INVALID_VALUE),
+    }))
+}
+
+/// cuMemcpyHtoDAsync / DtoHAsync: like the peer copy, host memory being `HOST`.
+unsafe fn host_copy(dst: u64, src: u64, len: usize, stream: *mut c_void) -> CUresult {
+    let mut s = state();
+    let r = s.live().and_then(|_| {
+        let (to, d) = s.resolve(dst, len)?;
+        let (from, p) = s.resolve(src, len)?;
+        Ok((from, to, d, p))
+    });
+    let Ok((from, to, d, p)) = r else {
+        return ret(r.map(|_| ()));
+    };
+    if crate::stream::enqueue_copy(&mut s, stream, from, to, false, false, d, p, len) {
+        return SUCCESS;
+    }
+    drop(s);
+    transfer(from, to, false, d, p, len);
+    SUCCESS
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemcpyHtoDAsync_v2(
+    dst: u64,
+    src: *const c_void,
+    len: usize,
+    stream: *mut c_void,
+) -> CUresult {
+    host_copy(dst, src as u64, len, stream)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemcpyDtoHAsync_v2(
+    dst: *mut c_void,
+    src: u64,
+    len: usize,
+    stream: *mut c_void,
+) -> CUresult {
+    host_copy(dst as u64, src, len, stream)
 }
 
 #[no_mangle]
@@ -218,9 +317,9 @@ pub unsafe extern "C" fn cuMemcpyPeerAsync(
     src: u64,
     src_ctx: *mut c_void,
     len: usize,
-    _stream: *mut c_void,
+    stream: *mut c_void,
 ) -> CUresult {
-    let s = state();
+    let mut s = state();
     let r = s.live().and_then(|_| {
         let (to, d) = s.resolve(dst, len)?;
         let (from, p) = s.resolve(src, len)?;
@@ -229,8 +328,15 @@ pub unsafe extern "C" fn cuMemcpyPeerAsync(
         }
         Ok((from, to, s.over_p2p(from, to), d, p))
     });
+    let Ok((from, to, p2p, d, p)) = r else {
+        return ret(r.map(|_| ()));
+    };
+    if crate::stream::enqueue_copy(&mut s, stream, from, to, p2p, false, d, p, len) {
+        return SUCCESS;
+    }
     drop(s);
-    ret(r.map(|(from, to, p2p, d, p)| transfer(from, to, p2p, d, p, len)))
+    transfer(from, to, p2p, d, p, len);
+    SUCCESS
 }
 
 /// Peer access as the rig grants it, between CUDA ordinals.
@@ -369,7 +475,7 @@ pub unsafe extern "C" fn cuLaunchKernel(
     _by: c_uint,
     _bz: c_uint,
     _shared: c_uint,
-    _stream: *mut c_void,
+    stream: *mut c_void,
     params: *mut *mut c_void,
     _extra: *mut *mut c_void,
 ) -> CUresult {
@@ -379,6 +485,10 @@ pub unsafe extern "C" fn cuLaunchKernel(
             .checked_sub(1)
             .and_then(|i| s.functions.get(i))
             .ok_or(INVALID_HANDLE)?;
+        if name == KERNEL_SPIN && !params.is_null() {
+            let arg = |i: usize| *(*params.add(i) as *const u64);
+            return Ok(Err(crate::stream::Launch::Spin(arg(0), arg(1))));
+        }
         if name != KERNEL_COPY || params.is_null() {
             return Err(INVALID_VALUE);
         }
@@ -388,26 +498,34 @@ pub unsafe extern "C" fn cuLaunchKernel(
         let ((to, d), (from, p)) = match (s.resolve(dst, len), s.resolve(src, len)) {
             (Ok(d), Ok(p)) => (d, p),
             // Outside any allocation: the kernel faults.
-            _ => return Ok(Err(ILLEGAL_ADDRESS)),
+            _ => return Ok(Err(crate::stream::Launch::Fault(ILLEGAL_ADDRESS))),
         };
-        for other in [from, to].into_iter().filter(|&g| g != me) {
+        // Mapped host memory is reachable from every GPU.
+        for other in [from, to].into_iter().filter(|&g| g != me && g != HOST) {
             let faulty = rig()
                 .pair(from, to)
                 .is_some_and(|p| p.fault == "illegal-address");
             if !s.peers.contains(&(me, other)) || faulty {
-                return Ok(Err(ILLEGAL_ADDRESS));
+                return Ok(Err(crate::stream::Launch::Fault(ILLEGAL_ADDRESS)));
             }
         }
         Ok(Ok((from, to, from != to, d, p, len)))
     });
     match r {
         Err(e) => e,
-        Ok(Err(sticky)) => {
-            // Launch succeeds; the fault surfaces at the next synchronisation.
-            s.sticky = Some(sticky);
+        Ok(Err(launch)) => {
+            if !crate::stream::enqueue_launch(&mut s, stream, launch) {
+                if let crate::stream::Launch::Fault(sticky) = launch {
+                    // Launch succeeds; the fault surfaces at the next synchronisation.
+                    s.sticky = Some(sticky);
+                }
+            }
             SUCCESS
         }
         Ok(Ok((from, to, p2p, d, p, len))) => {
+            if crate::stream::enqueue_copy(&mut s, stream, from, to, p2p, true, d, p, len) {
+                return SUCCESS;
+            }
             drop(s);
             transfer(from, to, p2p, d, p, len);
             SUCCESS

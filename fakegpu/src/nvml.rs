@@ -10,6 +10,7 @@ const SUCCESS: Ret = 0;
 const UNINITIALIZED: Ret = 1;
 const INVALID_ARGUMENT: Ret = 2;
 const NOT_SUPPORTED: Ret = 3;
+const NOT_FOUND: Ret = 6;
 const INSUFFICIENT_SIZE: Ret = 7;
 const DRIVER_NOT_LOADED: Ret = 9;
 const LIB_RM_VERSION_MISMATCH: Ret = 18;
@@ -317,13 +318,79 @@ macro_rules! uint_getter {
     };
 }
 
-uint_getter!(
-    nvmlDeviceGetCurrPcieLinkGeneration,
-    |g: &crate::rig::Gpu| g.pcie.gen
-);
-uint_getter!(nvmlDeviceGetCurrPcieLinkWidth, |g: &crate::rig::Gpu| g
-    .pcie
-    .width);
+/// Rig index of a GPU (NVML hands out references into the rig).
+fn index_of(g: &crate::rig::Gpu) -> usize {
+    rig()
+        .gpus
+        .iter()
+        .position(|x| std::ptr::eq(x, g))
+        .unwrap_or(usize::MAX)
+}
+
+/// The link as NVML reads it now: trained up while copies run, down at idle.
+fn link_now(g: &crate::rig::Gpu) -> (u32, u32) {
+    if crate::stream::busy(index_of(g)) {
+        g.load_link()
+    } else {
+        (g.pcie.gen, g.pcie.width)
+    }
+}
+
+uint_getter!(nvmlDeviceGetCurrPcieLinkGeneration, |g| link_now(g).0);
+uint_getter!(nvmlDeviceGetCurrPcieLinkWidth, |g| link_now(g).1);
+uint_getter!(nvmlDeviceGetPcieReplayCounter, |g| {
+    crate::stream::replays(index_of(g)) as u32
+});
+
+/// Throttle reasons: GPU idle (0x1) at rest, the rig's bits while copies run.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetCurrentClocksThrottleReasons(
+    h: *mut c_void,
+    v: *mut c_ulonglong,
+) -> Ret {
+    ret(device(h).map(|g| {
+        *v = if crate::stream::busy(index_of(g)) {
+            g.throttle_under_load
+        } else {
+            1
+        }
+    }))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetHandleByPciBusId_v2(
+    bus: *const c_char,
+    h: *mut *mut c_void,
+) -> Ret {
+    if !INITIALISED.load(Ordering::SeqCst) {
+        return UNINITIALIZED;
+    }
+    if bus.is_null() {
+        return INVALID_ARGUMENT;
+    }
+    let want = std::ffi::CStr::from_ptr(bus)
+        .to_string_lossy()
+        .to_ascii_lowercase();
+    let tail = |s: &str| {
+        s.rsplit_once(':').map(|(a, b)| {
+            (
+                a.rsplit(':').next().unwrap_or("").to_string(),
+                b.to_string(),
+            )
+        })
+    };
+    let found = rig()
+        .nvml_order()
+        .iter()
+        .position(|g| tail(&g.bus_id.to_ascii_lowercase()) == tail(&want));
+    match found {
+        Some(i) => {
+            *h = (i + 1) as *mut c_void;
+            SUCCESS
+        }
+        None => NOT_FOUND,
+    }
+}
 uint_getter!(nvmlDeviceGetMaxPcieLinkGeneration, |g: &crate::rig::Gpu| g
     .pcie
     .max_gen);

@@ -53,6 +53,12 @@ pub struct Pair {
     pub nvlinks_down: u32,
     /// NVML P2P read/write status when `access` is false: "CNS", "GNS", "TNS", "NS", "DR".
     pub nvml_status: Option<String>,
+    /// GB/s of a P2P copy (peer access on); default from the links (see `Rig::p2p_gbps`).
+    pub gbps: Option<f64>,
+    /// GB/s of a copy staged through host memory (peer access off).
+    pub staged_gbps: Option<f64>,
+    /// Microseconds a P2P copy costs besides its bytes.
+    pub latency_us: Option<f64>,
 }
 
 fn yes() -> bool {
@@ -106,6 +112,18 @@ pub struct Gpu {
     pub persistence: bool,
     #[serde(default = "default_sms")]
     pub sms: i32,
+    /// GB/s of pinned host -> GPU and GPU -> host copies; default 82% / 85% of the link
+    /// under load.
+    pub h2d_gbps: Option<f64>,
+    pub d2h_gbps: Option<f64>,
+    /// GB/s of a copy within the GPU (default 800).
+    pub local_gbps: Option<f64>,
+    /// PCIe replays the GPU counts per batch of copies (a marginal riser).
+    #[serde(default)]
+    pub replays_under_load: u64,
+    /// NVML clock throttle reason bits while copies run (0x20 SW thermal, 0x8 HW slowdown).
+    #[serde(default)]
+    pub throttle_under_load: u64,
 }
 
 fn default_brand() -> String {
@@ -127,10 +145,52 @@ fn default_sms() -> i32 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Pcie {
+    /// At idle (an idle GPU trains its link down to Gen1).
     pub gen: u32,
     pub width: u32,
     pub max_gen: u32,
     pub max_width: u32,
+    /// While copies run; default: max_gen and the idle width.
+    pub load_gen: Option<u32>,
+    pub load_width: Option<u32>,
+}
+
+/// GB/s per direction of a PCIe link after line coding.
+pub fn pcie_gbps(gen: u32, width: u32) -> f64 {
+    let lane = match gen {
+        1 => 0.25,
+        2 => 0.5,
+        3 => 8.0 * 128.0 / 130.0 / 8.0,
+        4 => 16.0 * 128.0 / 130.0 / 8.0,
+        _ => 32.0 * 128.0 / 130.0 / 8.0,
+    };
+    lane * f64::from(width)
+}
+
+/// A 3090's NVLink 3 link carries 14.0625 GB/s per direction.
+const NVLINK_GBPS: f64 = 14.0625;
+
+impl Gpu {
+    /// (generation, width) while copies run.
+    pub fn load_link(&self) -> (u32, u32) {
+        (
+            self.pcie.load_gen.unwrap_or(self.pcie.max_gen),
+            self.pcie.load_width.unwrap_or(self.pcie.width),
+        )
+    }
+
+    fn link_gbps(&self) -> f64 {
+        let (g, w) = self.load_link();
+        pcie_gbps(g, w)
+    }
+
+    pub fn h2d_gbps(&self) -> f64 {
+        self.h2d_gbps.unwrap_or(0.82 * self.link_gbps())
+    }
+
+    pub fn d2h_gbps(&self) -> f64 {
+        self.d2h_gbps.unwrap_or(0.85 * self.link_gbps())
+    }
 }
 
 impl Rig {
@@ -175,6 +235,56 @@ impl Rig {
             }
         }
         links
+    }
+
+    /// Seconds a copy of `len` bytes takes between GPUs `from` and `to` (None: host memory),
+    /// over P2P or not, by the copy engine or an SM kernel (90% of the copy engine).
+    pub fn copy_seconds(
+        &self,
+        from: Option<usize>,
+        to: Option<usize>,
+        p2p: bool,
+        sm: bool,
+        len: usize,
+    ) -> f64 {
+        let gpu = |i: usize| self.gpus.get(i);
+        let (gbps, latency_us) = match (from, to) {
+            (None, Some(t)) => (gpu(t).map_or(1.0, Gpu::h2d_gbps), 2.0),
+            (Some(f), None) => (gpu(f).map_or(1.0, Gpu::d2h_gbps), 2.0),
+            (Some(f), Some(t)) if f == t => {
+                (gpu(f).and_then(|g| g.local_gbps).unwrap_or(800.0), 1.0)
+            }
+            (Some(f), Some(t)) => {
+                let pair = self.pair(f, t);
+                if p2p {
+                    let gbps = pair
+                        .and_then(|p| p.gbps)
+                        .unwrap_or_else(|| self.p2p_gbps(f, t));
+                    (gbps, pair.and_then(|p| p.latency_us).unwrap_or(2.0))
+                } else {
+                    let default = 0.45
+                        * gpu(f)
+                            .map_or(1.0, Gpu::d2h_gbps)
+                            .min(gpu(t).map_or(1.0, Gpu::h2d_gbps));
+                    (pair.and_then(|p| p.staged_gbps).unwrap_or(default), 15.0)
+                }
+            }
+            (None, None) => (10.0, 1.0),
+        };
+        let gbps = if sm { 0.9 * gbps } else { gbps };
+        latency_us * 1e-6 + len as f64 / (gbps * 1e9)
+    }
+
+    /// Default P2P GB/s: 93% of the active NVLink links, else 80% of the slower PCIe link.
+    fn p2p_gbps(&self, f: usize, t: usize) -> f64 {
+        let active = self
+            .link(f, t)
+            .map_or(0, |p| p.nvlinks.saturating_sub(p.nvlinks_down));
+        if active > 0 {
+            return 0.93 * NVLINK_GBPS * f64::from(active);
+        }
+        let link = |i: usize| self.gpus.get(i).map_or(1.0, Gpu::link_gbps);
+        0.8 * link(f).min(link(t))
     }
 
     /// Index into `gpus` of the GPU NVML enumerates `i`-th.

@@ -8,6 +8,7 @@
 use super::protocol::{parse_line, Event, PLAN_ENV};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -18,6 +19,8 @@ use std::time::{Duration, Instant};
 const REAP_GRACE: Duration = Duration::from_secs(2);
 /// Lines of non-protocol output kept per worker (NCCL_DEBUG can be chatty).
 const MAX_LOG_LINES: usize = 5000;
+/// How often a wait for the worker looks at the Ctrl-C flag.
+const INTERRUPT_POLL: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -44,6 +47,8 @@ pub struct StepReport {
     pub worker: usize,
     /// The step's progress notes, in order (kept whatever the outcome).
     pub notes: Vec<Value>,
+    /// Steps this step appended to the plan.
+    pub added: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -54,6 +59,13 @@ pub struct Watchdog {
     /// Longest time a step may take, counted from its start event; until the first start
     /// event it also bounds the worker's initialisation.
     pub step_deadline: Duration,
+}
+
+/// What the running step has said so far.
+#[derive(Default)]
+struct Pending {
+    notes: Vec<Value>,
+    added: Vec<String>,
 }
 
 enum Msg {
@@ -74,6 +86,9 @@ impl Watchdog {
             .args(&self.args)
             .envs(self.env.iter().cloned())
             .env(PLAN_ENV, plan_json)
+            // Its own process group: Ctrl-C on the terminal reaches rigdoctor, which stops
+            // the worker itself and still reports.
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -109,7 +124,7 @@ impl Watchdog {
     }
 
     /// Run `steps` in order, and the steps the workers append to the plan; every step gets
-    /// exactly one report, in plan order. `log` receives the workers' non-protocol output;
+    /// exactly one report, in plan order (unless Ctrl-C stops the run: then the reports so far). `log` receives the workers' non-protocol output;
     /// `progress` each report as it lands.
     pub fn run(
         &self,
@@ -119,14 +134,14 @@ impl Watchdog {
     ) -> Vec<StepReport> {
         let mut steps = steps.to_vec();
         let mut reports: Vec<StepReport> = Vec::new();
-        let mut notes: Vec<Value> = Vec::new();
+        let mut notes = Pending::default();
         let mut worker = 0;
-        while reports.len() < steps.len() {
+        while reports.len() < steps.len() && !super::interrupted() {
             worker += 1;
             let remaining = steps[reports.len()..].to_vec();
             let mut push = |reports: &mut Vec<StepReport>,
                             steps: &[String],
-                            notes: &mut Vec<Value>,
+                            notes: &mut Pending,
                             outcome: Outcome,
                             since: Instant| {
                 let r = StepReport {
@@ -134,7 +149,8 @@ impl Watchdog {
                     outcome,
                     elapsed: since.elapsed(),
                     worker,
-                    notes: std::mem::take(notes),
+                    notes: std::mem::take(&mut notes.notes),
+                    added: std::mem::take(&mut notes.added),
                 };
                 progress(&r);
                 reports.push(r);
@@ -155,8 +171,23 @@ impl Watchdog {
             let mut deadline = Instant::now() + self.step_deadline;
             let before = reports.len();
             loop {
-                let wait = deadline.saturating_duration_since(Instant::now());
-                match running.rx.recv_timeout(wait) {
+                if super::interrupted() {
+                    // Ctrl-C: stop here; the steps not settled are left without a report.
+                    let _ = running.child.kill();
+                    let _ = reap(&mut running.child, REAP_GRACE);
+                    return reports;
+                }
+                let wait = deadline
+                    .saturating_duration_since(Instant::now())
+                    .min(INTERRUPT_POLL);
+                if wait.is_zero() && Instant::now() < deadline {
+                    continue;
+                }
+                let msg = match running.rx.recv_timeout(wait) {
+                    Err(RecvTimeoutError::Timeout) if Instant::now() < deadline => continue,
+                    m => m,
+                };
+                match msg {
                     Ok(Msg::Log(line)) => {
                         if log.len() < MAX_LOG_LINES {
                             log.push(line);
@@ -167,9 +198,10 @@ impl Watchdog {
                         deadline = Instant::now() + self.step_deadline;
                     }
                     Ok(Msg::Event(Event::Note { step, note })) if step == steps[reports.len()] => {
-                        notes.push(note);
+                        notes.notes.push(note);
                     }
                     Ok(Msg::Event(Event::Plan { steps: more })) if current.is_some() => {
+                        notes.added.extend(more.iter().cloned());
                         steps.extend(more);
                     }
                     Ok(Msg::Event(e)) => match settled(e) {

@@ -5,7 +5,7 @@ mod driver;
 mod env;
 pub mod gpu;
 mod host;
-mod pci;
+pub mod pci;
 
 pub use config_space::decode_bridge_config;
 

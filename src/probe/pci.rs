@@ -242,6 +242,17 @@ fn bar_size(text: &str, index: usize) -> Probed<u64> {
     }
 }
 
+/// AER counters of every GPU and bridge of `topo`, read again now (after a load run).
+pub fn reread_aer(root: &Sysroot, topo: &PciTopology) -> BTreeMap<String, Probed<Aer>> {
+    let bdfs = topo
+        .gpus
+        .iter()
+        .map(|g| &g.bdf)
+        .chain(topo.bridges.iter().map(|b| &b.bdf));
+    bdfs.map(|bdf| (bdf.clone(), read_aer(root, &format!("{DEVICES}/{bdf}"))))
+        .collect()
+}
+
 fn read_aer(root: &Sysroot, dir: &str) -> Probed<Aer> {
     let counters = |name: &str| {
         root.read_string(&format!("{dir}/{name}"))

@@ -21,6 +21,23 @@ fn write_grid(out: &mut String, rows: &[Vec<String>]) {
     out.push('\n');
 }
 
+fn write_bandwidth(out: &mut String, f: &crate::facts::Facts) {
+    let Some(t) = super::bandwidth_tables::tables(f) else {
+        return;
+    };
+    for n in &t.notes {
+        let _ = writeln!(out, "Bandwidth: {n}\n");
+    }
+    for s in &t.sections {
+        let _ = writeln!(out, "**{}**\n", s.title);
+        write_grid(out, &s.table);
+    }
+    for l in &t.legend {
+        let _ = writeln!(out, "_{l}_  ");
+    }
+    out.push('\n');
+}
+
 fn write_p2p(out: &mut String, f: &crate::facts::Facts) {
     let Some(t) = p2p_matrix::tables(f) else {
         return;
@@ -70,6 +87,7 @@ pub fn render(report: &Report) -> String {
         out.push('\n');
     }
     write_p2p(&mut out, f);
+    write_bandwidth(&mut out, f);
     if !report.findings.is_empty() {
         let _ = writeln!(out, "### Findings\n");
     }

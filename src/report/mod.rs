@@ -1,5 +1,6 @@
 //! The report: facts + findings, and its renderers (text, JSON, markdown).
 
+mod bandwidth_tables;
 mod json;
 mod markdown;
 mod p2p_matrix;

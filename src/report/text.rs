@@ -82,6 +82,7 @@ pub fn render(report: &Report, color: bool) -> String {
     }
 
     write_p2p(&mut out, &p, f);
+    write_bandwidth(&mut out, &p, f);
     for finding in &report.findings {
         write_finding(&mut out, &p, finding);
     }
@@ -164,6 +165,28 @@ fn write_p2p(out: &mut String, p: &Paint, f: &crate::facts::Facts) {
         p.bold("P2P, as claimed (CUDA access, NVML read/write)")
     );
     write_grid(out, p, &t.claims[0], &t.claims[1..]);
+    for l in &t.legend {
+        let _ = writeln!(out, "  {}", p.dim(l));
+    }
+    out.push('\n');
+}
+
+fn write_bandwidth(out: &mut String, p: &Paint, f: &crate::facts::Facts) {
+    let Some(t) = super::bandwidth_tables::tables(f) else {
+        return;
+    };
+    for n in &t.notes {
+        let _ = writeln!(out, "  {} {n}", p.dim("bandwidth:"));
+    }
+    for s in &t.sections {
+        let _ = writeln!(out, "\n  {}", p.bold(&s.title));
+        // Weak cells stand out in colour too.
+        let rows: Vec<Vec<String>> = s.table[1..]
+            .iter()
+            .map(|r| r.iter().map(|c| c.to_string()).collect())
+            .collect();
+        write_grid(out, p, &s.table[0], &rows);
+    }
     for l in &t.legend {
         let _ = writeln!(out, "  {}", p.dim(l));
     }

@@ -40,7 +40,12 @@ pub fn degraded(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
         return Vec::new();
     };
     let mut out = Vec::new();
+    // A GPU whose link `bandwidth` read under load is judged from that reading.
+    let measured = super::bandwidth::measured_links(facts);
     each_link(topo, |g, l| {
+        if l.is_gpu && measured.contains(&g.bdf) {
+            return;
+        }
         let Some(&cur) = l.device_link.current_width.known() else {
             return;
         };

@@ -5,6 +5,7 @@
 
 mod acs;
 mod aer;
+mod bandwidth;
 mod bar;
 mod driver;
 mod env;
@@ -44,6 +45,12 @@ const RULES: &[(&str, Rule)] = &[
     ("acs-redirect", acs::redirect),
     ("acs-not-checked", acs::not_checked),
     ("pcie-link-degraded", link::degraded),
+    ("pcie-link-degraded", bandwidth::link_degraded),
+    ("pcie-replay-errors", bandwidth::replay_errors),
+    ("bandwidth-low", bandwidth::low),
+    ("p2p-slower-than-host", bandwidth::slower_than_host),
+    ("throttling", bandwidth::throttling),
+    ("p2p-corrupt", bandwidth::failures),
     ("pcie-slot-limited", link::slot_limited),
     ("pcie-aer-errors", aer::errors),
     ("small-bar1", bar::small_bar1),

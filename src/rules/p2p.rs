@@ -682,3 +682,29 @@ pub fn nvlink_inactive(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
         .fix("power off, reseat the NVLink bridge firmly on both cards (RTX 3090 bridges need the cards at the bridge's exact slot spacing), then check: nvidia-smi nvlink --status")
         .fix("look for NVLink errors: sudo dmesg | grep -i 'Xid.*74'")]
 }
+
+/// A finding about the pair `from` -> `to` with its ranked causes and fixes (for the
+/// bandwidth rules, which see the same pairs through measurements).
+pub(super) fn explain(
+    facts: &Facts,
+    kb: &Knowledge,
+    f: Finding,
+    from: i32,
+    to: i32,
+    staged_ok: bool,
+) -> Finding {
+    with_causes(
+        f,
+        causes(facts, kb, &gpu(facts, from), &gpu(facts, to)),
+        staged_ok,
+    )
+}
+
+/// "GPU 1 (0000:41:00.0)" and the bus id (or "GPU 1") of a CUDA device.
+pub(super) fn device_label(facts: &Facts, ordinal: i32) -> (String, String) {
+    let g = gpu(facts, ordinal);
+    (
+        g.label(),
+        g.bdf.map_or_else(|| format!("GPU {ordinal}"), String::from),
+    )
+}

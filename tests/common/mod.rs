@@ -7,6 +7,7 @@ pub mod sysroot;
 use assert_cmd::Command;
 use serde_json::Value;
 use std::path::Path;
+use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 #[allow(unused_imports)]
@@ -107,4 +108,57 @@ pub fn fake_driver_dir() -> std::path::PathBuf {
         dir
     })
     .clone()
+}
+
+pub fn gpu(name: &str, bus: &str, n: usize) -> Value {
+    serde_json::json!({"name": name, "bus_id": bus, "uuid": format!("GPU-{n}a1b2c3d-0000-1111-2222-333344445555"),
+           "memory_mib": 24576, "cc": [8, 6], "persistence": true, "bar1_mib": 32768,
+           "pcie": {"gen": 4, "width": 16, "max_gen": 4, "max_width": 16}})
+}
+
+pub struct Run {
+    pub code: i32,
+    pub report: Value,
+    pub took: Duration,
+    pub text: String,
+}
+
+/// `rigdoctor COMMAND --gpu` on `sysroot` with the fake driver emulating `fake`: once as
+/// JSON, and the JSON re-rendered as text by `diagnose` (no second GPU run).
+pub fn run_gpu(command: &str, sysroot: &Rig, fake: &Value, args: &[&str]) -> Run {
+    let root = sysroot_of(sysroot);
+    let rig_file = root.path().join("fake-rig.json");
+    std::fs::write(&rig_file, fake.to_string()).unwrap();
+    let report_file = root.path().join("report.json");
+    let t = Instant::now();
+    let out = rigdoctor()
+        .args([command, "--gpu", "--json", "--sysroot"])
+        .arg(root.path())
+        .args(args)
+        .env("LD_LIBRARY_PATH", fake_driver_dir())
+        .env("FAKEGPU_RIG", &rig_file)
+        .output()
+        .unwrap();
+    let took = t.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    std::fs::write(&report_file, &out.stdout).unwrap();
+    let text = rigdoctor()
+        .args(["diagnose", "--color", "never"])
+        .arg(&report_file)
+        .output()
+        .unwrap();
+    Run {
+        code: out.status.code().unwrap(),
+        report,
+        took,
+        text: String::from_utf8_lossy(&text.stdout).into_owned(),
+    }
+}
+
+/// The text report has this line (or part of a line).
+pub fn shows(r: &Run, line: &str) {
+    assert!(r.text.contains(line), "{line:?} not in:\n{}", r.text);
 }

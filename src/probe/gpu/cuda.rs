@@ -56,15 +56,25 @@ pub fn inventory() -> Probed<CudaInventory> {
     })
 }
 
-fn device(ordinal: i32) -> Result<CudaDevice, DriverError> {
-    let dev = result::device::get(ordinal)?;
+/// The normalised PCI bus id of CUDA device `ordinal` (cuInit done).
+pub fn bus_id(ordinal: i32) -> Option<String> {
+    let dev = result::device::get(ordinal).ok()?;
+    raw_bus_id(dev).ok().map(|b| normalize_bus_id(&b))
+}
+
+fn raw_bus_id(dev: sys::CUdevice) -> Result<String, DriverError> {
     let mut bus = [0 as std::ffi::c_char; 32];
     // SAFETY: the buffer is 32 bytes, as passed; the symbol exists (checked by the caller).
     unsafe { sys::cuDeviceGetPCIBusId(bus.as_mut_ptr(), bus.len() as i32, dev) }.result()?;
     // SAFETY: cuDeviceGetPCIBusId NUL-terminates within the buffer on success.
-    let bus_id = unsafe { std::ffi::CStr::from_ptr(bus.as_ptr()) }
+    Ok(unsafe { std::ffi::CStr::from_ptr(bus.as_ptr()) }
         .to_string_lossy()
-        .into_owned();
+        .into_owned())
+}
+
+fn device(ordinal: i32) -> Result<CudaDevice, DriverError> {
+    let dev = result::device::get(ordinal)?;
+    let bus_id = raw_bus_id(dev)?;
     // SAFETY: dev is a valid device handle from cuDeviceGet.
     let attr = |a: Attr| unsafe { result::device::get_attribute(dev, a) };
     Ok(CudaDevice {

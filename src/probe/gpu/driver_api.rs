@@ -21,6 +21,20 @@ pub fn error_name(e: &DriverError) -> String {
     }
 }
 
+/// A failed CUDA call of a GPU step: the message, and whether it poisoned the context.
+pub struct Failure {
+    pub message: String,
+    pub sticky: bool,
+}
+
+/// `what: CUDA_ERROR_X (text)`, sticky when the context is lost.
+pub fn fail(what: &str, e: DriverError) -> Failure {
+    Failure {
+        sticky: is_sticky(&e),
+        message: format!("{what}: {}", error_name(&e)),
+    }
+}
+
 /// Errors after which the context is unusable: every later call in this process fails too.
 pub fn is_sticky(e: &DriverError) -> bool {
     use CUresult::*;
@@ -91,14 +105,56 @@ pub const TRANSFER_SYMBOLS: [&str; 17] = [
     "cuDeviceGet",
 ];
 
-/// The PTX of kernels/, NUL-terminated for cuModuleLoadData.
-const COPY_PTX: &str = concat!(include_str!("../../../kernels/copy.ptx"), "\0");
+/// Driver-API symbols the bandwidth measurements add (streams, events, pinned host memory);
+/// all present since CUDA 10 / driver R410.
+pub const BANDWIDTH_SYMBOLS: [&str; 13] = [
+    "cuStreamCreate",
+    "cuStreamDestroy_v2",
+    "cuStreamSynchronize",
+    "cuEventCreate",
+    "cuEventDestroy_v2",
+    "cuEventRecord",
+    "cuEventQuery",
+    "cuEventElapsedTime",
+    "cuMemHostAlloc",
+    "cuMemFreeHost",
+    "cuMemHostGetDevicePointer_v2",
+    "cuMemcpyHtoDAsync_v2",
+    "cuMemcpyDtoHAsync_v2",
+];
+
+/// The kernels of kernels/, each in its own PTX module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kernel {
+    /// `copy_v4(dst, src, n)`: 16-byte elements, grid-stride.
+    Copy,
+    /// `spin_wait(flag, timeout_ns)`: holds a stream until the host releases it.
+    Spin,
+}
+
+impl Kernel {
+    /// (PTX text NUL-terminated for cuModuleLoadData, file name, entry name).
+    fn source(self) -> (&'static str, &'static str, &'static std::ffi::CStr) {
+        match self {
+            Kernel::Copy => (
+                concat!(include_str!("../../../kernels/copy.ptx"), "\0"),
+                "kernels/copy.ptx",
+                c"copy_v4",
+            ),
+            Kernel::Spin => (
+                concat!(include_str!("../../../kernels/spin.ptx"), "\0"),
+                "kernels/spin.ptx",
+                c"spin_wait",
+            ),
+        }
+    }
+}
 
 /// Contexts and kernels of the devices a worker has touched, created once per worker.
 #[derive(Default)]
 pub struct Session {
     contexts: BTreeMap<i32, CUcontext>,
-    copy_kernels: BTreeMap<i32, Result<CUfunction, String>>,
+    kernels: BTreeMap<(i32, Kernel), Result<CUfunction, String>>,
 }
 
 impl Session {
@@ -124,23 +180,34 @@ impl Session {
 
     /// `copy_v4` loaded into `ordinal`'s context (JIT-compiled from the PTX on first use).
     pub fn copy_kernel(&mut self, ordinal: i32) -> Result<CUfunction, String> {
-        if let Some(k) = self.copy_kernels.get(&ordinal) {
-            return k.clone();
-        }
-        let k = self.load_copy(ordinal);
-        self.copy_kernels.insert(ordinal, k.clone());
-        k
+        self.kernel(ordinal, Kernel::Copy)
     }
 
-    fn load_copy(&mut self, ordinal: i32) -> Result<CUfunction, String> {
+    /// A kernel of kernels/ loaded into `ordinal`'s context, once per worker.
+    pub fn kernel(&mut self, ordinal: i32, k: Kernel) -> Result<CUfunction, String> {
+        if let Some(f) = self.kernels.get(&(ordinal, k)) {
+            return f.clone();
+        }
+        let f = self.load(ordinal, k);
+        self.kernels.insert((ordinal, k), f.clone());
+        f
+    }
+
+    fn load(&mut self, ordinal: i32, k: Kernel) -> Result<CUfunction, String> {
+        let (ptx, file, entry) = k.source();
         self.bind(ordinal)
             .map_err(|e| format!("cuCtxSetCurrent: {}", error_name(&e)))?;
         // SAFETY: the image is NUL-terminated PTX text that lives for the program.
-        let module = unsafe { result::module::load_data(COPY_PTX.as_ptr() as *const c_void) }
-            .map_err(|e| format!("cuModuleLoadData (kernels/copy.ptx): {}", error_name(&e)))?;
+        let module = unsafe { result::module::load_data(ptx.as_ptr() as *const c_void) }
+            .map_err(|e| format!("cuModuleLoadData ({file}): {}", error_name(&e)))?;
         // SAFETY: module was just loaded; the name is a NUL-terminated string.
-        unsafe { result::module::get_function(module, c"copy_v4".into()) }
-            .map_err(|e| format!("cuModuleGetFunction(copy_v4): {}", error_name(&e)))
+        unsafe { result::module::get_function(module, entry.into()) }.map_err(|e| {
+            format!(
+                "cuModuleGetFunction({}): {}",
+                entry.to_string_lossy(),
+                error_name(&e)
+            )
+        })
     }
 }
 
@@ -182,5 +249,116 @@ impl Drop for DeviceBuffer {
     fn drop(&mut self) {
         // SAFETY: allocated by cuMemAlloc and freed once.
         let _ = unsafe { result::free_sync(self.ptr) };
+    }
+}
+
+/// A stream of the current context, destroyed on drop.
+pub struct Stream(pub sys::CUstream);
+
+impl Stream {
+    pub fn new() -> Result<Stream, DriverError> {
+        let mut s = std::ptr::null_mut();
+        // SAFETY: valid out pointer; non-blocking so the legacy null stream never serialises it.
+        unsafe { sys::cuStreamCreate(&mut s, sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32) }
+            .result()?;
+        Ok(Stream(s))
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        // SAFETY: created by cuStreamCreate, destroyed once (the driver defers it past pending work).
+        let _ = unsafe { sys::cuStreamDestroy_v2(self.0) };
+    }
+}
+
+/// A timing event of the current context, destroyed on drop.
+pub struct Event(pub sys::CUevent);
+
+impl Event {
+    pub fn new() -> Result<Event, DriverError> {
+        let mut e = std::ptr::null_mut();
+        // SAFETY: valid out pointer; flags 0 = timing enabled.
+        unsafe { sys::cuEventCreate(&mut e, 0) }.result()?;
+        Ok(Event(e))
+    }
+
+    pub fn record(&self, stream: &Stream) -> Result<(), DriverError> {
+        // SAFETY: event and stream are live and of the same context.
+        unsafe { sys::cuEventRecord(self.0, stream.0) }.result()
+    }
+
+    /// Whether the work before the event has finished (cuEventQuery: NOT_READY is `false`).
+    pub fn done(&self) -> Result<bool, DriverError> {
+        // SAFETY: a live event.
+        match unsafe { sys::cuEventQuery(self.0) } {
+            CUresult::CUDA_SUCCESS => Ok(true),
+            CUresult::CUDA_ERROR_NOT_READY => Ok(false),
+            e => Err(DriverError(e)),
+        }
+    }
+
+    /// Milliseconds from `start` to this event; both must have completed.
+    pub fn since(&self, start: &Event) -> Result<f64, DriverError> {
+        let mut ms = 0f32;
+        // SAFETY: both events recorded and complete (callers wait for `done`).
+        unsafe { sys::cuEventElapsedTime(&mut ms, start.0, self.0) }.result()?;
+        Ok(f64::from(ms))
+    }
+}
+
+impl Drop for Event {
+    fn drop(&mut self) {
+        // SAFETY: created by cuEventCreate, destroyed once.
+        let _ = unsafe { sys::cuEventDestroy_v2(self.0) };
+    }
+}
+
+/// Page-locked host memory, portable across contexts and mapped into every GPU's address
+/// space; not write-combined, so the CPU reads it back at full speed for verification.
+pub struct HostBuffer {
+    ptr: *mut u8,
+    pub bytes: usize,
+}
+
+impl HostBuffer {
+    pub fn new(bytes: usize) -> Result<HostBuffer, DriverError> {
+        let mut p: *mut c_void = std::ptr::null_mut();
+        let flags = sys::CU_MEMHOSTALLOC_PORTABLE | sys::CU_MEMHOSTALLOC_DEVICEMAP;
+        // SAFETY: valid out pointer; a plain allocation.
+        unsafe { sys::cuMemHostAlloc(&mut p, bytes, flags) }.result()?;
+        Ok(HostBuffer {
+            ptr: p as *mut u8,
+            bytes,
+        })
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: `bytes` bytes allocated by cuMemHostAlloc, alive while self is.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.bytes) }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as above, borrowed mutably.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.bytes) }
+    }
+
+    pub fn host_ptr(&self) -> *mut c_void {
+        self.ptr as *mut c_void
+    }
+
+    /// The address kernels of the current context use for this memory.
+    pub fn device_ptr(&self) -> Result<CUdeviceptr, DriverError> {
+        let mut d: CUdeviceptr = 0;
+        // SAFETY: the allocation is mapped (DEVICEMAP); flags must be 0.
+        unsafe { sys::cuMemHostGetDevicePointer_v2(&mut d, self.host_ptr(), 0) }.result()?;
+        Ok(d)
+    }
+}
+
+impl Drop for HostBuffer {
+    fn drop(&mut self) {
+        // SAFETY: allocated by cuMemHostAlloc and freed once.
+        let _ = unsafe { sys::cuMemFreeHost(self.host_ptr()) };
     }
 }

@@ -2,6 +2,8 @@
 //! a wedged GPU can hang `cuInit`, an NVML call or a P2P copy, and a missing library or symbol
 //! makes cudarc panic; none of it may take rigdoctor down.
 
+pub mod bandwidth;
+mod bandwidth_settle;
 pub mod cuda;
 mod driver_api;
 pub mod nvml;
@@ -27,6 +29,8 @@ pub struct Plan {
     pub p2p: bool,
     /// CUDA ordinals to cover (None: all).
     pub devices: Option<Vec<i32>>,
+    /// Run the bandwidth battery with these settings.
+    pub bandwidth: Option<crate::facts::BandwidthConfig>,
 }
 
 /// Run the GPU steps in a worker (this same binary, `__worker`). `progress` sees each step as
@@ -46,20 +50,31 @@ pub fn collect(
                 cuda: Probed::unknown(Why::IoError, why),
                 cuda_device_order,
                 p2p: None,
+                bandwidth: None,
             };
         }
     };
-    let dog = Watchdog {
-        program,
-        args: vec!["__worker".into()],
-        env: Vec::new(),
-        step_deadline,
-    };
+    let mut env = Vec::new();
     let mut steps = vec![STEP_NVML.to_string(), STEP_CUDA.to_string()];
     if plan.p2p {
         steps.push(p2p::matrix_step(plan.devices.as_deref()));
     }
+    if let Some(cfg) = &plan.bandwidth {
+        env.push((
+            bandwidth::CONFIG_ENV.to_string(),
+            serde_json::to_string(cfg).unwrap_or_default(),
+        ));
+        steps.push(bandwidth::plan_step(plan.devices.as_deref()));
+    }
+    let dog = Watchdog {
+        program,
+        args: vec!["__worker".into()],
+        env,
+        step_deadline,
+    };
+    let started = std::time::Instant::now();
     let reports = dog.run(&steps, &mut Vec::new(), progress);
+    let wall_s = started.elapsed().as_secs_f64();
     let secs = step_deadline.as_secs_f64();
     let mut nvml = Probed::unknown(Why::IoError, "not run");
     let mut cuda = Probed::unknown(Why::IoError, "not run");
@@ -71,8 +86,11 @@ pub fn collect(
         tests: Vec::new(),
         local: Vec::new(),
     });
+    let mut bw_reports = Vec::new();
     for r in reports {
-        if r.step == STEP_NVML {
+        if is_bandwidth_step(&r.step) {
+            bw_reports.push(r);
+        } else if r.step == STEP_NVML {
             nvml = settle::<NvmlInventory>(r.outcome, "NVML", secs);
         } else if r.step == STEP_CUDA {
             cuda = settle::<CudaInventory>(r.outcome, "the CUDA driver", secs);
@@ -80,12 +98,26 @@ pub fn collect(
             settle_p2p(facts, r, secs);
         }
     }
+    let bandwidth = plan.bandwidth.as_ref().map(|cfg| {
+        let selected = plan.devices.clone().unwrap_or_default();
+        let mut f = bandwidth_settle::settle(cfg, &selected, bw_reports, secs);
+        f.wall_s = wall_s;
+        f.interrupted = crate::measure::interrupted();
+        f
+    });
     GpuRuntime {
         nvml,
         cuda,
         cuda_device_order,
         p2p: p2p_facts,
+        bandwidth,
     }
+}
+
+fn is_bandwidth_step(step: &str) -> bool {
+    bandwidth::parse_plan_step(step).is_some()
+        || bandwidth::parse_end_step(step).is_some()
+        || bandwidth::Spec::parse(step).is_some()
 }
 
 #[derive(Deserialize)]
@@ -212,8 +244,12 @@ pub struct StepOutput {
 
 impl StepOutput {
     fn value(v: Result<Value, serde_json::Error>) -> StepOutput {
+        StepOutput::of(v.map_err(|e| e.to_string()))
+    }
+
+    fn of(result: Result<Value, String>) -> StepOutput {
         StepOutput {
-            result: v.map_err(|e| e.to_string()),
+            result,
             more: Vec::new(),
             stop: false,
         }
@@ -224,6 +260,8 @@ impl StepOutput {
 #[derive(Default)]
 pub struct GpuWorker {
     session: driver_api::Session,
+    /// NVML readings under load, opened by the first bandwidth step.
+    sampler: Option<bandwidth::Sampler>,
 }
 
 impl GpuWorker {
@@ -234,6 +272,9 @@ impl GpuWorker {
         }
         if step == STEP_CUDA {
             return StepOutput::value(serde_json::to_value(cuda::inventory()));
+        }
+        if let Some(out) = self.bandwidth_step(step, note) {
+            return out;
         }
         if let Some(devices) = p2p::parse_matrix_step(step) {
             return match p2p::matrix(devices) {
@@ -273,5 +314,39 @@ impl GpuWorker {
             more: Vec::new(),
             stop: false,
         }
+    }
+
+    fn bandwidth_step(&mut self, step: &str, note: &mut dyn FnMut(Value)) -> Option<StepOutput> {
+        let plan = bandwidth::parse_plan_step(step);
+        let spec = bandwidth::Spec::parse(step);
+        let end = bandwidth::parse_end_step(step);
+        if plan.is_none() && spec.is_none() && end.is_none() {
+            return None;
+        }
+        let cfg = match bandwidth::config_from_env() {
+            Ok(c) => c,
+            Err(e) => return Some(StepOutput::of(Err(e))),
+        };
+        let sampler = self.sampler.get_or_insert_with(Default::default);
+        let out = if let Some(devices) = plan {
+            match bandwidth::plan(devices, &cfg, sampler) {
+                Ok((v, more)) => StepOutput {
+                    result: Ok(v),
+                    more,
+                    stop: false,
+                },
+                Err(e) => StepOutput::of(Err(e)),
+            }
+        } else if let Some(spec) = spec {
+            let a = bandwidth::measure(&mut self.session, sampler, &spec, &cfg, note);
+            StepOutput {
+                result: a.result,
+                more: Vec::new(),
+                stop: a.context_lost,
+            }
+        } else {
+            StepOutput::of(bandwidth::end(end.unwrap_or_default(), sampler))
+        };
+        Some(out)
     }
 }

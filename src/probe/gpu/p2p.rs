@@ -1,7 +1,7 @@
 //! The P2P battery's worker side: what CUDA grants between devices, and a verified transfer per
 //! ordered pair over every path (staged control, copy engine, SM read, SM write).
 
-use super::driver_api::{error_name, is_sticky, unusable, DeviceBuffer, Session};
+use super::driver_api::{error_name, fail, is_sticky, unusable, DeviceBuffer, Failure, Session};
 use super::pattern::{compare, pattern, seed, FILL};
 use crate::facts::{EnableAttempt, PathResult, PeerAccess, Probed, TransferPath, Verdict, Why};
 use cudarc::driver::sys::{self, CUdevice_P2PAttribute as P2pAttr, CUresult};
@@ -106,7 +106,7 @@ pub fn matrix(devices: Option<Vec<i32>>) -> Result<(Value, Vec<String>), String>
 }
 
 /// Check the library, then cuInit (cheap when done already: a restarted worker starts here).
-fn init() -> Result<(), String> {
+pub(super) fn init() -> Result<(), String> {
     if let Some(why) =
         unusable(&super::cuda::SYMBOLS).or_else(|| unusable(&super::driver_api::TRANSFER_SYMBOLS))
     {
@@ -174,19 +174,6 @@ pub struct PairAnswer {
     pub value: Value,
     /// The CUDA context was lost (sticky error): this worker must not run further steps.
     pub context_lost: bool,
-}
-
-/// Failure of one sub-test: the message, and whether it poisoned the context.
-struct Failure {
-    message: String,
-    sticky: bool,
-}
-
-fn fail(what: &str, e: DriverError) -> Failure {
-    Failure {
-        sticky: is_sticky(&e),
-        message: cuda(what, e),
-    }
 }
 
 struct Pair<'a> {

@@ -1,0 +1,299 @@
+//! Streams and events with modelled time. Work queued on a stream runs when something waits
+//! for it (an event query or a synchronisation); each copy advances the stream's clock by what
+//! the rig's bandwidth model says it takes, so CUDA events report times consistent with the
+//! model while the tests run in milliseconds. The first query of an event with work pending
+//! answers NOT_READY: the copies are "in flight", and NVML reads the links under load then.
+
+use crate::cuda::{CUresult, INVALID_VALUE, SUCCESS};
+use crate::memory::{ret, state, transfer, State, HOST};
+use crate::rig;
+use std::ffi::{c_uint, c_void};
+
+pub const NOT_READY: CUresult = 600;
+
+/// What a kernel launch amounts to, when it is not a copy.
+#[derive(Clone, Copy)]
+pub enum Launch {
+    /// spin_wait(flag, timeout_ns).
+    Spin(u64, u64),
+    /// A fault that makes the context sticky-lost.
+    Fault(CUresult),
+}
+
+#[derive(Clone, PartialEq)]
+enum Op {
+    Spin {
+        flag: u64,
+        timeout_ns: u64,
+    },
+    Copy {
+        from: usize,
+        to: usize,
+        p2p: bool,
+        dst: usize,
+        src: usize,
+        len: usize,
+        secs: f64,
+    },
+    Record(usize),
+    Fault(CUresult),
+}
+
+pub struct Stream {
+    gpu: usize,
+    clock: f64,
+    queue: Vec<Op>,
+    /// An event of this stream was queried once while work was pending.
+    polled: bool,
+}
+
+pub struct EventState {
+    stream: Option<usize>,
+    time: Option<f64>,
+}
+
+fn gpu_opt(g: usize) -> Option<usize> {
+    (g != HOST).then_some(g)
+}
+
+/// Queue a copy on `stream` when it is one of ours; false means "run it now" (null stream).
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn enqueue_copy(
+    s: &mut State,
+    stream: *mut c_void,
+    from: usize,
+    to: usize,
+    p2p: bool,
+    sm: bool,
+    dst: *mut u8,
+    src: *mut u8,
+    len: usize,
+) -> bool {
+    let Some(st) = s.streams.get_mut(&(stream as usize)) else {
+        return false;
+    };
+    let secs = rig().copy_seconds(gpu_opt(from), gpu_opt(to), p2p, sm, len);
+    st.queue.push(Op::Copy {
+        from,
+        to,
+        p2p,
+        dst: dst as usize,
+        src: src as usize,
+        len,
+        secs,
+    });
+    true
+}
+
+pub fn enqueue_launch(s: &mut State, stream: *mut c_void, l: Launch) -> bool {
+    let Some(st) = s.streams.get_mut(&(stream as usize)) else {
+        return false;
+    };
+    st.queue.push(match l {
+        Launch::Spin(flag, timeout_ns) => Op::Spin { flag, timeout_ns },
+        Launch::Fault(e) => Op::Fault(e),
+    });
+    true
+}
+
+/// Whether copies touching GPU `g` are queued (in flight).
+pub fn busy(g: usize) -> bool {
+    state().streams.values().any(|st| {
+        st.queue
+            .iter()
+            .any(|op| matches!(op, Op::Copy { from, to, .. } if *from == g || *to == g))
+    })
+}
+
+/// Run `stream`'s queue.
+fn flush(handle: usize) {
+    let (ops, mut clock) = {
+        let mut s = state();
+        let Some(st) = s.streams.get_mut(&handle) else {
+            return;
+        };
+        st.polled = false;
+        (std::mem::take(&mut st.queue), st.clock)
+    };
+    let mut times = Vec::new();
+    let mut touched = Vec::new();
+    let mut fault = None;
+    for (i, op) in ops.iter().enumerate() {
+        match op {
+            Op::Spin { flag, timeout_ns } => {
+                // SAFETY: the flag is pinned host memory the caller allocated.
+                let released = unsafe { std::ptr::read_volatile(*flag as *const u32) } != 0;
+                if !released {
+                    clock += *timeout_ns as f64 * 1e-9;
+                }
+            }
+            Op::Copy {
+                from,
+                to,
+                p2p,
+                dst,
+                src,
+                len,
+                secs,
+            } => {
+                // The same copy again right after gives the same bytes: do it once.
+                if ops.get(i + 1) != Some(op) {
+                    // SAFETY: both ranges were resolved inside live allocations when queued.
+                    unsafe { transfer(*from, *to, *p2p, *dst as *mut u8, *src as *const u8, *len) };
+                }
+                clock += secs;
+                touched.extend([*from, *to].into_iter().filter(|&g| g != HOST));
+            }
+            Op::Record(e) => times.push((*e, clock)),
+            Op::Fault(e) => {
+                fault = Some(*e);
+                break;
+            }
+        }
+    }
+    let mut s = state();
+    if let Some(st) = s.streams.get_mut(&handle) {
+        st.clock = clock;
+    }
+    for (e, t) in times {
+        if let Some(ev) = s.events.get_mut(&e) {
+            ev.time = Some(t);
+        }
+    }
+    touched.sort_unstable();
+    touched.dedup();
+    for g in touched {
+        let n = rig().gpus.get(g).map_or(0, |x| x.replays_under_load);
+        *s.replays.entry(g).or_default() += n;
+    }
+    if fault.is_some() {
+        s.sticky = fault;
+    }
+}
+
+pub fn flush_all() {
+    let handles: Vec<usize> = state().streams.keys().copied().collect();
+    for h in handles {
+        flush(h);
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamCreate(out: *mut *mut c_void, _flags: c_uint) -> CUresult {
+    let mut s = state();
+    ret(s.live().map(|gpu| {
+        s.next_handle += 16;
+        let h = s.next_handle;
+        s.streams.insert(
+            h,
+            Stream {
+                gpu,
+                clock: 0.0,
+                queue: Vec::new(),
+                polled: false,
+            },
+        );
+        *out = h as *mut c_void;
+    }))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamDestroy_v2(stream: *mut c_void) -> CUresult {
+    flush(stream as usize);
+    match state().streams.remove(&(stream as usize)) {
+        Some(_) => SUCCESS,
+        None => INVALID_VALUE,
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamSynchronize(stream: *mut c_void) -> CUresult {
+    flush(stream as usize);
+    ret(state().live().map(|_| ()))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuEventCreate(out: *mut *mut c_void, _flags: c_uint) -> CUresult {
+    let mut s = state();
+    ret(s.live().map(|_| {
+        s.next_handle += 16;
+        let h = s.next_handle;
+        s.events.insert(
+            h,
+            EventState {
+                stream: None,
+                time: None,
+            },
+        );
+        *out = h as *mut c_void;
+    }))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuEventDestroy_v2(e: *mut c_void) -> CUresult {
+    match state().events.remove(&(e as usize)) {
+        Some(_) => SUCCESS,
+        None => INVALID_VALUE,
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuEventRecord(e: *mut c_void, stream: *mut c_void) -> CUresult {
+    let mut s = state();
+    ret(s.live().and_then(|me| {
+        let (e, h) = (e as usize, stream as usize);
+        let st = s.streams.get_mut(&h).ok_or(INVALID_VALUE)?;
+        if st.gpu != me {
+            return Err(INVALID_VALUE);
+        }
+        st.queue.push(Op::Record(e));
+        let ev = s.events.get_mut(&e).ok_or(INVALID_VALUE)?;
+        ev.stream = Some(h);
+        ev.time = None;
+        Ok(())
+    }))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuEventQuery(e: *mut c_void) -> CUresult {
+    let handle = {
+        let mut s = state();
+        if let Err(err) = s.live() {
+            return err;
+        }
+        let Some(h) = s.events.get(&(e as usize)).and_then(|ev| ev.stream) else {
+            return INVALID_VALUE;
+        };
+        match s.streams.get_mut(&h) {
+            Some(st) if !st.queue.is_empty() && !st.polled => {
+                st.polled = true;
+                return NOT_READY;
+            }
+            _ => h,
+        }
+    };
+    flush(handle);
+    ret(state().live().map(|_| ()))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuEventElapsedTime(
+    ms: *mut f32,
+    start: *mut c_void,
+    end: *mut c_void,
+) -> CUresult {
+    let s = state();
+    let t = |e: *mut c_void| s.events.get(&(e as usize)).and_then(|ev| ev.time);
+    match (t(start), t(end)) {
+        (Some(a), Some(b)) => {
+            *ms = ((b - a) * 1e3) as f32;
+            SUCCESS
+        }
+        _ => NOT_READY,
+    }
+}
+
+/// NVML's replay counter of rig GPU `g`.
+pub fn replays(g: usize) -> u64 {
+    state().replays.get(&g).copied().unwrap_or(0)
+}
