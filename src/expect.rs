@@ -52,13 +52,40 @@ fn gen_width(gen: Option<u32>, width: Option<u32>) -> Option<(String, f64)> {
     Some((format!("Gen{g} x{w}"), pcie_gbps(g, w)?))
 }
 
-/// A GPU's PCIe link: (under load, capable).
-fn pcie(bw: &BandwidthFacts, d: i32) -> Option<((String, f64), (String, f64))> {
+/// (generation, width) the GPU's link can reach: NVML's maximum (which some drivers give for
+/// the card alone), capped by the maximum of the port above the GPU when sysfs shows it.
+pub fn capable_link(f: &Facts, bw: &BandwidthFacts, d: i32) -> Option<(u32, u32)> {
     let l = bw.link(d)?;
-    Some((
-        gen_width(l.gen, l.width)?,
-        gen_width(l.max_gen, l.max_width)?,
-    ))
+    let (mut gen, mut width) = (l.max_gen?, l.max_width?);
+    let bdf = l.bus_id.as_deref().map(crate::facts::normalize_bus_id);
+    let topo = f.pci.known();
+    let gpu = topo.and_then(|t| t.gpus.iter().find(|g| Some(&g.bdf) == bdf.as_ref()));
+    if let (Some(t), Some(g)) = (topo, gpu) {
+        let port = crate::rules::topology::links_of(g, t)
+            .into_iter()
+            .find(|pl| pl.is_gpu)
+            .and_then(|pl| pl.port_link);
+        if let Some(p) = port {
+            if let Some(pg) = p
+                .max_speed_gts
+                .known()
+                .and_then(|&s| crate::facts::pcie_gen(s))
+            {
+                gen = gen.min(pg);
+            }
+            if let Some(&pw) = p.max_width.known() {
+                width = width.min(pw);
+            }
+        }
+    }
+    Some((gen, width))
+}
+
+/// A GPU's PCIe link: (under load, capable).
+fn pcie(f: &Facts, bw: &BandwidthFacts, d: i32) -> Option<((String, f64), (String, f64))> {
+    let l = bw.link(d)?;
+    let (g, w) = capable_link(f, bw, d)?;
+    Some((gen_width(l.gen, l.width)?, gen_width(Some(g), Some(w))?))
 }
 
 /// Active NVLinks joining CUDA devices `a` and `b`, and the per-link rate.
@@ -97,7 +124,7 @@ pub fn expectation(f: &Facts, m: &Measurement) -> Option<Expectation> {
         };
     match m.kind {
         Kind::H2d | Kind::D2h => {
-            let (now, max) = pcie(bw, m.to.or(m.from)?)?;
+            let (now, max) = pcie(f, bw, m.to.or(m.from)?)?;
             Some(make(now, max))
         }
         Kind::P2p => {
@@ -106,8 +133,8 @@ pub fn expectation(f: &Facts, m: &Measurement) -> Option<Expectation> {
                 let nv = (format!("NV{n}"), n as f64 * per);
                 return Some(make(nv.clone(), nv));
             }
-            let (na, ma) = pcie(bw, a)?;
-            let (nb, mb) = pcie(bw, b)?;
+            let (na, ma) = pcie(f, bw, a)?;
+            let (nb, mb) = pcie(f, bw, b)?;
             let slower = |x: (String, f64), y: (String, f64)| if x.1 <= y.1 { x } else { y };
             Some(make(slower(na, nb), slower(ma, mb)))
         }

@@ -63,6 +63,10 @@ impl Bar {
             ));
         }
         let Some(spec) = Spec::parse(&r.step) else {
+            if self.phase.is_some() {
+                // After the measurements (the closing reading): the phase bars stay as they are.
+                return;
+            }
             self.bar.set_message(format!(
                 "{} steps · last: {} {how} ({:.0} ms)",
                 self.done,
@@ -78,7 +82,12 @@ impl Bar {
             self.start_phase(spec.phase());
         }
         self.bar.inc(1);
-        self.bar.set_message(format!("{} {how}", r.step));
+        // Short enough for an 80-column terminal: "p2p ce 0 1 done".
+        let step = r
+            .step
+            .split_once(' ')
+            .map_or(r.step.as_str(), |(_, rest)| rest);
+        self.bar.set_message(format!("{step} {how}"));
         let next_phase = self.planned.front().map(Spec::phase);
         if next_phase != self.phase {
             self.bar.finish_with_message("done");
@@ -96,7 +105,7 @@ impl Bar {
         let bar = ProgressBar::with_draw_target(Some(len as u64), target(self.hidden));
         bar.set_style(
             ProgressStyle::with_template(
-                "{prefix:>18} [{bar:28}] {pos:>3}/{len:3} {elapsed:>3} ETA {eta:>3} {msg}",
+                "{prefix:>17} [{bar:20}] {pos:>3}/{len:<3} ETA {eta:>3} {wide_msg}",
             )
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),

@@ -23,11 +23,14 @@ const BANDWIDTH_IDS: [&str; 9] = [
     "gpu-copy-failed",
 ];
 
-/// The X99 rig with its PLX switch: GPUs 0000:03:00.0 and 0000:05:00.0, Gen4 x16 cards.
+/// The X99 rig with its PLX switch: GPUs 0000:03:00.0 and 0000:05:00.0 in Gen3 x16 slots.
 fn x99(edit: impl FnOnce(&mut Value)) -> (common::sysroot::Rig, Value) {
     let name = "NVIDIA GeForce RTX 3090";
     let mut fake = json!({"gpus": [gpu(name, "0000:03:00.0", 0), gpu(name, "0000:05:00.0", 1)],
         "pairs": [{"a": 0, "b": 1, "topology": "PXB"}]});
+    for g in 0..2 {
+        fake["gpus"][g]["pcie"] = json!({"gen": 1, "width": 16, "max_gen": 3, "max_width": 16});
+    }
     edit(&mut fake);
     (load_rig("x99-2x3090-plx"), fake)
 }
@@ -93,9 +96,9 @@ fn near(x: f64, want: f64) {
 fn healthy_pcie_rig_measures_the_model_and_stays_quiet() {
     let r = bandwidth(&x99(|_| {}), &[]);
     assert_eq!(bw_ids(&r), Vec::<String>::new(), "{}", r.text);
-    // The fake's model: 82% / 85% of Gen4 x16 host copies, P2P 80% of the link, staged 45%
+    // The fake's model: 82% / 85% of Gen3 x16 host copies, P2P 80% of the link, staged 45%
     // of the slower host direction; 1 MiB copies pay 2 / 2 / 15 us each.
-    let link = 16.0 * 128.0 / 130.0 / 8.0 * 16.0;
+    let link = 8.0 * 128.0 / 130.0 / 8.0 * 16.0;
     let at = |gbps: f64, us: f64| {
         (1u64 << 20) as f64 / ((1u64 << 20) as f64 / (gbps * 1e9) + us * 1e-6) / 1e9
     };
@@ -114,7 +117,7 @@ fn healthy_pcie_rig_measures_the_model_and_stays_quiet() {
     );
     let bw = &r.report["facts"]["gpu"]["bandwidth"];
     assert_eq!(bw["config"]["size_bytes"], 1 << 20);
-    assert_eq!(bw["links"][1]["gen"], 4, "{}", bw["links"]);
+    assert_eq!(bw["links"][1]["gen"], 3, "{}", bw["links"]);
     assert_eq!(bw["links"][1]["width"], 16);
     // Both GPUs' host copies, local copies, P2P and staged both ways.
     assert_eq!(
@@ -122,7 +125,7 @@ fn healthy_pcie_rig_measures_the_model_and_stays_quiet() {
         2 * 2 + 2 + 2 + 2
     );
     shows(&r, "Host <-> GPU, copy engine (GB/s, % of link)");
-    shows(&r, "GPU1  Gen4 x16         Gen4 x16  24.6 78%  25.5 81%");
+    shows(&r, "GPU1  Gen3 x16         Gen3 x16  12.6 80%  13.1 83%");
     shows(&r, "GPU -> GPU, P2P, copy engine (GB/s, % of link)");
 }
 
@@ -130,7 +133,7 @@ fn healthy_pcie_rig_measures_the_model_and_stays_quiet() {
 fn x4_riser_is_measured_degraded_and_low() {
     let r = bandwidth(
         &x99(|f| {
-            f["gpus"][1]["pcie"] = json!({"gen": 1, "width": 4, "max_gen": 4, "max_width": 16})
+            f["gpus"][1]["pcie"] = json!({"gen": 1, "width": 4, "max_gen": 3, "max_width": 16})
         }),
         &[],
     );
@@ -158,14 +161,14 @@ fn x4_riser_is_measured_degraded_and_low() {
             .unwrap(),
     );
     assert!(
-        low.contains("= 81% of Gen4 x4 (7.9 GB/s per direction); Gen4 x16 supports 31.5"),
+        low.contains("= 81% of Gen3 x4 (3.9 GB/s per direction); Gen3 x16 supports 15.8"),
         "{low}"
     );
     assert!(
-        low.contains("likely limiter: the link ran Gen4 x4 under load"),
+        low.contains("likely limiter: the link ran Gen3 x4 under load"),
         "{low}"
     );
-    shows(&r, "GPU1  Gen4 x4          Gen4 x16  6.4 81% !");
+    shows(&r, "GPU1  Gen3 x4          Gen3 x16  3.2 81% !");
     // GPU 0's own link is fine; only the pair through GPU 1's x4 link is low.
     assert!(
         !ids.contains(&"warn bandwidth-low 0000:03:00.0".to_string()),
@@ -192,7 +195,7 @@ fn a_link_stuck_at_gen1_under_load() {
             .find(|f| f["gpus"][0] == "0000:03:00.0")
             .unwrap(),
     );
-    assert!(f.contains("Gen1 instead of Gen4 while copies ran"), "{f}");
+    assert!(f.contains("Gen1 instead of Gen3 while copies ran"), "{f}");
     assert!(f.contains("Gen1 x16 (4.0 GB/s per direction)"), "{f}");
     assert!(f.contains("force the slot's generation"), "{f}");
     assert!(bw_ids(&r).contains(&"warn bandwidth-low 0000:03:00.0".to_string()));
@@ -455,4 +458,21 @@ fn ctrl_c_stops_and_still_reports() {
 extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+/// Some drivers give the card's own maximum through NVML: the slot's (sysfs) caps it, so a
+/// Gen4 card running Gen3 in a Gen3 slot is neither degraded nor low.
+#[test]
+fn card_maximum_is_capped_by_the_slot() {
+    let r = bandwidth(
+        &x99(|f| {
+            for g in 0..2 {
+                f["gpus"][g]["pcie"] =
+                    json!({"gen": 1, "width": 16, "max_gen": 4, "max_width": 16, "load_gen": 3});
+            }
+        }),
+        &[],
+    );
+    assert_eq!(bw_ids(&r), Vec::<String>::new(), "{}", r.text);
+    shows(&r, "GPU0  Gen3 x16         Gen3 x16");
 }

@@ -2,7 +2,7 @@
 //! link each figure reached, weak cells marked.
 
 use super::p2p_matrix::Table;
-use crate::expect::{expectation, find, nvlinks_between, slower_than_staged};
+use crate::expect::{capable_link, expectation, find, nvlinks_between, slower_than_staged};
 use crate::facts::{BandwidthFacts, BwOutcome, Facts, Kind, Measurement, Method, Probed};
 
 pub struct Section {
@@ -104,7 +104,7 @@ pub fn tables(f: &Facts) -> Option<BandwidthTables> {
             let mut row = vec![
                 format!("GPU{d}"),
                 link.map_or("?".into(), |l| gw(l.gen, l.width)),
-                link.map_or("?".into(), |l| gw(l.max_gen, l.max_width)),
+                capable_link(f, bw, d).map_or("?".into(), |(g, w)| gw(Some(g), Some(w))),
                 cell(
                     f,
                     bw,

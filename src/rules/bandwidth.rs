@@ -4,7 +4,7 @@
 
 use super::p2p::{device_label, explain};
 use super::KERNEL_SYSFS_PCI;
-use crate::expect::{expectation, low_fraction, slower_than_staged, staged_of};
+use crate::expect::{capable_link, expectation, low_fraction, slower_than_staged, staged_of};
 use crate::facts::{
     normalize_bus_id, BandwidthFacts, BwOutcome, Facts, Kind, LinkUnderLoad, Measurement,
 };
@@ -53,7 +53,7 @@ pub fn link_degraded(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
     };
     let mut out = Vec::new();
     for l in b.links.iter().filter(|l| l.samples > 0) {
-        let (Some(g), Some(w), Some(mg), Some(mw)) = (l.gen, l.width, l.max_gen, l.max_width)
+        let (Some(g), Some(w), Some((mg, mw))) = (l.gen, l.width, capable_link(facts, b, l.device))
         else {
             continue;
         };
@@ -88,7 +88,7 @@ pub fn link_degraded(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
         )
         .gpus([id])
         .evidence(format!(
-            "NVML under load: best of {} reading(s) Gen{g} x{w} ({now:.1} GB/s per direction); card and slot support Gen{mg} x{mw} ({full:.1} GB/s)",
+            "NVML under load: best of {} reading(s) Gen{g} x{w} ({now:.1} GB/s per direction); card and slot support Gen{mg} x{mw} ({full:.1} GB/s: NVML maximum, capped by the port's sysfs maximum)",
             l.samples
         ));
         if !host.is_empty() {

@@ -10,8 +10,8 @@
 use super::driver_api::{fail, DeviceBuffer, Event, Failure, HostBuffer, Kernel, Session, Stream};
 use super::pattern::{compare, pattern, seed, FILL};
 use crate::facts::{BandwidthConfig, Kind, Method, PeerAccess};
-use cudarc::driver::sys::{self, CUresult};
 use cudarc::driver::result;
+use cudarc::driver::sys::{self, CUresult};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
