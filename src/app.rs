@@ -4,6 +4,7 @@ use crate::cli::{Cli, ColorChoice, Command, GlobalArgs};
 use crate::facts::{BandwidthConfig, Facts, Probed};
 use crate::knowledge::Knowledge;
 use crate::measure::protocol::{read_plan, Worker};
+use crate::probe::gpu::nccl::NcclConfig;
 use crate::report::{self, Format, Report};
 use crate::sysroot::Sysroot;
 use crate::{probe, progress, rules};
@@ -34,9 +35,46 @@ fn try_run(cli: &Cli) -> Result<u8> {
     let g = &cli.global;
     let (command, facts) = match &cli.command {
         Command::Worker => return Ok(worker()),
-        Command::Check => ("check", probe_machine(g, true, None)?),
-        Command::P2p => ("p2p", probe_machine(g, true, None)?),
-        Command::Bandwidth(a) => ("bandwidth", probe_machine(g, false, Some(a.config()))?),
+        Command::Check => (
+            "check",
+            probe_machine(
+                g,
+                Battery {
+                    p2p: true,
+                    ..Default::default()
+                },
+            )?,
+        ),
+        Command::P2p => (
+            "p2p",
+            probe_machine(
+                g,
+                Battery {
+                    p2p: true,
+                    ..Default::default()
+                },
+            )?,
+        ),
+        Command::Bandwidth(a) => (
+            "bandwidth",
+            probe_machine(
+                g,
+                Battery {
+                    bandwidth: Some(a.config()),
+                    ..Default::default()
+                },
+            )?,
+        ),
+        Command::Nccl(a) => (
+            "nccl",
+            probe_machine(
+                g,
+                Battery {
+                    nccl: Some(a.config()),
+                    ..Default::default()
+                },
+            )?,
+        ),
         Command::Host => ("host", probe_host(&g.sysroot)?),
         Command::Diagnose { file } => ("diagnose", load(file)?),
     };
@@ -89,17 +127,34 @@ fn worker() -> u8 {
 }
 
 /// Host facts, then the GPU steps (unless --sysroot points at another machine's tree).
-fn probe_machine(g: &GlobalArgs, p2p: bool, bandwidth: Option<BandwidthConfig>) -> Result<Facts> {
+/// Which GPU batteries a command runs.
+#[derive(Default)]
+struct Battery {
+    p2p: bool,
+    bandwidth: Option<BandwidthConfig>,
+    nccl: Option<NcclConfig>,
+}
+
+fn probe_machine(g: &GlobalArgs, battery: Battery) -> Result<Facts> {
+    let Battery {
+        p2p,
+        bandwidth,
+        nccl,
+    } = battery;
     let mut facts = probe_host(&g.sysroot)?;
     if g.gpu || g.sysroot == Path::new("/") {
         // Ctrl-C stops the worker; the report still shows what was measured. Failing to
         // install the handler only costs that.
         let _ = ctrlc::set_handler(crate::measure::interrupt);
-        let deadline = step_deadline(g.timeout, bandwidth.as_ref());
+        let deadline = step_deadline(g.timeout, bandwidth.as_ref(), nccl.as_ref());
         let plan = probe::gpu::Plan {
             p2p,
             devices: g.devices.clone().map(|d| d.0),
             bandwidth,
+            nccl: nccl.map(|mut c| {
+                c.devices = g.devices.clone().map(|d| d.0);
+                c
+            }),
         };
         let quiet = g.format() == Format::Json && g.output.is_none();
         let mut bar = progress::Bar::new(deadline.as_secs_f64(), quiet);
@@ -114,8 +169,13 @@ fn probe_machine(g: &GlobalArgs, p2p: bool, bandwidth: Option<BandwidthConfig>) 
 }
 
 /// --timeout, raised for bandwidth steps so that a slow but working link (x1 Gen1 moves
-/// 0.25 GB/s) is measured, not killed as hung.
-fn step_deadline(timeout: f64, bw: Option<&BandwidthConfig>) -> Duration {
+/// 0.25 GB/s) is measured, not killed as hung, and for the NCCL sweep (one step for all sizes)
+/// so that it may run at 2 GB/s of bus bandwidth (a ring through host memory on Gen3).
+fn step_deadline(
+    timeout: f64,
+    bw: Option<&BandwidthConfig>,
+    nccl: Option<&NcclConfig>,
+) -> Duration {
     let slowest_gbps = 0.2;
     let need = bw.map_or(0.0, |c| {
         let per_sample = c.size_bytes as f64 * f64::from(c.iters + c.warmup);
@@ -123,7 +183,11 @@ fn step_deadline(timeout: f64, bw: Option<&BandwidthConfig>) -> Duration {
         let lanes = if c.bidirectional { 2.0 } else { 1.0 };
         2.0 + lanes * per_sample * f64::from(c.samples) / (slowest_gbps * 1e9)
     });
-    Duration::from_secs_f64(timeout.max(need))
+    let sweep = nccl.map_or(0.0, |c| {
+        let bytes: f64 = c.sizes.iter().map(|&s| s as f64).sum();
+        2.0 + bytes * 2.0 * f64::from(c.warmup + c.iters) / 2e9
+    });
+    Duration::from_secs_f64(timeout.max(need).max(sweep))
 }
 
 fn probe_host(sysroot: &Path) -> Result<Facts> {

@@ -55,6 +55,14 @@ pub enum Command {
         after_help = "Examples:\n  rigdoctor bandwidth\n  rigdoctor bandwidth --quick\n  rigdoctor bandwidth --bidirectional --method both --latency\n  rigdoctor bandwidth --devices 0,1 --size 256M --iters 20 --samples 5\n\nGB = 1e9 bytes. Each cell is the median of --samples samples, each timing --iters copies\nof --size bytes between CUDA events; docs/bandwidth.md explains the columns and the model."
     )]
     Bandwidth(BandwidthArgs),
+    /// NCCL all-reduce (sum, float32) in one process, one rank per GPU (ncclCommInitAll), over
+    /// a size sweep: time, algbw and busbw as nccl-tests prints them, every rank's result
+    /// checked, the transport NCCL chose per channel (NCCL_DEBUG=INFO), and a hang killed after
+    /// --timeout. NCCL is loaded at run time: libnccl.so.2, --nccl-lib, or a pip wheel's copy.
+    #[command(
+        after_help = "Examples:\n  rigdoctor nccl\n  rigdoctor nccl --max-size 1G --iters 50\n  rigdoctor nccl --nccl-lib ~/venv/lib/python3.11/site-packages/nvidia/nccl/lib/libnccl.so.2"
+    )]
+    Nccl(NcclArgs),
     /// Inspect the host without touching a GPU: kernel command line, IOMMU, PCIe path, ACS,
     /// links, AER, BAR1, NVIDIA driver, /dev/shm, NCCL/CUDA environment.
     #[command(
@@ -101,6 +109,44 @@ pub struct BandwidthArgs {
     /// per GPU pair.
     #[arg(long)]
     pub quick: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct NcclArgs {
+    /// Smallest all-reduce size per rank (default 1M).
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub min_size: Option<u64>,
+    /// Largest size (default 256M); sizes go up by 4x from --min-size.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub max_size: Option<u64>,
+    /// Timed iterations per size (default 20).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub iters: Option<u32>,
+    /// The NCCL library to load (default: libnccl.so.2 on the loader path, then the
+    /// nvidia-nccl pip wheel in the active virtualenv/conda env or site-packages).
+    #[arg(long, value_name = "PATH")]
+    pub nccl_lib: Option<PathBuf>,
+}
+
+impl NcclArgs {
+    pub fn config(&self) -> crate::probe::gpu::nccl::NcclConfig {
+        let min = self.min_size.unwrap_or(1 << 20);
+        let max = self.max_size.unwrap_or(256 << 20).max(min);
+        let mut sizes = Vec::new();
+        let mut s = min;
+        while s < max {
+            sizes.push(s);
+            s = s.saturating_mul(4);
+        }
+        sizes.push(max);
+        crate::probe::gpu::nccl::NcclConfig {
+            sizes,
+            warmup: 5,
+            iters: self.iters.unwrap_or(20),
+            library: self.nccl_lib.as_ref().map(|p| p.display().to_string()),
+            devices: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -5,9 +5,11 @@
 //! [`Probed::Unknown`] carrying the reason: "absent is not zero".
 
 mod bandwidth;
+mod nccl;
 mod p2p;
 
 pub use bandwidth::*;
+pub use nccl::*;
 pub use p2p::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -124,6 +126,9 @@ pub struct GpuRuntime {
     /// The bandwidth battery; absent when it did not run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bandwidth: Option<BandwidthFacts>,
+    /// The NCCL all-reduce; absent when it did not run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nccl: Option<NcclFacts>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

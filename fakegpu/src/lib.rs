@@ -9,6 +9,7 @@
 
 mod cuda;
 mod memory;
+mod nccl;
 mod nvml;
 pub mod rig;
 mod stream;

@@ -21,6 +21,26 @@ pub struct Rig {
     /// GPU pairs (indices into `gpus`). A pair not listed has no peer access.
     #[serde(default)]
     pub pairs: Vec<Pair>,
+    /// The fake libnccl.
+    pub nccl: Option<Nccl>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Nccl {
+    /// ncclGetVersion's code, e.g. 21805 for 2.18.5.
+    #[serde(default = "nccl_version")]
+    pub version: i32,
+    /// "none", "hang" (the collective never completes), "wrong" (one element of the last rank
+    /// is off by one).
+    #[serde(default = "none")]
+    pub fault: String,
+    /// All-reduce bus bandwidth; default 85% of the slowest ring hop of the model.
+    pub busbw_gbps: Option<f64>,
+}
+
+fn nccl_version() -> i32 {
+    21805
 }
 
 /// What happens between two GPUs.

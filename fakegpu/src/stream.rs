@@ -37,6 +37,8 @@ enum Op {
     },
     Record(usize),
     Fault(CUresult),
+    /// Time without a copy (a collective whose data was already moved).
+    Delay(f64),
 }
 
 pub struct Stream {
@@ -96,6 +98,15 @@ pub fn enqueue_launch(s: &mut State, stream: *mut c_void, l: Launch) -> bool {
     true
 }
 
+/// Queue time on `stream` (fake NCCL); false when it is not one of ours.
+pub fn enqueue_delay(s: &mut State, stream: *mut c_void, secs: f64) -> bool {
+    let Some(st) = s.streams.get_mut(&(stream as usize)) else {
+        return false;
+    };
+    st.queue.push(Op::Delay(secs));
+    true
+}
+
 /// Whether copies touching GPU `g` are queued (in flight).
 pub fn busy(g: usize) -> bool {
     state().streams.values().any(|st| {
@@ -145,6 +156,7 @@ fn flush(handle: usize) {
                 touched.extend([*from, *to].into_iter().filter(|&g| g != HOST));
             }
             Op::Record(e) => times.push((*e, clock)),
+            Op::Delay(secs) => clock += secs,
             Op::Fault(e) => {
                 fault = Some(*e);
                 break;

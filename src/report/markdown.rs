@@ -22,11 +22,18 @@ fn write_grid(out: &mut String, rows: &[Vec<String>]) {
 }
 
 fn write_bandwidth(out: &mut String, f: &crate::facts::Facts) {
-    let Some(t) = super::bandwidth_tables::tables(f) else {
-        return;
-    };
+    let tables = [
+        super::bandwidth_tables::tables(f),
+        super::nccl_table::tables(f),
+    ];
+    for t in tables.into_iter().flatten() {
+        write_tables(out, &t);
+    }
+}
+
+fn write_tables(out: &mut String, t: &super::bandwidth_tables::BandwidthTables) {
     for n in &t.notes {
-        let _ = writeln!(out, "Bandwidth: {n}\n");
+        let _ = writeln!(out, "{n}\n");
     }
     for s in &t.sections {
         let _ = writeln!(out, "**{}**\n", s.title);

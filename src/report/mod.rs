@@ -3,6 +3,7 @@
 mod bandwidth_tables;
 mod json;
 mod markdown;
+mod nccl_table;
 mod p2p_matrix;
 mod redact;
 mod summary;

@@ -172,11 +172,18 @@ fn write_p2p(out: &mut String, p: &Paint, f: &crate::facts::Facts) {
 }
 
 fn write_bandwidth(out: &mut String, p: &Paint, f: &crate::facts::Facts) {
-    let Some(t) = super::bandwidth_tables::tables(f) else {
-        return;
-    };
+    let tables = [
+        super::bandwidth_tables::tables(f),
+        super::nccl_table::tables(f),
+    ];
+    for t in tables.into_iter().flatten() {
+        write_tables(out, p, &t);
+    }
+}
+
+fn write_tables(out: &mut String, p: &Paint, t: &super::bandwidth_tables::BandwidthTables) {
     for n in &t.notes {
-        let _ = writeln!(out, "  {} {n}", p.dim("bandwidth:"));
+        let _ = writeln!(out, "  {}", p.dim(n));
     }
     for s in &t.sections {
         let _ = writeln!(out, "\n  {}", p.bold(&s.title));

@@ -12,6 +12,7 @@ mod env;
 mod gpu;
 mod iommu;
 mod link;
+mod nccl;
 mod p2p;
 pub mod topology;
 mod virt;
@@ -55,6 +56,11 @@ const RULES: &[(&str, Rule)] = &[
     ("pcie-aer-errors", aer::errors),
     ("small-bar1", bar::small_bar1),
     ("virtual-machine", virt::virtual_machine),
+    ("nccl-not-found", nccl::not_found),
+    ("nccl-hang", nccl::hang),
+    ("nccl-error", nccl::error),
+    ("nccl-wrong-result", nccl::wrong_result),
+    ("nccl-known-bad", nccl::known_bad),
     ("shm-too-small", env::shm_too_small),
     ("nccl-env-override", env::nccl_env_override),
 ];

@@ -100,7 +100,7 @@ pub fn fake_driver_dir() -> std::path::PathBuf {
         assert!(lib.exists(), "{} missing", lib.display());
         let dir = profile_dir.join("fakegpu-libs");
         std::fs::create_dir_all(&dir).unwrap();
-        for name in ["libcuda.so.1", "libnvidia-ml.so.1"] {
+        for name in ["libcuda.so.1", "libnvidia-ml.so.1", "libnccl.so.2"] {
             let link = dir.join(name);
             let _ = std::fs::remove_file(&link);
             std::os::unix::fs::symlink(&lib, &link).unwrap();

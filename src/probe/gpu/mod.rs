@@ -6,6 +6,8 @@ pub mod bandwidth;
 mod bandwidth_settle;
 pub mod cuda;
 mod driver_api;
+pub mod nccl;
+mod nccl_settle;
 pub mod nvml;
 pub mod p2p;
 mod pattern;
@@ -31,6 +33,8 @@ pub struct Plan {
     pub devices: Option<Vec<i32>>,
     /// Run the bandwidth battery with these settings.
     pub bandwidth: Option<crate::facts::BandwidthConfig>,
+    /// Run the NCCL all-reduce with these settings.
+    pub nccl: Option<nccl::NcclConfig>,
 }
 
 /// Run the GPU steps in a worker (this same binary, `__worker`). `progress` sees each step as
@@ -51,6 +55,7 @@ pub fn collect(
                 cuda_device_order,
                 p2p: None,
                 bandwidth: None,
+                nccl: None,
             };
         }
     };
@@ -66,6 +71,16 @@ pub fn collect(
         ));
         steps.push(bandwidth::plan_step(plan.devices.as_deref()));
     }
+    if let Some(cfg) = &plan.nccl {
+        env.push((
+            nccl::CONFIG_ENV.to_string(),
+            serde_json::to_string(cfg).unwrap_or_default(),
+        ));
+        // Which transport NCCL chose per channel, in its own words.
+        env.push(("NCCL_DEBUG".into(), "INFO".into()));
+        env.push(("NCCL_DEBUG_SUBSYS".into(), "INIT,P2P,GRAPH".into()));
+        steps.push(nccl::STEP_INIT.to_string());
+    }
     let dog = Watchdog {
         program,
         args: vec!["__worker".into()],
@@ -73,7 +88,8 @@ pub fn collect(
         step_deadline,
     };
     let started = std::time::Instant::now();
-    let reports = dog.run(&steps, &mut Vec::new(), progress);
+    let mut log = Vec::new();
+    let reports = dog.run(&steps, &mut log, progress);
     let wall_s = started.elapsed().as_secs_f64();
     let secs = step_deadline.as_secs_f64();
     let mut nvml = Probed::unknown(Why::IoError, "not run");
@@ -87,9 +103,12 @@ pub fn collect(
         local: Vec::new(),
     });
     let mut bw_reports = Vec::new();
+    let mut nccl_reports = Vec::new();
     for r in reports {
         if is_bandwidth_step(&r.step) {
             bw_reports.push(r);
+        } else if r.step == nccl::STEP_INIT || r.step == nccl::STEP_ALLREDUCE {
+            nccl_reports.push(r);
         } else if r.step == STEP_NVML {
             nvml = settle::<NvmlInventory>(r.outcome, "NVML", secs);
         } else if r.step == STEP_CUDA {
@@ -105,12 +124,17 @@ pub fn collect(
         f.interrupted = crate::measure::interrupted();
         f
     });
+    let nccl = plan
+        .nccl
+        .as_ref()
+        .map(|cfg| nccl_settle::settle(cfg, nccl_reports, &log, secs));
     GpuRuntime {
         nvml,
         cuda,
         cuda_device_order,
         p2p: p2p_facts,
         bandwidth,
+        nccl,
     }
 }
 
@@ -262,6 +286,8 @@ pub struct GpuWorker {
     session: driver_api::Session,
     /// NVML readings under load, opened by the first bandwidth step.
     sampler: Option<bandwidth::Sampler>,
+    /// NCCL communicators, created by the init step.
+    nccl: Option<nccl::Comms>,
 }
 
 impl GpuWorker {
@@ -274,6 +300,9 @@ impl GpuWorker {
             return StepOutput::value(serde_json::to_value(cuda::inventory()));
         }
         if let Some(out) = self.bandwidth_step(step, note) {
+            return out;
+        }
+        if let Some(out) = self.nccl_step(step, note) {
             return out;
         }
         if let Some(devices) = p2p::parse_matrix_step(step) {
@@ -314,6 +343,56 @@ impl GpuWorker {
             more: Vec::new(),
             stop: false,
         }
+    }
+
+    fn nccl_step(&mut self, step: &str, note: &mut dyn FnMut(Value)) -> Option<StepOutput> {
+        if step != nccl::STEP_INIT && step != nccl::STEP_ALLREDUCE {
+            return None;
+        }
+        let cfg: nccl::NcclConfig = match std::env::var(nccl::CONFIG_ENV)
+            .map_err(|e| e.to_string())
+            .and_then(|s| serde_json::from_str(&s).map_err(|e| e.to_string()))
+        {
+            Ok(c) => c,
+            Err(e) => return Some(StepOutput::of(Err(format!("{}: {e}", nccl::CONFIG_ENV)))),
+        };
+        if step == nccl::STEP_ALLREDUCE {
+            let out = match &self.nccl {
+                // A fresh worker (the last one was killed): communicators again first.
+                None => match nccl::init(&mut self.session, &cfg) {
+                    Ok((_, comms, _)) => {
+                        self.nccl = Some(comms);
+                        None
+                    }
+                    Err(e) => Some(StepOutput::of(Err(e))),
+                },
+                Some(_) => None,
+            };
+            if let Some(o) = out {
+                return Some(o);
+            }
+            let comms = self.nccl.as_ref()?;
+            let r = nccl::sweep(&mut self.session, comms, &cfg, note);
+            return Some(match r {
+                Ok(v) => StepOutput::of(Ok(v)),
+                Err(f) => StepOutput {
+                    result: Err(f.message),
+                    more: Vec::new(),
+                    stop: f.sticky,
+                },
+            });
+        }
+        Some(match nccl::init(&mut self.session, &cfg) {
+            Ok((v, comms, more)) => {
+                self.nccl = Some(comms);
+                StepOutput {
+                    result: Ok(v),
+                    more,
+                    stop: false,
+                }
+            }
+            Err(e) => StepOutput::of(Err(e)),
+        })
     }
 
     fn bandwidth_step(&mut self, step: &str, note: &mut dyn FnMut(Value)) -> Option<StepOutput> {

@@ -1,0 +1,138 @@
+//! NCCL facts: the library found, the all-reduce per size, the transports NCCL chose.
+
+use super::Probed;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NcclLibrary {
+    /// The file loaded.
+    pub path: String,
+    /// ncclGetVersion, e.g. "2.18.5".
+    pub version: String,
+}
+
+/// The NCCL step of one run: one process, one rank per selected GPU (ncclCommInitAll).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NcclFacts {
+    /// The library, or why none could be used (`absent`: not found anywhere looked).
+    pub library: Probed<NcclLibrary>,
+    /// CUDA ordinals, one rank each, in rank order.
+    pub devices: Vec<i32>,
+    pub results: Vec<AllReduce>,
+    /// `NCCL INFO Channel ...` lines of NCCL_DEBUG=INFO: the transport per channel and peer.
+    pub channels: Vec<NcclChannel>,
+    /// How long a size could take before it was called hung.
+    pub deadline_s: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AllReduce {
+    /// Bytes per rank (float32 elements x 4).
+    pub bytes: u64,
+    pub iters: u32,
+    #[serde(flatten)]
+    pub outcome: AllReduceOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "lowercase")]
+pub enum AllReduceOutcome {
+    /// Timed and checked: microseconds per all-reduce, algbw = bytes / time, busbw = algbw x
+    /// 2(n-1)/n (nccl-tests), GB = 1e9 bytes; `wrong` elements per rank.
+    Measured {
+        time_us: f64,
+        algbw_gbps: f64,
+        busbw_gbps: f64,
+        wrong: Vec<u64>,
+    },
+    /// Killed after the deadline, in `stage`.
+    Hang {
+        stage: Option<String>,
+    },
+    Failed {
+        error: String,
+    },
+}
+
+/// One `Channel 00/02 : 0[0] -> 1[1] via P2P/IPC/read` line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NcclChannel {
+    pub channel: u32,
+    pub from_rank: u32,
+    pub to_rank: u32,
+    /// P2P, SHM, NET, ... (the word before the first `/`).
+    pub transport: String,
+    /// Everything after `via`, e.g. "P2P/IPC/read", "SHM/direct/direct".
+    pub via: String,
+}
+
+/// busbw factor of all-reduce over n ranks (nccl-tests PERFORMANCE.md): 2(n-1)/n.
+pub fn allreduce_bus_factor(ranks: usize) -> f64 {
+    if ranks == 0 {
+        return 0.0;
+    }
+    2.0 * (ranks as f64 - 1.0) / ranks as f64
+}
+
+/// Parse an NCCL_DEBUG=INFO channel line, as NCCL prints it (`host:pid:tid [dev] NCCL INFO
+/// Channel 01/0 : 8[0] -> 15[7] via P2P/IPC/read`; older releases `Channel 00 : 11[3e000] ->
+/// 9[1b000] via P2P/direct pointer`; network peers add `[send]`/`[receive]` before `via`).
+pub fn parse_channel(line: &str) -> Option<NcclChannel> {
+    let rest = &line[line.find("NCCL INFO Channel ")? + "NCCL INFO Channel ".len()..];
+    let (chan, rest) = rest.split_once(" : ")?;
+    let channel = chan.split('/').next()?.trim().parse().ok()?;
+    let (peers, via) = rest.split_once(" via ")?;
+    let mut ends = peers.split("->");
+    let rank = |s: &str| -> Option<u32> { s.trim().split('[').next()?.trim().parse().ok() };
+    let from_rank = rank(ends.next()?)?;
+    let to_rank = rank(ends.next()?)?;
+    let via = via.trim().to_string();
+    let transport = via.split(['/', ' ']).next()?.to_string();
+    Some(NcclChannel {
+        channel,
+        from_rank,
+        to_rank,
+        transport,
+        via,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_lines_of_several_releases() {
+        let c = parse_channel(
+            "node:919:1150 [0] NCCL INFO Channel 01/0 : 8[0] -> 15[7] via P2P/IPC/read",
+        )
+        .unwrap();
+        assert_eq!((c.channel, c.from_rank, c.to_rank), (1, 8, 15));
+        assert_eq!(
+            (c.transport.as_str(), c.via.as_str()),
+            ("P2P", "P2P/IPC/read")
+        );
+        let c = parse_channel(
+            "m:16194:18583 [3] NCCL INFO Channel 00 : 11[3e000] -> 9[1b000] via P2P/direct pointer",
+        )
+        .unwrap();
+        assert_eq!(
+            (c.channel, c.from_rank, c.to_rank, c.transport.as_str()),
+            (0, 11, 9, "P2P")
+        );
+        let c = parse_channel(
+            "h:926:1151 [7] NCCL INFO Channel 03/0 : 15[7] -> 6[6] [send] via NET/Socket/3",
+        )
+        .unwrap();
+        assert_eq!((c.to_rank, c.transport.as_str()), (6, "NET"));
+        let c =
+            parse_channel("h:1:2 [0] NCCL INFO Channel 00/02 : 0[0] -> 1[1] via SHM/direct/direct")
+                .unwrap();
+        assert_eq!(c.transport, "SHM");
+        assert_eq!(
+            parse_channel("h:1:2 [0] NCCL INFO 8 coll channels, 0 nvls channels"),
+            None
+        );
+        assert!((allreduce_bus_factor(4) - 1.5).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,285 @@
+//! Findings from `rigdoctor nccl`: NCCL missing, a collective that hangs, fails or returns
+//! wrong sums, and NCCL releases known to be broken for these GPUs.
+
+use super::p2p::{device_label, explain};
+use crate::facts::{AllReduceOutcome, Facts, NcclFacts, Probed, Why};
+use crate::finding::{Finding, Severity};
+use crate::knowledge::{Knowledge, Version};
+
+const NCCL_INSTALL: &str = "https://docs.nvidia.com/deeplearning/nccl/install-guide/index.html";
+const NCCL_TROUBLESHOOTING: &str =
+    "https://docs.nvidia.com/deeplearning/nccl/user-guide/docs/troubleshooting.html";
+const NCCL_TESTS_PERF: &str = "https://github.com/NVIDIA/nccl-tests/blob/master/doc/PERFORMANCE.md";
+
+fn nccl(facts: &Facts) -> Option<&NcclFacts> {
+    facts.gpu.as_ref()?.nccl.as_ref()
+}
+
+fn gpus(facts: &Facts, n: &NcclFacts) -> Vec<String> {
+    n.devices
+        .iter()
+        .map(|&d| device_label(facts, d).1)
+        .collect()
+}
+
+/// Where the transports went, e.g. "NCCL chose P2P/IPC/read for 8 of 8 channel hops".
+fn transports(n: &NcclFacts) -> Option<String> {
+    if n.channels.is_empty() {
+        return None;
+    }
+    let mut kinds: Vec<(String, usize)> = Vec::new();
+    for c in &n.channels {
+        match kinds.iter_mut().find(|k| k.0 == c.via) {
+            Some(k) => k.1 += 1,
+            None => kinds.push((c.via.clone(), 1)),
+        }
+    }
+    let list: Vec<String> = kinds.iter().map(|(v, k)| format!("{v} x{k}")).collect();
+    Some(format!(
+        "NCCL_DEBUG=INFO transports per channel hop: {}",
+        list.join(", ")
+    ))
+}
+
+fn uses_p2p(n: &NcclFacts) -> bool {
+    n.channels.is_empty() || n.channels.iter().any(|c| c.transport == "P2P")
+}
+
+/// No NCCL library could be loaded: said as info, since only multi-GPU jobs need it.
+pub fn not_found(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
+    let Some(n) = nccl(facts) else {
+        return Vec::new();
+    };
+    let Probed::Unknown {
+        unknown: Why::Absent,
+        detail,
+    } = &n.library
+    else {
+        return Vec::new();
+    };
+    vec![Finding::new(
+        "nccl-not-found",
+        Severity::Info,
+        "NCCL not found: the all-reduce test did not run",
+    )
+    .evidence(detail.clone())
+    .evidence("looked for: --nccl-lib, libnccl.so.2 / libnccl.so on the loader path (LD_LIBRARY_PATH, ld.so.cache), nvidia/nccl/lib/libnccl.so.2 under $VIRTUAL_ENV, $CONDA_PREFIX, ~/.local and /usr{,/local}/lib/python3*/{site,dist}-packages")
+    .fix("PyTorch's pip wheels bring it: point rigdoctor at it with --nccl-lib <venv>/lib/python3.X/site-packages/nvidia/nccl/lib/libnccl.so.2, or run rigdoctor inside the activated venv")
+    .fix("or install the system package: sudo apt install libnccl2 (CUDA network repository)")
+    .refs([NCCL_INSTALL])]
+}
+
+/// A collective (or NCCL's init) that did not finish within the deadline.
+pub fn hang(facts: &Facts, kb: &Knowledge) -> Vec<Finding> {
+    hang_or_error(facts, kb, "nccl-hang")
+}
+
+/// NCCL init or a collective returned an error.
+pub fn error(facts: &Facts, kb: &Knowledge) -> Vec<Finding> {
+    hang_or_error(facts, kb, "nccl-error")
+}
+
+/// The library was found, but NCCL (init or a collective) failed or hung: finding `which`.
+fn hang_or_error(facts: &Facts, kb: &Knowledge, which: &str) -> Vec<Finding> {
+    let Some(n) = nccl(facts) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let lib = n
+        .library
+        .known()
+        .map(|l| format!("NCCL {} ({})", l.version, l.path));
+    let init_failed = match &n.library {
+        Probed::Unknown { unknown, detail } if *unknown != Why::Absent => {
+            Some((*unknown == Why::Hang, detail.clone()))
+        }
+        _ => None,
+    };
+    let mut hung: Vec<String> = Vec::new();
+    let mut errors: Vec<String> = Vec::new();
+    if let Some((is_hang, detail)) = init_failed {
+        if is_hang {
+            hung.push(format!("ncclCommInitAll: {detail}"));
+        } else {
+            errors.push(detail);
+        }
+    }
+    for r in &n.results {
+        match &r.outcome {
+            AllReduceOutcome::Hang { stage } => hung.push(format!(
+                "all-reduce of {} bytes per rank: no completion within {:.1} s{}",
+                r.bytes,
+                n.deadline_s,
+                stage
+                    .as_ref()
+                    .map(|s| format!(" (in: {s})"))
+                    .unwrap_or_default()
+            )),
+            AllReduceOutcome::Failed { error } => {
+                errors.push(format!("all-reduce of {} bytes: {error}", r.bytes))
+            }
+            AllReduceOutcome::Measured { .. } => {}
+        }
+    }
+    let (a, b) = (n.devices.first().copied(), n.devices.get(1).copied());
+    for (id, lines, title) in [
+        (
+            "nccl-hang",
+            hung,
+            "NCCL all-reduce hangs: a job using NCCL (DDP, FSDP, torchrun) freezes",
+        ),
+        (
+            "nccl-error",
+            errors,
+            "NCCL failed: a job using NCCL fails at init or at its first collective",
+        ),
+    ] {
+        if lines.is_empty() || id != which {
+            continue;
+        }
+        let mut f = Finding::new(id, Severity::Error, title).gpus(gpus(facts, n));
+        if let Some(l) = &lib {
+            f = f.evidence(format!("{l}, {} rank(s) in one process", n.devices.len()));
+        }
+        for l in lines {
+            f = f.evidence(l);
+        }
+        if let Some(t) = transports(n) {
+            f = f.evidence(t);
+        }
+        if let Some(p2p) = facts.gpu.as_ref().and_then(|g| g.p2p.as_ref()) {
+            let bad = p2p
+                .tests
+                .iter()
+                .filter(|t| {
+                    !t.outcome.paths().iter().all(|p| {
+                        !matches!(
+                            p.verdict,
+                            crate::facts::Verdict::Mismatch(_)
+                                | crate::facts::Verdict::Error { .. }
+                        )
+                    })
+                })
+                .count();
+            let hangs = p2p
+                .tests
+                .iter()
+                .filter(|t| matches!(t.outcome, crate::facts::PairOutcome::Hang { .. }))
+                .count();
+            f = f.evidence(format!(
+                "P2P verification in this run: {} of {} directions failed or hung",
+                bad + hangs,
+                p2p.tests.len()
+            ));
+        }
+        f = match (a, b) {
+            (Some(a), Some(b)) => explain(facts, kb, f, a, b, uses_p2p(n)),
+            _ => f.fix("read what the kernel saw: sudo dmesg | grep -i -e Xid -e 'IO_PAGE_FAULT'"),
+        };
+        out.push(
+            f.fix("rerun with the details: NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=INIT,P2P,GRAPH rigdoctor nccl")
+                .refs([NCCL_TROUBLESHOOTING]),
+        );
+    }
+    out
+}
+
+/// The all-reduce completed but some rank's sum is wrong.
+pub fn wrong_result(facts: &Facts, kb: &Knowledge) -> Vec<Finding> {
+    let Some(n) = nccl(facts) else {
+        return Vec::new();
+    };
+    let bad: Vec<String> = n
+        .results
+        .iter()
+        .filter_map(|r| match &r.outcome {
+            AllReduceOutcome::Measured { wrong, .. } if wrong.iter().any(|&w| w > 0) => {
+                let per: Vec<String> = wrong
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, w)| **w > 0)
+                    .map(|(rank, w)| {
+                        let d = n.devices.get(rank).copied().unwrap_or(rank as i32);
+                        format!("rank {rank} ({}): {w} wrong", device_label(facts, d).0)
+                    })
+                    .collect();
+                Some(format!(
+                    "all-reduce of {} bytes per rank: {}",
+                    r.bytes,
+                    per.join(", ")
+                ))
+            }
+            _ => None,
+        })
+        .collect();
+    if bad.is_empty() {
+        return Vec::new();
+    }
+    let mut f = Finding::new(
+        "nccl-wrong-result",
+        Severity::Error,
+        "NCCL all-reduce returned wrong sums: training on this rig silently corrupts gradients",
+    )
+    .gpus(gpus(facts, n))
+    .evidence(
+        "inputs are small integers, so every float32 sum is exact: any difference is corruption",
+    );
+    for l in bad {
+        f = f.evidence(l);
+    }
+    if let Some(t) = transports(n) {
+        f = f.evidence(t);
+    }
+    let (a, b) = (n.devices.first().copied(), n.devices.get(1).copied());
+    if let (Some(a), Some(b)) = (a, b) {
+        f = explain(facts, kb, f, a, b, uses_p2p(n));
+    }
+    vec![f.refs([NCCL_TROUBLESHOOTING, NCCL_TESTS_PERF])]
+}
+
+/// An NCCL release of checks/nccl.toml, for these GPUs.
+pub fn known_bad(facts: &Facts, kb: &Knowledge) -> Vec<Finding> {
+    let Some(n) = nccl(facts) else {
+        return Vec::new();
+    };
+    let Some(lib) = n.library.known() else {
+        return Vec::new();
+    };
+    let Some(v) = Version::parse(&lib.version) else {
+        return Vec::new();
+    };
+    let ccs: Vec<String> = facts
+        .gpu
+        .as_ref()
+        .and_then(|g| g.cuda.known())
+        .map(|c| {
+            c.devices
+                .iter()
+                .filter(|d| n.devices.contains(&d.ordinal))
+                .map(|d| format!("{}.{}", d.compute_capability[0], d.compute_capability[1]))
+                .collect()
+        })
+        .unwrap_or_default();
+    kb.nccl
+        .iter()
+        .filter(|e| e.versions.contains(&v))
+        .filter(|e| {
+            e.compute_capabilities.is_empty()
+                || e.compute_capabilities.iter().any(|c| ccs.contains(c))
+        })
+        .map(|e| {
+            let mut f = Finding::new("nccl-known-bad", e.severity, e.title.clone())
+                .gpus(gpus(facts, n))
+                .evidence(format!("NCCL {} loaded from {}", lib.version, lib.path))
+                .evidence(format!("symptom: {}", e.symptom))
+                .evidence(format!("knowledge-base entry {}", e.id));
+            if let Some(fixed) = &e.fixed_in {
+                f = f.evidence(format!("fixed in {fixed}"));
+            }
+            for x in &e.fix {
+                f = f.fix(x.clone());
+            }
+            f.refs(e.sources.clone())
+        })
+        .collect()
+}
