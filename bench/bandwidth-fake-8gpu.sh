@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Times `rigdoctor bandwidth` end to end on a fake 8-GPU PCIe rig (fakegpu: CUDA events report
+# Times `rigdoctor bandwidth` (and `check`) end to end on a fake 8-GPU PCIe rig (fakegpu: CUDA events report
 # the model's times, so what this measures is rigdoctor's own cost: process start, worker start,
 # CUDA init, per-step protocol, pattern generation and verification). Prints one line per case.
 # Usage: bash bench/bandwidth-fake-8gpu.sh   (release build; results go in docs/bandwidth.md)
@@ -42,3 +42,11 @@ run "overhead only (--size 16 --iters 1)" --size 16 --iters 1 --samples 1
 run "default (32 MiB x 16 x 3 samples)"
 run "--quick" --quick
 run "--bidirectional --latency" --bidirectional --latency
+ln -sf ../libfakegpu.so "$libs/libnccl.so.2"
+for args in "check --quick" "check"; do
+    t0=$(date +%s.%N)
+    LD_LIBRARY_PATH=$libs FAKEGPU_RIG=$work/rig.json target/release/rigdoctor $args --gpu \
+        --sysroot "$work/root" --json > "$work/out.json" || true
+    t1=$(date +%s.%N)
+    python3 -c "print(f'rigdoctor $args'.ljust(35) + f'wall {$t1 - $t0:6.2f} s')"
+done

@@ -35,13 +35,14 @@ fn try_run(cli: &Cli) -> Result<u8> {
     let g = &cli.global;
     let (command, facts) = match &cli.command {
         Command::Worker => return Ok(worker()),
-        Command::Check => (
+        Command::Check(a) => (
             "check",
             probe_machine(
                 g,
                 Battery {
                     p2p: true,
-                    ..Default::default()
+                    bandwidth: a.bandwidth(),
+                    nccl: Some(a.nccl()),
                 },
             )?,
         ),
@@ -146,7 +147,7 @@ fn probe_machine(g: &GlobalArgs, battery: Battery) -> Result<Facts> {
         // Ctrl-C stops the worker; the report still shows what was measured. Failing to
         // install the handler only costs that.
         let _ = ctrlc::set_handler(crate::measure::interrupt);
-        let deadline = step_deadline(g.timeout, bandwidth.as_ref(), nccl.as_ref());
+        let deadline = Duration::from_secs_f64(g.timeout);
         let plan = probe::gpu::Plan {
             p2p,
             devices: g.devices.clone().map(|d| d.0),
@@ -157,7 +158,7 @@ fn probe_machine(g: &GlobalArgs, battery: Battery) -> Result<Facts> {
             }),
         };
         let quiet = g.format() == Format::Json && g.output.is_none();
-        let mut bar = progress::Bar::new(deadline.as_secs_f64(), quiet);
+        let mut bar = progress::Bar::new(g.timeout, quiet);
         let mut gpu = probe::gpu::collect(deadline, &plan, &mut |r| bar.step(r));
         bar.finish();
         if let (Some(bw), Probed::Known(topo)) = (gpu.bandwidth.as_mut(), &facts.pci) {
@@ -166,28 +167,6 @@ fn probe_machine(g: &GlobalArgs, battery: Battery) -> Result<Facts> {
         facts.gpu = Some(gpu);
     }
     Ok(facts)
-}
-
-/// --timeout, raised for bandwidth steps so that a slow but working link (x1 Gen1 moves
-/// 0.25 GB/s) is measured, not killed as hung, and for the NCCL sweep (one step for all sizes)
-/// so that it may run at 2 GB/s of bus bandwidth (a ring through host memory on Gen3).
-fn step_deadline(
-    timeout: f64,
-    bw: Option<&BandwidthConfig>,
-    nccl: Option<&NcclConfig>,
-) -> Duration {
-    let slowest_gbps = 0.2;
-    let need = bw.map_or(0.0, |c| {
-        let per_sample = c.size_bytes as f64 * f64::from(c.iters + c.warmup);
-        // Bidirectional steps move two streams over the same link.
-        let lanes = if c.bidirectional { 2.0 } else { 1.0 };
-        2.0 + lanes * per_sample * f64::from(c.samples) / (slowest_gbps * 1e9)
-    });
-    let sweep = nccl.map_or(0.0, |c| {
-        let bytes: f64 = c.sizes.iter().map(|&s| s as f64).sum();
-        2.0 + bytes * 2.0 * f64::from(c.warmup + c.iters) / 2e9
-    });
-    Duration::from_secs_f64(timeout.max(need).max(sweep))
 }
 
 fn probe_host(sysroot: &Path) -> Result<Facts> {

@@ -34,10 +34,13 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the whole battery and print one diagnosis: every host check, the GPU inventory
-    /// through NVML and the CUDA driver, and the P2P tests (GPU work runs in a worker process
-    /// that cannot hang rigdoctor).
-    #[command(after_help = "Example:\n  sudo rigdoctor check --json -o report.json")]
-    Check,
+    /// through NVML and the CUDA driver, the P2P tests, a quick bandwidth run and an NCCL
+    /// all-reduce (GPU work runs in a worker process that cannot hang rigdoctor). A part that
+    /// cannot run (no driver, no NCCL) is reported as not run, with the reason.
+    #[command(
+        after_help = "Examples:\n  sudo rigdoctor check --json -o report.json\n  rigdoctor check --quick --fail-on error && torchrun --nproc-per-node 4 train.py"
+    )]
+    Check(CheckArgs),
     /// Peer-to-peer: what CUDA and NVML claim between every pair of GPUs, the PCIe/NVLink
     /// topology, and a real transfer per pair and direction (copy engine, SM read, SM write,
     /// and a staged control) with every byte verified. A pair that hangs is killed after
@@ -109,6 +112,51 @@ pub struct BandwidthArgs {
     /// per GPU pair.
     #[arg(long)]
     pub quick: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Pre-flight: P2P verification and one NCCL all-reduce size, no bandwidth sweep.
+    #[arg(long)]
+    pub quick: bool,
+    /// The NCCL library to load (as for `rigdoctor nccl`).
+    #[arg(long, value_name = "PATH")]
+    pub nccl_lib: Option<PathBuf>,
+}
+
+impl CheckArgs {
+    /// The bandwidth run of `check`: `bandwidth --quick`; none with --quick.
+    pub fn bandwidth(&self) -> Option<crate::facts::BandwidthConfig> {
+        let quick = BandwidthArgs {
+            all_pairs: false,
+            bidirectional: false,
+            method: MethodChoice::Ce,
+            size: None,
+            iters: None,
+            samples: None,
+            latency: false,
+            quick: true,
+        };
+        (!self.quick).then(|| quick.config())
+    }
+
+    /// The NCCL run of `check`: 1M, 16M and 64M (--quick: 16M only), fewer iterations.
+    pub fn nccl(&self) -> crate::probe::gpu::nccl::NcclConfig {
+        let (min, max, iters) = if self.quick {
+            (16 << 20, 16 << 20, 5)
+        } else {
+            (1 << 20, 64 << 20, 10)
+        };
+        let mut c = NcclArgs {
+            min_size: Some(min),
+            max_size: Some(max),
+            iters: Some(iters),
+            nccl_lib: self.nccl_lib.clone(),
+        }
+        .config();
+        c.warmup = 2;
+        c
+    }
 }
 
 #[derive(Debug, Args)]

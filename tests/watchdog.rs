@@ -34,6 +34,8 @@ fn watchdog(deadline_ms: u64, env: Vec<(String, String)>) -> Watchdog {
         args: vec!["-c".into(), WORKER.into()],
         env,
         step_deadline: Duration::from_millis(deadline_ms),
+        long_steps: Vec::new(),
+        gates: Vec::new(),
     }
 }
 
@@ -141,6 +143,8 @@ fn a_missing_worker_program_fails_every_step_without_panicking() {
         args: vec![],
         env: vec![],
         step_deadline: Duration::from_millis(100),
+        long_steps: Vec::new(),
+        gates: Vec::new(),
     };
     let r = w.run(&steps(&["a", "b"]), &mut Vec::new(), &mut |_| {});
     assert_eq!(r.len(), 2);

@@ -149,10 +149,26 @@ unsafe fn run(calls: Vec<Call>) -> c_int {
     if calls.len() != n {
         return INVALID_ARGUMENT;
     }
+    // A ring hop over a P2P pair whose transfers hang or corrupt does the same to NCCL.
+    let hop_fault = (0..n).find_map(|i| {
+        let (a, b) = (devs[i], devs[(i + 1) % n]);
+        let pair = rig().pair(gpu(a)?, gpu(b)?)?;
+        if n < 2 || !p2p_between(a, b) {
+            return None;
+        }
+        match pair.fault.as_str() {
+            "hang" | "enable-hangs" => Some("hang".to_string()),
+            "corrupt" | "zeros" | "corrupt-always" => Some("wrong".to_string()),
+            _ => None,
+        }
+    });
     let fault = rig()
         .nccl
         .as_ref()
-        .map_or("none".to_string(), |x| x.fault.clone());
+        .map(|x| x.fault.clone())
+        .filter(|f| f != "none")
+        .or(hop_fault)
+        .unwrap_or_else(|| "none".into());
     if fault == "hang" {
         loop {
             std::thread::sleep(std::time::Duration::from_secs(3600));

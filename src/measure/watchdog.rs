@@ -59,6 +59,24 @@ pub struct Watchdog {
     /// Longest time a step may take, counted from its start event; until the first start
     /// event it also bounds the worker's initialisation.
     pub step_deadline: Duration,
+    /// Longer deadlines for steps whose name starts with a prefix (measurements that move
+    /// gigabytes), counted from their start event.
+    pub long_steps: Vec<(String, Duration)>,
+    /// Steps whose hang dooms the rest (CUDA initialisation): the remaining steps are then
+    /// reported failed with [`NOT_RUN`] instead of each hanging in turn.
+    pub gates: Vec<String>,
+}
+
+/// The start of the error of a step that was never run (see [`Watchdog::gates`]).
+pub const NOT_RUN: &str = "not run: ";
+
+impl Watchdog {
+    fn deadline_of(&self, step: &str) -> Duration {
+        self.long_steps
+            .iter()
+            .find(|(p, _)| step.starts_with(p.as_str()))
+            .map_or(self.step_deadline, |(_, d)| (*d).max(self.step_deadline))
+    }
 }
 
 /// What the running step has said so far.
@@ -195,7 +213,7 @@ impl Watchdog {
                     }
                     Ok(Msg::Event(Event::Start { step })) if step == steps[reports.len()] => {
                         current = Some(Instant::now());
-                        deadline = Instant::now() + self.step_deadline;
+                        deadline = Instant::now() + self.deadline_of(&step);
                     }
                     Ok(Msg::Event(Event::Note { step, note })) if step == steps[reports.len()] => {
                         notes.notes.push(note);
@@ -240,7 +258,16 @@ impl Watchdog {
                             unkillable,
                         };
                         let since = current.unwrap_or(started_at);
+                        let gate = self.gates.contains(&steps[reports.len()]);
+                        let hung = steps[reports.len()].clone();
                         push(&mut reports, &steps, &mut notes, outcome, since);
+                        if gate {
+                            while reports.len() < steps.len() {
+                                let why = format!("{NOT_RUN}{hung} hung before it");
+                                let o = Outcome::Failed(why);
+                                push(&mut reports, &steps, &mut notes, o, Instant::now());
+                            }
+                        }
                         break;
                     }
                 }

@@ -436,6 +436,26 @@ pub fn throttling(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
         .collect()
 }
 
+/// Whether the P2P battery of this report found `from -> to` broken (hung, failed, or a path
+/// with wrong data or an error).
+fn p2p_battery_failed(facts: &Facts, from: Option<i32>, to: Option<i32>) -> bool {
+    let Some(p2p) = facts.gpu.as_ref().and_then(|g| g.p2p.as_ref()) else {
+        return false;
+    };
+    p2p.tests
+        .iter()
+        .filter(|t| Some(t.from) == from && Some(t.to) == to)
+        .any(|t| match &t.outcome {
+            crate::facts::PairOutcome::Tested { paths, .. } => paths.iter().any(|p| {
+                matches!(
+                    p.verdict,
+                    crate::facts::Verdict::Mismatch(_) | crate::facts::Verdict::Error { .. }
+                )
+            }),
+            _ => true,
+        })
+}
+
 /// Measured copies that did not verify, hung or failed: the same ids as the P2P battery.
 pub fn failures(facts: &Facts, kb: &Knowledge) -> Vec<Finding> {
     let Some(b) = bw(facts) else {
@@ -444,6 +464,10 @@ pub fn failures(facts: &Facts, kb: &Knowledge) -> Vec<Finding> {
     let mut out = Vec::new();
     for m in &b.measurements {
         let p2p = m.kind == Kind::P2p;
+        if p2p && p2p_battery_failed(facts, m.from, m.to) {
+            // The P2P battery's own finding already names this pair (same run, `check`).
+            continue;
+        }
         let (id, sev, what, detail) = match &m.outcome {
             BwOutcome::Corrupt { mismatch } => (
                 if p2p { "p2p-corrupt" } else { "copy-corrupt" },

@@ -90,7 +90,11 @@ fn hang_or_error(facts: &Facts, kb: &Knowledge, which: &str) -> Vec<Finding> {
         .known()
         .map(|l| format!("NCCL {} ({})", l.version, l.path));
     let init_failed = match &n.library {
-        Probed::Unknown { unknown, detail } if *unknown != Why::Absent => {
+        // Never run because CUDA initialisation hung: that is cuda-unavailable's finding.
+        Probed::Unknown { unknown, detail }
+            if *unknown != Why::Absent
+                && !detail.starts_with(crate::measure::watchdog::NOT_RUN) =>
+        {
             Some((*unknown == Why::Hang, detail.clone()))
         }
         _ => None,

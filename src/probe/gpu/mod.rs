@@ -81,11 +81,19 @@ pub fn collect(
         env.push(("NCCL_DEBUG_SUBSYS".into(), "INIT,P2P,GRAPH".into()));
         steps.push(nccl::STEP_INIT.to_string());
     }
+    let (bw_deadline, nccl_deadline) = long_deadlines(plan);
     let dog = Watchdog {
         program,
         args: vec!["__worker".into()],
         env,
         step_deadline,
+        long_steps: vec![
+            ("bw ".into(), bw_deadline),
+            ("lat ".into(), bw_deadline),
+            (nccl::STEP_ALLREDUCE.into(), nccl_deadline),
+        ],
+        // A hung cuInit hangs every later CUDA step too: one deadline is enough.
+        gates: vec![STEP_CUDA.into()],
     };
     let started = std::time::Instant::now();
     let mut log = Vec::new();
@@ -127,7 +135,7 @@ pub fn collect(
     let nccl = plan
         .nccl
         .as_ref()
-        .map(|cfg| nccl_settle::settle(cfg, nccl_reports, &log, secs));
+        .map(|cfg| nccl_settle::settle(cfg, nccl_reports, &log, nccl_deadline.as_secs_f64()));
     GpuRuntime {
         nvml,
         cuda,
@@ -136,6 +144,22 @@ pub fn collect(
         bandwidth,
         nccl,
     }
+}
+
+/// Deadlines of the measurement steps: a bandwidth step may move its bytes at 0.2 GB/s (a slow
+/// but working x1 Gen1 link moves 0.25) before it is called hung, and the NCCL sweep (one step
+/// for all sizes) may run at 2 GB/s of bus bandwidth (a ring through host memory on Gen3).
+fn long_deadlines(plan: &Plan) -> (Duration, Duration) {
+    let bw = plan.bandwidth.as_ref().map_or(0.0, |c| {
+        let per_sample = c.size_bytes as f64 * f64::from(c.iters + c.warmup);
+        let lanes = if c.bidirectional { 2.0 } else { 1.0 };
+        2.0 + lanes * per_sample * f64::from(c.samples) / 0.2e9
+    });
+    let sweep = plan.nccl.as_ref().map_or(0.0, |c| {
+        let bytes: f64 = c.sizes.iter().map(|&s| s as f64).sum();
+        2.0 + bytes * 2.0 * f64::from(c.warmup + c.iters) / 2e9
+    });
+    (Duration::from_secs_f64(bw), Duration::from_secs_f64(sweep))
 }
 
 fn is_bandwidth_step(step: &str) -> bool {

@@ -1,0 +1,129 @@
+//! `rigdoctor check`: the whole battery (host, inventory, P2P, quick bandwidth, NCCL) in one
+//! report, on the seed rigs with the fake driver.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::time::Duration;
+
+/// The seed story: 3x3090 on X399, IOMMU translating, driver 545; P2P between GPU 0 and 1
+/// hangs, and so does NCCL's ring through them.
+#[test]
+fn x399_story_in_one_report() {
+    let name = "NVIDIA GeForce RTX 3090";
+    let fake = json!({"driver_version": "545.29.06", "cuda_version": 12030,
+        "gpus": [gpu(name, "0000:0a:00.0", 0), gpu(name, "0000:42:00.0", 1), gpu(name, "0000:43:00.0", 2)],
+        "pairs": [{"a": 0, "b": 1, "fault": "hang", "topology": "SYS"},
+                  {"a": 0, "b": 2, "topology": "SYS"},
+                  {"a": 1, "b": 2, "topology": "PHB"}]});
+    let r = run_gpu(
+        "check",
+        &load_rig("x399-3x3090-r545"),
+        &fake,
+        &["--timeout", "1.5"],
+    );
+    assert_eq!(r.code, 1);
+    let ids = summary(&r.report);
+    for want in [
+        "error p2p-hang",
+        "error nccl-hang",
+        "error driver-known-bad",
+    ] {
+        assert!(ids.iter().any(|i| i == want), "{want} not in {ids:?}");
+    }
+    // One p2p-hang: the bandwidth run's hung P2P steps are the same pairs.
+    assert_eq!(
+        ids.iter().filter(|i| *i == "error p2p-hang").count(),
+        1,
+        "{ids:?}"
+    );
+    let gpu = &r.report["facts"]["gpu"];
+    assert_eq!(gpu["p2p"]["tests"].as_array().unwrap().len(), 6);
+    assert_eq!(
+        gpu["bandwidth"]["config"]["samples"], 1,
+        "check runs bandwidth --quick"
+    );
+    assert!(gpu["bandwidth"]["measurements"].as_array().unwrap().len() >= 6);
+    assert_eq!(gpu["nccl"]["results"][0]["status"], "hang");
+    let f = text(findings(&r.report, "nccl-hang")[0]);
+    assert!(f.contains("likely cause 1: the IOMMU translates"), "{f}");
+    assert!(
+        f.contains("P2P verification in this run: 2 of 6 directions failed or hung"),
+        "{f}"
+    );
+    // Hung steps: 2 P2P directions, 2 bandwidth P2P steps (one per pair direction with
+    // --quick: 1), NCCL: each about one deadline.
+    assert!(r.took < Duration::from_secs(40), "{:?}", r.took);
+    shows(&r, "NCCL all-reduce");
+    shows(&r, "Host <-> GPU, copy engine");
+}
+
+#[test]
+fn healthy_rig_quick_check_is_clean_and_fast() {
+    let name = "NVIDIA GeForce RTX 3090";
+    let fake = json!({"gpus": [gpu(name, "0000:41:00.0", 0), gpu(name, "0000:81:00.0", 1)],
+        "pairs": [{"a": 0, "b": 1, "nvlinks": 4, "topology": "SYS"}]});
+    let r = run_gpu(
+        "check",
+        &load_rig("epyc-2x4090-nonroot"),
+        &fake,
+        &["--quick"],
+    );
+    let gpu_ids: Vec<String> = summary(&r.report)
+        .into_iter()
+        .filter(|s| s.contains("nccl") || s.contains("p2p") || s.contains("bandwidth"))
+        .collect();
+    assert_eq!(gpu_ids, Vec::<String>::new(), "{}", r.text);
+    let gpu = &r.report["facts"]["gpu"];
+    assert!(
+        gpu.get("bandwidth").is_none(),
+        "--quick skips the bandwidth run"
+    );
+    assert_eq!(gpu["nccl"]["results"].as_array().unwrap().len(), 1);
+    assert!(r.took < Duration::from_secs(10), "{:?}", r.took);
+}
+
+#[test]
+fn no_nccl_still_reports_the_rest() {
+    let name = "NVIDIA GeForce RTX 3090";
+    let fake = json!({"gpus": [gpu(name, "0000:41:00.0", 0), gpu(name, "0000:81:00.0", 1)],
+        "pairs": [{"a": 0, "b": 1, "nvlinks": 4}]});
+    let r = run_gpu(
+        "check",
+        &load_rig("epyc-2x4090-nonroot"),
+        &fake,
+        &["--quick", "--nccl-lib", "/nonexistent/libnccl.so.2"],
+    );
+    let ids = summary(&r.report);
+    assert!(ids.contains(&"info nccl-not-found".to_string()), "{ids:?}");
+    assert_eq!(
+        r.report["facts"]["gpu"]["p2p"]["tests"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    shows(&r, "not run: no usable NCCL library");
+}
+
+/// The 4090 story: an early driver grants P2P and delivers zeros; NCCL over P2P sums garbage.
+#[test]
+fn rtx4090_zeros_story_in_one_report() {
+    let mut rig = load_rig("epyc-2x4090-nonroot");
+    if let Some(d) = rig.driver.as_mut() {
+        d.version_line = d.version_line.replace("550.127.05", "525.60.11");
+    }
+    let name = "NVIDIA GeForce RTX 4090";
+    let fake = json!({"driver_version": "525.60.11", "cuda_version": 12000,
+        "gpus": [gpu(name, "0000:41:00.0", 0), gpu(name, "0000:81:00.0", 1)],
+        "pairs": [{"a": 0, "b": 1, "fault": "zeros", "topology": "SYS"}]});
+    let r = run_gpu("check", &rig, &fake, &["--quick"]);
+    assert_eq!(r.code, 1);
+    let ids = summary(&r.report);
+    for want in ["error p2p-corrupt", "error nccl-wrong-result"] {
+        assert!(ids.iter().any(|i| i == want), "{want} not in {ids:?}");
+    }
+    let f = text(findings(&r.report, "nccl-wrong-result")[0]);
+    assert!(f.contains("NCCL_P2P_DISABLE=1"), "{f}");
+}
