@@ -110,14 +110,7 @@ fn no_nccl_still_reports_the_rest() {
 /// The 4090 story: an early driver grants P2P and delivers zeros; NCCL over P2P sums garbage.
 #[test]
 fn rtx4090_zeros_story_in_one_report() {
-    let mut rig = load_rig("epyc-2x4090-nonroot");
-    if let Some(d) = rig.driver.as_mut() {
-        d.version_line = d.version_line.replace("550.127.05", "525.60.11");
-    }
-    let name = "NVIDIA GeForce RTX 4090";
-    let fake = json!({"driver_version": "525.60.11", "cuda_version": 12000,
-        "gpus": [gpu(name, "0000:41:00.0", 0), gpu(name, "0000:81:00.0", 1)],
-        "pairs": [{"a": 0, "b": 1, "fault": "zeros", "topology": "SYS"}]});
+    let (rig, fake) = rtx4090_early_driver();
     let r = run_gpu("check", &rig, &fake, &["--quick"]);
     assert_eq!(r.code, 1);
     let ids = summary(&r.report);
@@ -126,4 +119,66 @@ fn rtx4090_zeros_story_in_one_report() {
     }
     let f = text(findings(&r.report, "nccl-wrong-result")[0]);
     assert!(f.contains("NCCL_P2P_DISABLE=1"), "{f}");
+}
+
+fn four_3090s(nccl: serde_json::Value) -> serde_json::Value {
+    let name = "NVIDIA GeForce RTX 3090";
+    json!({"gpus": [gpu(name, "0000:41:00.0", 0), gpu(name, "0000:42:00.0", 1),
+                    gpu(name, "0000:81:00.0", 2), gpu(name, "0000:82:00.0", 3)],
+        "pairs": [{"a": 0, "b": 1}, {"a": 1, "b": 2}, {"a": 2, "b": 3}, {"a": 3, "b": 0},
+                  {"a": 0, "b": 2}, {"a": 1, "b": 3}],
+        "nccl": nccl})
+}
+
+fn ids_with(r: &Run, part: &str) -> Vec<String> {
+    summary(&r.report)
+        .into_iter()
+        .filter(|s| s.contains(part))
+        .collect()
+}
+
+#[test]
+fn nccl_far_below_the_measured_links_is_slow() {
+    let rig = load_rig("epyc-2x4090-nonroot");
+    let healthy = run_gpu("check", &rig, &four_3090s(json!({})), &[]);
+    assert_eq!(
+        ids_with(&healthy, "nccl"),
+        Vec::<String>::new(),
+        "{}",
+        healthy.text
+    );
+    let slow = run_gpu("check", &rig, &four_3090s(json!({"busbw_gbps": 3.0})), &[]);
+    assert_eq!(ids_with(&slow, "nccl"), ["warn nccl-slow"], "{}", slow.text);
+    let f = text(findings(&slow.report, "nccl-slow")[0]);
+    assert!(
+        f.contains("all-reduce of 67108864 bytes per rank over 4 ranks: busbw 3.0 GB/s"),
+        "{f}"
+    );
+    assert!(f.contains(", P2P, measured 2"), "{f}");
+}
+
+#[test]
+fn p2p_disabled_on_a_rig_where_p2p_verifies_costs_speed() {
+    let mut rig = load_rig("epyc-2x4090-nonroot");
+    rig.nccl_conf = Some("NCCL_P2P_DISABLE=1\n".into());
+    let r = run_gpu("check", &rig, &four_3090s(json!({})), &["--quick"]);
+    let f = findings(&r.report, "nccl-env-override");
+    assert_eq!(f.len(), 1, "{}", r.text);
+    assert_eq!(f[0]["severity"], "warn");
+    assert!(
+        text(f[0]).contains("yet P2P verified correct on all 12 tested directions"),
+        "{}",
+        text(f[0])
+    );
+    // Where P2P is broken, the same override is what keeps jobs working.
+    let broken = json!({"gpus": four_3090s(json!({}))["gpus"].clone(),
+        "pairs": [{"a": 0, "b": 1, "fault": "corrupt"}]});
+    let r = run_gpu("check", &rig, &broken, &["--quick"]);
+    let f = findings(&r.report, "nccl-env-override");
+    assert_eq!(f[0]["severity"], "info");
+    assert!(
+        text(f[0]).contains("P2P failed in this run"),
+        "{}",
+        text(f[0])
+    );
 }

@@ -106,14 +106,7 @@ fn x399_three_3090s_one_pair_hangs() {
 /// An early RTX 4090 driver grants P2P and delivers zeros.
 #[test]
 fn rtx4090_early_driver_returns_zeros() {
-    let mut rig = load_rig("epyc-2x4090-nonroot");
-    if let Some(d) = rig.driver.as_mut() {
-        d.version_line = d.version_line.replace("550.127.05", "525.60.11");
-    }
-    let name = "NVIDIA GeForce RTX 4090";
-    let fake = json!({"driver_version": "525.60.11", "cuda_version": 12000,
-        "gpus": [gpu(name, "0000:41:00.0", 0), gpu(name, "0000:81:00.0", 1)],
-        "pairs": [{"a": 0, "b": 1, "fault": "zeros", "topology": "SYS"}]});
+    let (rig, fake) = rtx4090_early_driver();
     let r = p2p(&rig, &fake, &[]);
     assert_eq!(r.code, 1);
     assert_eq!(ids(&r.report), ["error p2p-corrupt"]);

@@ -52,6 +52,23 @@ struct Override {
     fix: String,
 }
 
+/// The P2P battery of this report: (every tested direction correct, directions tested); None
+/// when it did not run or tested nothing.
+fn p2p_verified(facts: &Facts) -> Option<(bool, usize)> {
+    use crate::facts::{PairOutcome, Verdict};
+    let tests = &facts.gpu.as_ref()?.p2p.as_ref()?.tests;
+    if tests.is_empty() {
+        return None;
+    }
+    let ok = tests.iter().all(|t| match &t.outcome {
+        PairOutcome::Tested { paths, .. } => paths
+            .iter()
+            .all(|p| matches!(p.verdict, Verdict::Ok | Verdict::Skipped { .. })),
+        _ => false,
+    });
+    Some((ok, tests.len()))
+}
+
 pub fn nccl_env_override(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
     let env = &facts.env;
     let set = |k: &str| {
@@ -62,10 +79,23 @@ pub fn nccl_env_override(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
     let p2p_off = set("NCCL_P2P_DISABLE").filter(|(v, _)| truthy(v));
     let shm_off = set("NCCL_SHM_DISABLE").filter(|(v, _)| truthy(v));
     if let Some((_, ev)) = &p2p_off {
-        found.push(Override {
-            severity: Severity::Info,
-            evidence: ev.clone(),
-            fix: "NCCL_P2P_DISABLE=1 sends all GPU-to-GPU traffic through host memory: keep it only while P2P is broken on this rig, and unset it (environment, job scripts, /etc/nccl.conf) once `rigdoctor p2p` verifies P2P".into(),
+        found.push(match p2p_verified(facts) {
+            // Measured in this run: P2P works, so the override only costs speed.
+            Some((true, n)) => Override {
+                severity: Severity::Warn,
+                evidence: format!("{ev}; yet P2P verified correct on all {n} tested directions in this run"),
+                fix: "P2P works on this rig: unset NCCL_P2P_DISABLE (environment, job scripts, /etc/nccl.conf) and NCCL uses it again, faster".into(),
+            },
+            Some((false, n)) => Override {
+                severity: Severity::Info,
+                evidence: format!("{ev}; P2P failed in this run (of {n} directions tested): the override is what keeps jobs working"),
+                fix: "keep NCCL_P2P_DISABLE=1 until the P2P findings above are fixed, then unset it".into(),
+            },
+            None => Override {
+                severity: Severity::Info,
+                evidence: ev.clone(),
+                fix: "NCCL_P2P_DISABLE=1 sends all GPU-to-GPU traffic through host memory: keep it only while P2P is broken on this rig, and unset it (environment, job scripts, /etc/nccl.conf) once `rigdoctor p2p` verifies P2P".into(),
+            },
         });
     }
     if let Some((_, ev)) = &shm_off {

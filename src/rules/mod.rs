@@ -61,6 +61,7 @@ const RULES: &[(&str, Rule)] = &[
     ("nccl-error", nccl::error),
     ("nccl-wrong-result", nccl::wrong_result),
     ("nccl-known-bad", nccl::known_bad),
+    ("nccl-slow", nccl::slow),
     ("shm-too-small", env::shm_too_small),
     ("nccl-env-override", env::nccl_env_override),
 ];

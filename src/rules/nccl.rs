@@ -287,3 +287,86 @@ pub fn known_bad(facts: &Facts, kb: &Knowledge) -> Vec<Finding> {
         })
         .collect()
 }
+
+/// Bus bandwidth far below what the measured links predict: the slowest ring hop's measured
+/// copy (P2P where NCCL used P2P, else the staged copy) bounds a ring all-reduce's busbw.
+/// Needs the bandwidth run of the same report (`rigdoctor check`).
+pub fn slow(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
+    use crate::facts::{Kind, Method};
+    let (Some(n), Some(bw)) = (
+        nccl(facts),
+        facts.gpu.as_ref().and_then(|g| g.bandwidth.as_ref()),
+    ) else {
+        return Vec::new();
+    };
+    let ranks = n.devices.len();
+    if ranks < 2 {
+        return Vec::new();
+    }
+    // The largest size that completed with correct sums.
+    let Some((bytes, busbw)) = n
+        .results
+        .iter()
+        .filter_map(|r| match &r.outcome {
+            AllReduceOutcome::Measured {
+                busbw_gbps, wrong, ..
+            } if wrong.iter().all(|&w| w == 0) => Some((r.bytes, *busbw_gbps)),
+            _ => None,
+        })
+        .max_by_key(|(b, _)| *b)
+    else {
+        return Vec::new();
+    };
+    let measured = |kind: Kind, a: i32, b: i32| -> Option<f64> {
+        bw.measurements
+            .iter()
+            .filter(|m| m.kind == kind && m.method == Method::Ce && !m.latency && !m.bidirectional)
+            .filter(|m| {
+                (m.from, m.to) == (Some(a), Some(b)) || (m.from, m.to) == (Some(b), Some(a))
+            })
+            .find_map(|m| m.median())
+    };
+    let mut hops = Vec::new();
+    for i in 0..ranks {
+        let (ra, rb) = (i, (i + 1) % ranks);
+        let (a, b) = (n.devices[ra], n.devices[rb]);
+        let over_p2p = n.channels.iter().any(|c| {
+            c.from_rank as usize == ra && c.to_rank as usize == rb && c.transport == "P2P"
+        });
+        let (kind, label) = if over_p2p {
+            (Kind::P2p, "P2P")
+        } else {
+            (Kind::Staged, "staged through host memory")
+        };
+        let Some(gbps) = measured(kind, a, b) else {
+            // A hop without a figure: no prediction.
+            return Vec::new();
+        };
+        hops.push((gbps, a, b, label));
+    }
+    let Some(&(slowest, a, b, label)) = hops.iter().min_by(|x, y| x.0.total_cmp(&y.0)) else {
+        return Vec::new();
+    };
+    if busbw >= SLOW_FRACTION * slowest {
+        return Vec::new();
+    }
+    vec![Finding::new(
+        "nccl-slow",
+        Severity::Warn,
+        format!("NCCL all-reduce reaches {busbw:.1} GB/s bus bandwidth where the links measured predict about {slowest:.1}"),
+    )
+    .gpus(gpus(facts, n))
+    .evidence(format!("all-reduce of {bytes} bytes per rank over {ranks} ranks: busbw {busbw:.1} GB/s"))
+    .evidence(format!(
+        "slowest ring hop: GPU {a} -> GPU {b}, {label}, measured {slowest:.1} GB/s by the bandwidth run; a ring all-reduce's busbw approaches its slowest hop"
+    ))
+    .evidence(transports(n).unwrap_or_else(|| "NCCL's transports were not logged".into()))
+    .fix("run the job once with NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=INIT,GRAPH: look for SHM or NET where P2P was expected, and for NCCL_P2P_LEVEL / NCCL_P2P_DISABLE / NCCL_ALGO overrides (see nccl-env-override)")
+    .fix("compare with nccl-tests: all_reduce_perf -b 64M -e 256M -g <GPUs>")
+    .refs([NCCL_TESTS_PERF, NCCL_TROUBLESHOOTING])]
+}
+
+/// busbw below this share of the slowest hop's measured bandwidth is `nccl-slow`. NCCL rings on
+/// PCIe reach 70-90% of a hop's copy bandwidth at large sizes (research/reference-tools.md:
+/// 8x5090 busbw 28 GB/s on Gen5); half leaves room for smaller sizes and protocol overhead.
+const SLOW_FRACTION: f64 = 0.5;

@@ -162,3 +162,16 @@ pub fn run_gpu(command: &str, sysroot: &Rig, fake: &Value, args: &[&str]) -> Run
 pub fn shows(r: &Run, line: &str) {
     assert!(r.text.contains(line), "{line:?} not in:\n{}", r.text);
 }
+
+/// The seed story of the RTX 4090s: an early driver (525) that grants P2P and delivers zeros.
+pub fn rtx4090_early_driver() -> (Rig, Value) {
+    let mut rig = load_rig("epyc-2x4090-nonroot");
+    if let Some(d) = rig.driver.as_mut() {
+        d.version_line = d.version_line.replace("550.127.05", "525.60.11");
+    }
+    let name = "NVIDIA GeForce RTX 4090";
+    let fake = serde_json::json!({"driver_version": "525.60.11", "cuda_version": 12000,
+        "gpus": [gpu(name, "0000:41:00.0", 0), gpu(name, "0000:81:00.0", 1)],
+        "pairs": [{"a": 0, "b": 1, "fault": "zeros", "topology": "SYS"}]});
+    (rig, fake)
+}
