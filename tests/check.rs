@@ -182,3 +182,37 @@ fn p2p_disabled_on_a_rig_where_p2p_verifies_costs_speed() {
         text(f[0])
     );
 }
+
+/// X99 with a PLX switch doing ACS redirect and a riser training x4: the host findings and the
+/// measured ones land in one report.
+#[test]
+fn x99_riser_and_acs_story_in_one_report() {
+    let name = "NVIDIA GeForce RTX 3090";
+    let mut fake = json!({"gpus": [gpu(name, "0000:03:00.0", 0), gpu(name, "0000:05:00.0", 1)],
+        "pairs": [{"a": 0, "b": 1, "topology": "PXB", "gbps": 2.2, "staged_gbps": 3.0}]});
+    fake["gpus"][0]["pcie"] = json!({"gen": 1, "width": 16, "max_gen": 3, "max_width": 16});
+    fake["gpus"][1]["pcie"] = json!({"gen": 1, "width": 4, "max_gen": 3, "max_width": 16});
+    let r = run_gpu("check", &load_rig("x99-2x3090-plx"), &fake, &[]);
+    let ids = summary(&r.report);
+    for want in [
+        "warn acs-redirect",
+        "warn pcie-link-degraded",
+        "warn bandwidth-low",
+        "warn p2p-slower-than-host",
+        "warn pcie-aer-errors",
+    ] {
+        assert!(ids.iter().any(|i| i == want), "{want} not in {ids:?}");
+    }
+    let f = text(findings(&r.report, "p2p-slower-than-host")[0]);
+    assert!(
+        f.contains("likely cause 1: PCIe ACS redirects peer traffic on 0000:02:08.0"),
+        "{f}"
+    );
+    assert_eq!(
+        r.report["facts"]["gpu"]["nccl"]["results"]
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+}

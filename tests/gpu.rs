@@ -213,7 +213,16 @@ fn without_the_driver_loaded_gpu_rules_stay_quiet() {
         "cuda-unavailable",
         "nvml-unavailable",
         "driver-library-mismatch",
+        // `check` also runs bandwidth and NCCL: without CUDA they are "not run", not findings.
+        "nccl-error",
+        "nccl-hang",
+        "nccl-not-found",
+        "gpu-copy-failed",
     ] {
         assert!(findings(&r, id).is_empty(), "{id}");
+    }
+    if r["facts"]["gpu"]["cuda"]["unknown"] == "absent" {
+        let detail = text(&r["facts"]["gpu"]["nccl"]["library"]);
+        assert!(detail.contains("not run: CUDA is not usable"), "{detail}");
     }
 }

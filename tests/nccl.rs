@@ -148,3 +148,15 @@ fn one_gpu_runs_one_rank() {
     assert_eq!(res[0]["wrong"], json!([0]));
     assert_eq!(res[0]["busbw_gbps"], 0.0);
 }
+
+#[test]
+fn nccl_error_is_reported_with_its_text() {
+    let r = nccl(&four(|f| f["nccl"] = json!({"fault": "error"})), &[]);
+    assert_eq!(nccl_ids(&r), ["error nccl-error"]);
+    let f = text(findings(&r.report, "nccl-error")[0]);
+    assert!(
+        f.contains("ncclGroupEnd: ncclResult 1 (unhandled cuda error"),
+        "{f}"
+    );
+    shows(&r, "ERROR");
+}

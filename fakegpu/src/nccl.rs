@@ -28,8 +28,11 @@ pub unsafe extern "C" fn ncclGetVersion(v: *mut c_int) -> c_int {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn ncclGetErrorString(_r: c_int) -> *const c_char {
-    c"invalid argument (fake NCCL)".as_ptr()
+pub unsafe extern "C" fn ncclGetErrorString(r: c_int) -> *const c_char {
+    match r {
+        1 => c"unhandled cuda error (run with NCCL_DEBUG=INFO for details)".as_ptr(),
+        _ => c"invalid argument (fake NCCL)".as_ptr(),
+    }
 }
 
 #[no_mangle]
@@ -169,6 +172,10 @@ unsafe fn run(calls: Vec<Call>) -> c_int {
         .filter(|f| f != "none")
         .or(hop_fault)
         .unwrap_or_else(|| "none".into());
+    if fault == "error" {
+        // ncclUnhandledCudaError, as a collective whose kernel faulted returns.
+        return 1;
+    }
     if fault == "hang" {
         loop {
             std::thread::sleep(std::time::Duration::from_secs(3600));

@@ -32,7 +32,7 @@ pub struct Nccl {
     #[serde(default = "nccl_version")]
     pub version: i32,
     /// "none", "hang" (the collective never completes), "wrong" (one element of the last rank
-    /// is off by one).
+    /// is off by one), "error" (ncclGroupEnd returns ncclUnhandledCudaError).
     #[serde(default = "none")]
     pub fault: String,
     /// All-reduce bus bandwidth; default 85% of the slowest ring hop of the model.

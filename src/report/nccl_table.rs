@@ -15,7 +15,10 @@ pub fn tables(f: &Facts) -> Option<BandwidthTables> {
             n.devices.len()
         )),
         Probed::Unknown { detail, .. } => {
-            notes.push(format!("not run: {detail}"));
+            let why = detail
+                .strip_prefix(crate::measure::watchdog::NOT_RUN)
+                .unwrap_or(detail);
+            notes.push(format!("NCCL not run: {why}"));
             return Some(BandwidthTables {
                 sections: Vec::new(),
                 legend: Vec::new(),

@@ -194,7 +194,14 @@ pub fn init(
     session: &mut Session,
     cfg: &NcclConfig,
 ) -> Result<(Value, Comms, Vec<String>), String> {
-    super::p2p::init()?;
+    // Without a usable CUDA driver NCCL cannot run either; that is cuda-unavailable's finding,
+    // not an NCCL one.
+    super::p2p::init().map_err(|e| {
+        format!(
+            "{}CUDA is not usable: {e}",
+            crate::measure::watchdog::NOT_RUN
+        )
+    })?;
     let count = cudarc::driver::result::device::get_count()
         .map_err(|e| format!("cuDeviceGetCount: {}", super::driver_api::error_name(&e)))?;
     let devices: Vec<i32> = cfg.devices.clone().unwrap_or_else(|| (0..count).collect());
