@@ -158,7 +158,7 @@ fn probe_machine(g: &GlobalArgs, battery: Battery) -> Result<Facts> {
             }),
         };
         let quiet = g.format() == Format::Json && g.output.is_none();
-        let mut bar = progress::Bar::new(g.timeout, quiet);
+        let mut bar = progress::Bar::new(quiet);
         let mut gpu = probe::gpu::collect(deadline, &plan, &mut |r| bar.step(r));
         bar.finish();
         if let (Some(bw), Probed::Known(topo)) = (gpu.bandwidth.as_mut(), &facts.pci) {

@@ -16,7 +16,6 @@ pub struct Bar {
     planned: VecDeque<Spec>,
     hidden: bool,
     done: usize,
-    timeout: f64,
 }
 
 fn target(hidden: bool) -> ProgressDrawTarget {
@@ -28,7 +27,7 @@ fn target(hidden: bool) -> ProgressDrawTarget {
 }
 
 impl Bar {
-    pub fn new(timeout: f64, hidden: bool) -> Bar {
+    pub fn new(hidden: bool) -> Bar {
         let bar = ProgressBar::with_draw_target(None, target(hidden));
         bar.set_style(
             ProgressStyle::with_template("{spinner} GPU tests {elapsed:>3} · {msg}")
@@ -42,7 +41,6 @@ impl Bar {
             planned: VecDeque::new(),
             hidden,
             done: 0,
-            timeout,
         }
     }
 
@@ -58,8 +56,9 @@ impl Bar {
         };
         if matches!(r.outcome, Outcome::Hang { .. }) {
             self.bar.println(format!(
-                "rigdoctor: {} did not finish within {:.0} s: killed, going on with the rest",
-                r.step, self.timeout
+                "rigdoctor: {} did not finish in time ({:.1} s): killed, going on with the rest",
+                r.step,
+                r.elapsed.as_secs_f64()
             ));
         }
         let Some(spec) = Spec::parse(&r.step) else {
