@@ -11,18 +11,8 @@ use std::time::Duration;
 /// hangs, and so does NCCL's ring through them.
 #[test]
 fn x399_story_in_one_report() {
-    let name = "NVIDIA GeForce RTX 3090";
-    let fake = json!({"driver_version": "545.29.06", "cuda_version": 12030,
-        "gpus": [gpu(name, "0000:0a:00.0", 0), gpu(name, "0000:42:00.0", 1), gpu(name, "0000:43:00.0", 2)],
-        "pairs": [{"a": 0, "b": 1, "fault": "hang", "topology": "SYS"},
-                  {"a": 0, "b": 2, "topology": "SYS"},
-                  {"a": 1, "b": 2, "topology": "PHB"}]});
-    let r = run_gpu(
-        "check",
-        &load_rig("x399-3x3090-r545"),
-        &fake,
-        &["--timeout", "1.5"],
-    );
+    let (rig, fake) = x399_one_pair_hangs();
+    let r = run_gpu("check", &rig, &fake, &["--timeout", "1.5"]);
     assert_eq!(r.code, 1);
     let ids = summary(&r.report);
     for want in [

@@ -54,13 +54,7 @@ fn tests_of(r: &Value) -> Vec<(i64, i64, String)> {
 /// The seed story: 3x3090 on X399, IOMMU translating, driver 545; one pair hangs both ways.
 #[test]
 fn x399_three_3090s_one_pair_hangs() {
-    let rig = load_rig("x399-3x3090-r545");
-    let name = "NVIDIA GeForce RTX 3090";
-    let fake = json!({"driver_version": "545.29.06", "cuda_version": 12030,
-        "gpus": [gpu(name, "0000:0a:00.0", 0), gpu(name, "0000:42:00.0", 1), gpu(name, "0000:43:00.0", 2)],
-        "pairs": [{"a": 0, "b": 1, "fault": "hang", "topology": "SYS"},
-                  {"a": 0, "b": 2, "topology": "SYS"},
-                  {"a": 1, "b": 2, "topology": "PHB"}]});
+    let (rig, fake) = x399_one_pair_hangs();
     let deadline = 1.5;
     let r = p2p(&rig, &fake, &["--timeout", "1.5"]);
     assert_eq!(r.code, 1);

@@ -100,6 +100,16 @@ impl PairOutcome {
             | PairOutcome::Failed { paths, .. } => paths,
         }
     }
+
+    /// The direction is broken: it hung, failed, or a path gave wrong data or a CUDA error.
+    pub fn broken(&self) -> bool {
+        match self {
+            PairOutcome::Tested { paths, .. } => paths
+                .iter()
+                .any(|p| matches!(p.verdict, Verdict::Mismatch(_) | Verdict::Error { .. })),
+            PairOutcome::Hang { .. } | PairOutcome::Failed { .. } => true,
+        }
+    }
 }
 
 /// cuCtxEnablePeerAccess in `ctx`'s context for `peer`'s memory.

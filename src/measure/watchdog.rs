@@ -79,6 +79,16 @@ impl Watchdog {
     }
 }
 
+impl StepReport {
+    /// The sub-step the worker last announced (`{"stage": ..}` notes): where a hang happened.
+    pub fn last_stage(&self) -> Option<String> {
+        self.notes
+            .iter()
+            .rev()
+            .find_map(|n| n.get("stage").and_then(Value::as_str).map(String::from))
+    }
+}
+
 /// What the running step has said so far.
 #[derive(Default)]
 struct Pending {

@@ -444,16 +444,7 @@ fn p2p_battery_failed(facts: &Facts, from: Option<i32>, to: Option<i32>) -> bool
     };
     p2p.tests
         .iter()
-        .filter(|t| Some(t.from) == from && Some(t.to) == to)
-        .any(|t| match &t.outcome {
-            crate::facts::PairOutcome::Tested { paths, .. } => paths.iter().any(|p| {
-                matches!(
-                    p.verdict,
-                    crate::facts::Verdict::Mismatch(_) | crate::facts::Verdict::Error { .. }
-                )
-            }),
-            _ => true,
-        })
+        .any(|t| Some(t.from) == from && Some(t.to) == to && t.outcome.broken())
 }
 
 /// Measured copies that did not verify, hung or failed: the same ids as the P2P battery.

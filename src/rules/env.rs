@@ -55,18 +55,11 @@ struct Override {
 /// The P2P battery of this report: (every tested direction correct, directions tested); None
 /// when it did not run or tested nothing.
 fn p2p_verified(facts: &Facts) -> Option<(bool, usize)> {
-    use crate::facts::{PairOutcome, Verdict};
     let tests = &facts.gpu.as_ref()?.p2p.as_ref()?.tests;
     if tests.is_empty() {
         return None;
     }
-    let ok = tests.iter().all(|t| match &t.outcome {
-        PairOutcome::Tested { paths, .. } => paths
-            .iter()
-            .all(|p| matches!(p.verdict, Verdict::Ok | Verdict::Skipped { .. })),
-        _ => false,
-    });
-    Some((ok, tests.len()))
+    Some((!tests.iter().any(|t| t.outcome.broken()), tests.len()))
 }
 
 pub fn nccl_env_override(facts: &Facts, _: &Knowledge) -> Vec<Finding> {

@@ -152,27 +152,9 @@ fn hang_or_error(facts: &Facts, kb: &Knowledge, which: &str) -> Vec<Finding> {
             f = f.evidence(t);
         }
         if let Some(p2p) = facts.gpu.as_ref().and_then(|g| g.p2p.as_ref()) {
-            let bad = p2p
-                .tests
-                .iter()
-                .filter(|t| {
-                    !t.outcome.paths().iter().all(|p| {
-                        !matches!(
-                            p.verdict,
-                            crate::facts::Verdict::Mismatch(_)
-                                | crate::facts::Verdict::Error { .. }
-                        )
-                    })
-                })
-                .count();
-            let hangs = p2p
-                .tests
-                .iter()
-                .filter(|t| matches!(t.outcome, crate::facts::PairOutcome::Hang { .. }))
-                .count();
+            let bad = p2p.tests.iter().filter(|t| t.outcome.broken()).count();
             f = f.evidence(format!(
-                "P2P verification in this run: {} of {} directions failed or hung",
-                bad + hangs,
+                "P2P verification in this run: {bad} of {} directions failed or hung",
                 p2p.tests.len()
             ));
         }

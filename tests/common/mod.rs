@@ -175,3 +175,15 @@ pub fn rtx4090_early_driver() -> (Rig, Value) {
         "pairs": [{"a": 0, "b": 1, "fault": "zeros", "topology": "SYS"}]});
     (rig, fake)
 }
+
+/// The seed story of the three 3090s on X399 (IOMMU translating, driver 545): P2P between GPU 0
+/// and GPU 1 hangs both ways.
+pub fn x399_one_pair_hangs() -> (Rig, Value) {
+    let name = "NVIDIA GeForce RTX 3090";
+    let fake = serde_json::json!({"driver_version": "545.29.06", "cuda_version": 12030,
+        "gpus": [gpu(name, "0000:0a:00.0", 0), gpu(name, "0000:42:00.0", 1), gpu(name, "0000:43:00.0", 2)],
+        "pairs": [{"a": 0, "b": 1, "fault": "hang", "topology": "SYS"},
+                  {"a": 0, "b": 2, "topology": "SYS"},
+                  {"a": 1, "b": 2, "topology": "PHB"}]});
+    (load_rig("x399-3x3090-r545"), fake)
+}

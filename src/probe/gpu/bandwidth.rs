@@ -11,7 +11,7 @@ use super::driver_api::{fail, DeviceBuffer, Event, Failure, HostBuffer, Kernel, 
 use super::pattern::{compare, pattern, seed, FILL};
 use crate::facts::{BandwidthConfig, Kind, Method, PeerAccess};
 use cudarc::driver::result;
-use cudarc::driver::sys::{self, CUresult};
+use cudarc::driver::sys;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -115,11 +115,6 @@ impl Spec {
         }
         v
     }
-}
-
-pub fn config_from_env() -> Result<BandwidthConfig, String> {
-    let raw = std::env::var(CONFIG_ENV).map_err(|_| format!("{CONFIG_ENV} is not set"))?;
-    serde_json::from_str(&raw).map_err(|e| format!("{CONFIG_ENV}: {e}"))
 }
 
 /// `bw-plan` or `bw-plan 0,2`.
@@ -545,10 +540,7 @@ pub fn measure(
     };
     let outcome = run_lanes(session, sampler, spec, cfg, bytes, copies, &gpus, note);
     for (ctx, peer) in peer_enabled {
-        if let (Ok(p), Ok(_)) = (session.context(peer), session.bind(ctx)) {
-            // SAFETY: p is a retained primary context; not enabled is harmless.
-            let _ = unsafe { sys::cuCtxDisablePeerAccess(p) };
-        }
+        super::p2p::disable(session, ctx, peer);
     }
     match outcome {
         Ok((lanes, load)) => Answer {
@@ -568,35 +560,24 @@ pub fn measure(
     }
 }
 
-/// Peer access in each direction CUDA grants; the (context, peer) pairs this step enabled.
+/// Peer access in each direction CUDA grants; the (context, peer) pairs now enabled.
 fn enable_both(session: &mut Session, spec: &Spec) -> Vec<(i32, i32)> {
     let (Some(a), Some(b)) = (spec.from, spec.to) else {
         return Vec::new();
     };
-    let mut on = Vec::new();
-    for (ctx, peer) in [(a, b), (b, a)] {
-        let (Ok(p), Ok(_)) = (session.context(peer), session.bind(ctx)) else {
-            continue;
-        };
-        // SAFETY: p is a retained primary context; flags must be 0.
-        // Already enabled by someone else in this process: leave it as found.
-        if unsafe { sys::cuCtxEnablePeerAccess(p, 0) } == CUresult::CUDA_SUCCESS {
-            on.push((ctx, peer));
-        }
-    }
-    on
+    [(a, b), (b, a)]
+        .into_iter()
+        .filter(|&(ctx, peer)| {
+            super::p2p::enable(session, ctx, peer).is_ok_and(|e| e.error.is_none())
+        })
+        .collect()
 }
 
 /// The staged control must run with peer access off, whatever an earlier step left.
 fn disable_both(session: &mut Session, spec: &Spec) {
-    let (Some(a), Some(b)) = (spec.from, spec.to) else {
-        return;
-    };
-    for (ctx, peer) in [(a, b), (b, a)] {
-        if let (Ok(p), Ok(_)) = (session.context(peer), session.bind(ctx)) {
-            // SAFETY: as in enable_both; "not enabled" is harmless.
-            let _ = unsafe { sys::cuCtxDisablePeerAccess(p) };
-        }
+    if let (Some(a), Some(b)) = (spec.from, spec.to) {
+        super::p2p::disable(session, a, b);
+        super::p2p::disable(session, b, a);
     }
 }
 

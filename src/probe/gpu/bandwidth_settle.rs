@@ -7,7 +7,6 @@ use crate::facts::{
 };
 use crate::measure::watchdog::{Outcome, StepReport};
 use serde::Deserialize;
-use serde_json::Value;
 
 /// Reports of the bandwidth steps, in plan order.
 pub fn settle(
@@ -95,11 +94,7 @@ fn measurements(
     } else {
         (cfg.size_bytes, cfg.iters)
     };
-    let stage = r
-        .notes
-        .iter()
-        .rev()
-        .find_map(|n| n.get("stage").and_then(Value::as_str).map(String::from));
+    let stage = r.last_stage();
     let each = |outcome: BwOutcome| -> Vec<Measurement> {
         spec.lanes()
             .into_iter()

@@ -56,10 +56,16 @@ pub fn is_sticky(e: &DriverError) -> bool {
 
 /// The libcuda this process mapped, from /proc/self/maps.
 pub fn loaded_library() -> Option<String> {
+    mapped_file("libcuda.")
+}
+
+/// The first file this process mapped whose path contains `needle` (from /proc/self/maps):
+/// which library the loader really chose for a bare soname.
+pub fn mapped_file(needle: &str) -> Option<String> {
     let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
     maps.lines()
         .filter_map(|l| l.split_whitespace().nth(5))
-        .find(|p| p.contains("libcuda.so") || p.contains("libcuda."))
+        .find(|p| p.contains(needle))
         .map(String::from)
 }
 

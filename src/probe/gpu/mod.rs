@@ -162,6 +162,12 @@ fn long_deadlines(plan: &Plan) -> (Duration, Duration) {
     (Duration::from_secs_f64(bw), Duration::from_secs_f64(sweep))
 }
 
+/// A battery's settings, passed to the worker as JSON in `var`.
+fn config_from_env<T: serde::de::DeserializeOwned>(var: &str) -> Result<T, String> {
+    let raw = std::env::var(var).map_err(|_| format!("{var} is not set"))?;
+    serde_json::from_str(&raw).map_err(|e| format!("{var}: {e}"))
+}
+
 fn is_bandwidth_step(step: &str) -> bool {
     bandwidth::parse_plan_step(step).is_some()
         || bandwidth::parse_end_step(step).is_some()
@@ -206,10 +212,7 @@ fn settle_p2p(facts: &mut P2pFacts, r: StepReport, secs: f64) {
         .filter_map(|n| serde_json::from_value(n.get("path")?.clone()).ok())
         .collect();
     let stage = r
-        .notes
-        .iter()
-        .rev()
-        .find_map(|n| n.get("stage").and_then(Value::as_str).map(String::from))
+        .last_stage()
         .filter(|s| !noted.iter().any(|p| p.path.label() == s));
     let outcome = match r.outcome {
         Outcome::Done(v) => match serde_json::from_value::<PairAnswer>(v) {
@@ -373,12 +376,9 @@ impl GpuWorker {
         if step != nccl::STEP_INIT && step != nccl::STEP_ALLREDUCE {
             return None;
         }
-        let cfg: nccl::NcclConfig = match std::env::var(nccl::CONFIG_ENV)
-            .map_err(|e| e.to_string())
-            .and_then(|s| serde_json::from_str(&s).map_err(|e| e.to_string()))
-        {
+        let cfg: nccl::NcclConfig = match config_from_env(nccl::CONFIG_ENV) {
             Ok(c) => c,
-            Err(e) => return Some(StepOutput::of(Err(format!("{}: {e}", nccl::CONFIG_ENV)))),
+            Err(e) => return Some(StepOutput::of(Err(e))),
         };
         if step == nccl::STEP_ALLREDUCE {
             let out = match &self.nccl {
@@ -426,7 +426,7 @@ impl GpuWorker {
         if plan.is_none() && spec.is_none() && end.is_none() {
             return None;
         }
-        let cfg = match bandwidth::config_from_env() {
+        let cfg: crate::facts::BandwidthConfig = match config_from_env(bandwidth::CONFIG_ENV) {
             Ok(c) => c,
             Err(e) => return Some(StepOutput::of(Err(e))),
         };

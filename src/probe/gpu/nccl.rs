@@ -171,15 +171,7 @@ fn resolved(path: &Path) -> String {
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or("libnccl");
-    std::fs::read_to_string("/proc/self/maps")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .filter_map(|l| l.split_whitespace().nth(5))
-                .find(|p| p.contains(name))
-                .map(String::from)
-        })
-        .unwrap_or_else(|| path.display().to_string())
+    super::driver_api::mapped_file(name).unwrap_or_else(|| path.display().to_string())
 }
 
 /// One communicator per rank, kept for the worker's life.

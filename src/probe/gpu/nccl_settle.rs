@@ -7,7 +7,6 @@ use crate::facts::{
 };
 use crate::measure::watchdog::{Outcome, StepReport};
 use serde::Deserialize;
-use serde_json::Value;
 
 /// The error text of a failed load (see `Nccl::load`): the library is absent, not broken.
 const NOT_FOUND: &str = "no usable NCCL library";
@@ -78,11 +77,7 @@ pub fn settle(cfg: &NcclConfig, reports: Vec<StepReport>, log: &[String], secs: 
             .iter()
             .filter_map(|v| serde_json::from_value(v.get("result")?.clone()).ok())
             .collect();
-        let stage = r
-            .notes
-            .iter()
-            .rev()
-            .find_map(|v| v.get("stage").and_then(Value::as_str).map(String::from));
+        let stage = r.last_stage();
         // The size a failure happened at: the first one without a result.
         let next = cfg.sizes.get(done.len()).copied().unwrap_or(0);
         let failed = |outcome: AllReduceOutcome| AllReduce {

@@ -271,7 +271,7 @@ impl Pair<'_> {
 }
 
 /// Enable peer access in `ctx`'s context to `peer`'s memory.
-fn enable(session: &mut Session, ctx: i32, peer: i32) -> Result<EnableAttempt, Failure> {
+pub(super) fn enable(session: &mut Session, ctx: i32, peer: i32) -> Result<EnableAttempt, Failure> {
     let peer_ctx = session
         .context(peer)
         .map_err(|e| fail("cuDevicePrimaryCtxRetain", e))?;
@@ -287,7 +287,7 @@ fn enable(session: &mut Session, ctx: i32, peer: i32) -> Result<EnableAttempt, F
     Ok(EnableAttempt { ctx, peer, error })
 }
 
-fn disable(session: &mut Session, ctx: i32, peer: i32) {
+pub(super) fn disable(session: &mut Session, ctx: i32, peer: i32) {
     if let (Ok(peer_ctx), Ok(_)) = (session.context(peer), session.bind(ctx)) {
         // SAFETY: as in enable; failure (not enabled) is harmless.
         let _ = unsafe { sys::cuCtxDisablePeerAccess(peer_ctx) };
