@@ -3,8 +3,7 @@
 use crate::cli::{Cli, ColorChoice, Command, GlobalArgs};
 use crate::facts::{BandwidthConfig, Facts, Probed};
 use crate::knowledge::Knowledge;
-use crate::measure::protocol::{read_plan, Worker};
-use crate::probe::gpu::nccl::NcclConfig;
+use crate::measure::gpu::NcclConfig;
 use crate::report::{self, Format, Report};
 use crate::sysroot::Sysroot;
 use crate::{probe, progress, rules};
@@ -34,7 +33,7 @@ fn try_run(cli: &Cli) -> Result<u8> {
     let kb = Knowledge::embedded().context("built-in knowledge base is invalid")?;
     let g = &cli.global;
     let (command, facts) = match &cli.command {
-        Command::Worker => return Ok(worker()),
+        Command::Worker => return Ok(crate::worker::main().clamp(0, 255) as u8),
         Command::Check(a) => (
             "check",
             probe_machine(
@@ -89,42 +88,6 @@ fn try_run(cli: &Cli) -> Result<u8> {
     emit(&report, cli)?;
     let failing = report.findings.iter().any(|f| f.severity >= g.fail_on);
     Ok(if failing { EXIT_FINDINGS } else { EXIT_OK })
-}
-
-/// The GPU worker: run the steps of its plan, one event line each, and exit.
-fn worker() -> u8 {
-    let steps = match read_plan() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("rigdoctor: error: {e} (the worker is started by rigdoctor itself)");
-            return EXIT_ERROR;
-        }
-    };
-    let mut w = Worker::new(std::io::stdout().lock());
-    let mut gpu = probe::gpu::GpuWorker::default();
-    let mut queue: std::collections::VecDeque<String> = steps.into();
-    while let Some(step) = queue.pop_front() {
-        if w.start(&step).is_err() {
-            // The parent is gone (its end of the pipe closed): nobody is waiting for results.
-            break;
-        }
-        let out = gpu.run_step(&step, &mut |n| {
-            let _ = w.note(&step, n);
-        });
-        if !out.more.is_empty() {
-            let _ = w.plan(out.more.clone());
-            queue.extend(out.more);
-        }
-        let _ = match out.result {
-            Ok(v) => w.done(&step, v),
-            Err(e) => w.failed(&step, &e),
-        };
-        if out.stop {
-            // The CUDA context is lost; the parent gives the remaining steps to a new worker.
-            break;
-        }
-    }
-    EXIT_OK
 }
 
 /// Host facts, then the GPU steps (unless --sysroot points at another machine's tree).

@@ -141,7 +141,7 @@ impl CheckArgs {
     }
 
     /// The NCCL run of `check`: 1M, 16M and 64M (--quick: 16M only), fewer iterations.
-    pub fn nccl(&self) -> crate::probe::gpu::nccl::NcclConfig {
+    pub fn nccl(&self) -> crate::measure::gpu::NcclConfig {
         let (min, max, iters) = if self.quick {
             (16 << 20, 16 << 20, 5)
         } else {
@@ -177,7 +177,7 @@ pub struct NcclArgs {
 }
 
 impl NcclArgs {
-    pub fn config(&self) -> crate::probe::gpu::nccl::NcclConfig {
+    pub fn config(&self) -> crate::measure::gpu::NcclConfig {
         let min = self.min_size.unwrap_or(1 << 20);
         let max = self.max_size.unwrap_or(256 << 20).max(min);
         let mut sizes = Vec::new();
@@ -187,7 +187,7 @@ impl NcclArgs {
             s = s.saturating_mul(4);
         }
         sizes.push(max);
-        crate::probe::gpu::nccl::NcclConfig {
+        crate::measure::gpu::NcclConfig {
             sizes,
             warmup: 5,
             iters: self.iters.unwrap_or(20),

@@ -5,14 +5,18 @@
 //! [`Probed::Unknown`] carrying the reason: "absent is not zero".
 
 mod bandwidth;
+mod failure;
 mod nccl;
 mod p2p;
+mod worker;
 
 pub use bandwidth::*;
+pub use failure::*;
 pub use nccl::*;
 pub use p2p::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+pub use worker::*;
 
 /// Why a fact is unknown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,6 +34,8 @@ pub enum Why {
     Hang,
     /// A library call returned an error (the detail has its name).
     Failed,
+    /// Not attempted: something it needs failed first (the detail says what).
+    NotRun,
 }
 
 impl Why {
@@ -41,6 +47,7 @@ impl Why {
             Why::IoError => "read error",
             Why::Hang => "hung",
             Why::Failed => "failed",
+            Why::NotRun => "not run",
         }
     }
 }
@@ -53,7 +60,13 @@ impl Why {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Probed<T> {
-    Unknown { unknown: Why, detail: String },
+    Unknown {
+        unknown: Why,
+        detail: String,
+        /// The library call that failed, with its code: what rules match on.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cause: Option<Box<CallError>>,
+    },
     Known(T),
 }
 
@@ -62,6 +75,34 @@ impl<T> Probed<T> {
         Probed::Unknown {
             unknown: why,
             detail: detail.into(),
+            cause: None,
+        }
+    }
+
+    /// Unknown because `cause` failed (its text is the detail).
+    pub fn failed(cause: CallError) -> Self {
+        Probed::Unknown {
+            unknown: Why::Failed,
+            detail: cause.to_string(),
+            cause: Some(Box::new(cause)),
+        }
+    }
+
+    /// Unknown because a step gave no result: its error as detail, a call failure as cause.
+    pub fn from_step_error(e: StepError) -> Self {
+        match e {
+            StepError::Call(c) => Probed::failed(c),
+            StepError::NotRun { because } => Probed::unknown(Why::NotRun, because),
+            e @ StepError::NotFound { .. } => Probed::unknown(Why::Absent, e.to_string()),
+            StepError::Invalid { message } => Probed::unknown(Why::Failed, message),
+        }
+    }
+
+    /// The failed call behind an unknown value.
+    pub fn cause(&self) -> Option<&CallError> {
+        match self {
+            Probed::Unknown { cause, .. } => cause.as_deref(),
+            Probed::Known(_) => None,
         }
     }
 
@@ -75,14 +116,30 @@ impl<T> Probed<T> {
     pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Probed<U> {
         match self {
             Probed::Known(v) => Probed::Known(f(v)),
-            Probed::Unknown { unknown, detail } => Probed::Unknown { unknown, detail },
+            Probed::Unknown {
+                unknown,
+                detail,
+                cause,
+            } => Probed::Unknown {
+                unknown,
+                detail,
+                cause,
+            },
         }
     }
 
     pub fn and_then<U>(self, f: impl FnOnce(T) -> Probed<U>) -> Probed<U> {
         match self {
             Probed::Known(v) => f(v),
-            Probed::Unknown { unknown, detail } => Probed::Unknown { unknown, detail },
+            Probed::Unknown {
+                unknown,
+                detail,
+                cause,
+            } => Probed::Unknown {
+                unknown,
+                detail,
+                cause,
+            },
         }
     }
 
@@ -90,12 +147,12 @@ impl<T> Probed<T> {
     pub fn why_unknown(&self) -> Option<String> {
         match self {
             Probed::Known(_) => None,
-            Probed::Unknown { unknown, detail } if detail.is_empty() => {
-                Some(unknown.describe().to_string())
-            }
-            Probed::Unknown { unknown, detail } => {
-                Some(format!("{}: {detail}", unknown.describe()))
-            }
+            Probed::Unknown {
+                unknown, detail, ..
+            } if detail.is_empty() => Some(unknown.describe().to_string()),
+            Probed::Unknown {
+                unknown, detail, ..
+            } => Some(format!("{}: {detail}", unknown.describe())),
         }
     }
 }
@@ -129,6 +186,9 @@ pub struct GpuRuntime {
     /// The NCCL all-reduce; absent when it did not run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nccl: Option<NcclFacts>,
+    /// Every worker process the GPU steps used, and how each ended.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workers: Vec<WorkerRecord>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

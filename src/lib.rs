@@ -14,3 +14,4 @@ pub mod progress;
 pub mod report;
 pub mod rules;
 pub mod sysroot;
+pub mod worker;

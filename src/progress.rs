@@ -2,8 +2,9 @@
 //! with ETA per bandwidth phase. Hidden when stderr is not a terminal or the report itself
 //! goes to stdout as JSON, so logs and pipes stay clean.
 
-use crate::measure::watchdog::{Outcome, StepReport};
-use crate::probe::gpu::bandwidth::Spec;
+use crate::measure::gpu::{Spec, Step};
+use crate::measure::watchdog::Outcome;
+use crate::probe::gpu::GpuReport;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -44,10 +45,12 @@ impl Bar {
         }
     }
 
-    pub fn step(&mut self, r: &StepReport) {
+    pub fn step(&mut self, r: &GpuReport) {
         self.done += 1;
-        self.planned
-            .extend(r.added.iter().filter_map(|s| Spec::parse(s)));
+        self.planned.extend(r.added.iter().filter_map(|s| match s {
+            Step::Bandwidth(spec) => Some(spec.clone()),
+            _ => None,
+        }));
         let how = match &r.outcome {
             Outcome::Done(_) => "done",
             Outcome::Failed(_) => "failed",
@@ -61,7 +64,7 @@ impl Bar {
                 r.elapsed.as_secs_f64()
             ));
         }
-        let Some(spec) = Spec::parse(&r.step) else {
+        let Step::Bandwidth(spec) = &r.step else {
             if self.phase.is_some() {
                 // After the measurements (the closing reading): the phase bars stay as they are.
                 return;
@@ -74,7 +77,7 @@ impl Bar {
             ));
             return;
         };
-        if let Some(i) = self.planned.iter().position(|s| *s == spec) {
+        if let Some(i) = self.planned.iter().position(|s| s == spec) {
             self.planned.remove(i);
         }
         if self.phase != Some(spec.phase()) {
@@ -82,10 +85,10 @@ impl Bar {
         }
         self.bar.inc(1);
         // Short enough for an 80-column terminal: "p2p ce 0 1 done".
-        let step = r
-            .step
+        let label = spec.label();
+        let step = label
             .split_once(' ')
-            .map_or(r.step.as_str(), |(_, rest)| rest);
+            .map_or(label.as_str(), |(_, rest)| rest);
         self.bar.set_message(format!("{step} {how}"));
         let next_phase = self.planned.front().map(Spec::phase);
         if next_phase != self.phase {

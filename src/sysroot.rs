@@ -107,7 +107,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Sysroot::new(dir.path());
         match s.read_attr("/proc/nothing") {
-            Probed::Unknown { unknown, detail } => {
+            Probed::Unknown {
+                unknown, detail, ..
+            } => {
                 assert_eq!(unknown, Why::Absent);
                 assert_eq!(detail, "/proc/nothing");
             }

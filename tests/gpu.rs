@@ -222,7 +222,8 @@ fn without_the_driver_loaded_gpu_rules_stay_quiet() {
         assert!(findings(&r, id).is_empty(), "{id}");
     }
     if r["facts"]["gpu"]["cuda"]["unknown"] == "absent" {
-        let detail = text(&r["facts"]["gpu"]["nccl"]["library"]);
-        assert!(detail.contains("not run: CUDA is not usable"), "{detail}");
+        let lib = &r["facts"]["gpu"]["nccl"]["library"];
+        assert_eq!(lib["unknown"], "not-run", "{lib}");
+        assert!(text(lib).contains("CUDA is not usable"), "{lib}");
     }
 }

@@ -155,7 +155,7 @@ fn nccl_error_is_reported_with_its_text() {
     assert_eq!(nccl_ids(&r), ["error nccl-error"]);
     let f = text(findings(&r.report, "nccl-error")[0]);
     assert!(
-        f.contains("ncclGroupEnd: ncclResult 1 (unhandled cuda error"),
+        f.contains("ncclGroupEnd: ncclUnhandledCudaError (unhandled cuda error"),
         "{f}"
     );
     shows(&r, "ERROR");

@@ -325,7 +325,7 @@ fn no_gpu_and_no_library_give_clear_answers() {
     );
     assert!(
         r.text
-            .contains("P2P not tested: cuInit: CUDA_ERROR_NO_DEVICE"),
+            .contains("P2P not tested: CUDA is not usable: cuInit: CUDA_ERROR_NO_DEVICE"),
         "{}",
         r.text
     );
@@ -341,7 +341,7 @@ fn no_gpu_and_no_library_give_clear_answers() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(
-        stdout.contains("P2P not tested: libcuda.so.1 not loadable"),
+        stdout.contains("P2P not tested: CUDA is not usable: libcuda.so.1 not loadable"),
         "{stdout}"
     );
     assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));

@@ -73,12 +73,12 @@ fn p2p_between(a: c_int, b: c_int) -> bool {
 fn print_channels(devs: &[c_int]) {
     let v = version();
     let pid = std::process::id();
-    println!(
+    log_line(format!(
         "fakehost:{pid}:{pid} [0] NCCL INFO NCCL version {}.{}.{}+cuda12.4",
         v / 10000,
         (v % 10000) / 100,
         v % 100
-    );
+    ));
     let n = devs.len();
     if n < 2 {
         return;
@@ -91,10 +91,10 @@ fn print_channels(devs: &[c_int]) {
             } else {
                 "SHM/direct/direct"
             };
-            println!(
+            log_line(format!(
                 "fakehost:{pid}:{pid} [{}] NCCL INFO Channel {c:02}/02 : {r}[{}] -> {next}[{}] via {via}",
                 devs[r], devs[r], devs[next]
-            );
+            ));
         }
     }
 }
@@ -236,4 +236,40 @@ fn seconds(devs: &[c_int], bytes: usize) -> f64 {
         });
     let factor = 2.0 * (n as f64 - 1.0) / n as f64;
     10e-6 + bytes as f64 * factor / (busbw * 1e9)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn ncclCommDestroy(_comm: *mut c_void) -> c_int {
+    SUCCESS
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn ncclCommAbort(_comm: *mut c_void) -> c_int {
+    SUCCESS
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn ncclCommGetAsyncError(_comm: *mut c_void, state: *mut c_int) -> c_int {
+    *state = SUCCESS;
+    SUCCESS
+}
+
+/// NCCL_DEBUG_FILE (with %h and %p expanded) when set, else stdout.
+fn log_line(line: String) {
+    use std::io::Write;
+    match std::env::var("NCCL_DEBUG_FILE") {
+        Ok(p) => {
+            let p = p
+                .replace("%h", "fakehost")
+                .replace("%p", &std::process::id().to_string());
+            if let Ok(mut f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+            {
+                let _ = writeln!(f, "{line}");
+            }
+        }
+        Err(_) => println!("{line}"),
+    }
 }

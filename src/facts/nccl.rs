@@ -1,6 +1,6 @@
 //! NCCL facts: the library found, the all-reduce per size, the transports NCCL chose.
 
-use super::Probed;
+use super::{CallError, Probed, StepError};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -23,6 +23,26 @@ pub struct NcclFacts {
     pub channels: Vec<NcclChannel>,
     /// How long a size could take before it was called hung.
     pub deadline_s: f64,
+    /// ncclCommInitAll failed after the library was loaded (its version is then known).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_error: Option<StepError>,
+    /// NCCL variables rigdoctor set for the run (its log goes to a file of rigdoctor's), and
+    /// the user's values they replaced.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env_set: Vec<EnvSet>,
+    /// NCCL's own WARN lines from its log (bounded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// An environment variable rigdoctor set for NCCL.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnvSet {
+    pub name: String,
+    pub value: String,
+    /// The user's value, when rigdoctor replaced or extended one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,11 +66,11 @@ pub enum AllReduceOutcome {
         wrong: Vec<u64>,
     },
     /// Killed after the deadline, in `stage`.
-    Hang {
-        stage: Option<String>,
-    },
+    Hang { stage: Option<String> },
     Failed {
         error: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cause: Option<CallError>,
     },
 }
 

@@ -1,6 +1,6 @@
 //! Peer-to-peer facts: what NVML and CUDA claim between GPUs, and what a real transfer did.
 
-use super::Probed;
+use super::{CallError, Probed};
 use serde::{Deserialize, Serialize};
 
 /// NVML's view of an ordered GPU pair (NVML indices, which are PCI bus order).
@@ -88,6 +88,8 @@ pub enum PairOutcome {
     /// The test could not run (allocation failed, the worker died, ...).
     Failed {
         error: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cause: Option<CallError>,
         paths: Vec<PathResult>,
     },
 }
@@ -119,6 +121,8 @@ pub struct EnableAttempt {
     pub peer: i32,
     /// None when it worked (or was already enabled); the CUDA error otherwise.
     pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<CallError>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -195,6 +199,8 @@ pub enum Verdict {
     /// A CUDA call failed.
     Error {
         error: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cause: Option<CallError>,
     },
     /// Not run, and why (peer access not granted in that direction, say).
     Skipped {

@@ -1,118 +1,145 @@
-//! The line protocol between the parent and a worker process.
+//! The typed protocol between the parent and a worker process.
 //!
-//! The worker gets its steps as a JSON array of strings in the environment variable
-//! [`PLAN_ENV`] and reports on stdout, one line per event, each prefixed with [`PREFIX`]
-//! so that what libraries print on the same stdout (NCCL_DEBUG lines, say) cannot be mistaken
-//! for an event. Lines without the prefix are kept as the worker's log.
+//! The worker gets its plan (a JSON list of typed steps) in the environment variable
+//! [`PLAN_ENV`] and reports on a pipe of its own, whose file descriptor is in [`FD_ENV`]: one
+//! JSON [`Event`] per line. Nothing else writes there, so what libraries print on stdout or
+//! stderr (NCCL's log, block-buffered on a pipe, can cut a line anywhere) never touches the
+//! protocol; the parent keeps those streams as the worker's log.
 
+use crate::facts::StepError;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use std::fmt::Debug;
 use std::io::Write;
 
-pub const PREFIX: &str = "@rigdoctor ";
 pub const PLAN_ENV: &str = "RIGDOCTOR_WORKER_PLAN";
+/// The worker's end of the event pipe (a decimal file descriptor).
+pub const FD_ENV: &str = "RIGDOCTOR_WORKER_FD";
+/// The parent's pid: a worker whose parent changed (rigdoctor died before the worker could be
+/// told) exits at once.
+pub const PARENT_ENV: &str = "RIGDOCTOR_WORKER_PARENT";
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "event", rename_all = "lowercase")]
-pub enum Event {
-    /// The worker begins a step: the deadline for it starts now.
-    Start { step: String },
-    /// The step finished with a result.
-    Done { step: String, result: Value },
-    /// The step ran and failed without hanging (a CUDA error, say).
-    Failed { step: String, error: String },
-    /// Partial progress of the running step (a sub-test began or finished): if the step then
-    /// hangs, the notes say how far it got.
-    Note { step: String, note: Value },
-    /// More steps, appended to the plan: a step can decide what follows (the pairs to test
-    /// once the devices are known) without a second worker paying CUDA initialisation again.
-    Plan { steps: Vec<String> },
+/// The message types of one kind of worker.
+pub trait Protocol: 'static {
+    type Step: Serialize
+        + DeserializeOwned
+        + Clone
+        + PartialEq
+        + Debug
+        + std::fmt::Display
+        + Send
+        + 'static;
+    type Answer: Serialize + DeserializeOwned + Clone + Debug + Send + 'static;
+    type Note: Serialize + DeserializeOwned + Clone + Debug + Send + 'static;
 }
 
-/// Parse one stdout line: `Some(event)` for a protocol line, `None` for anything else.
-pub fn parse_line(line: &str) -> Option<Event> {
-    serde_json::from_str(line.strip_prefix(PREFIX)?).ok()
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "lowercase")]
+#[serde(bound(
+    serialize = "S: Serialize, A: Serialize, N: Serialize",
+    deserialize = "S: DeserializeOwned, A: DeserializeOwned, N: DeserializeOwned"
+))]
+pub enum Event<S, A, N> {
+    /// The worker begins a step: the deadline for it starts now.
+    Start { step: S },
+    /// The step finished with a result.
+    Done { step: S, result: A },
+    /// The step ran and failed without hanging (a CUDA error, say).
+    Failed { step: S, error: StepError },
+    /// Partial progress of the running step: if the step then hangs, the notes say how far it
+    /// got.
+    Note { step: S, note: N },
+    /// More steps, appended to the plan: a step can decide what follows (the pairs to test
+    /// once the devices are known) without a second worker paying CUDA initialisation again.
+    Plan { steps: Vec<S> },
+}
+
+pub type EventOf<P> = Event<<P as Protocol>::Step, <P as Protocol>::Answer, <P as Protocol>::Note>;
+
+/// Decode one line of the event pipe.
+pub fn parse_event<P: Protocol>(line: &str) -> Result<EventOf<P>, String> {
+    serde_json::from_str(line).map_err(|e| e.to_string())
 }
 
 /// The steps a worker was asked to run, from [`PLAN_ENV`].
-pub fn read_plan() -> Result<Vec<String>, String> {
+pub fn read_plan<S: DeserializeOwned>() -> Result<Vec<S>, String> {
     let raw = std::env::var(PLAN_ENV).map_err(|_| format!("{PLAN_ENV} is not set"))?;
     serde_json::from_str(&raw).map_err(|e| format!("{PLAN_ENV}: {e}"))
 }
 
 /// The worker's side: a writer for its events.
-pub struct Worker<W: Write> {
+pub struct Sender<W: Write> {
     out: W,
 }
 
-impl<W: Write> Worker<W> {
+impl Sender<std::fs::File> {
+    /// The event pipe the parent passed in [`FD_ENV`].
+    pub fn from_env() -> Result<Self, String> {
+        use std::os::fd::FromRawFd;
+        let raw = std::env::var(FD_ENV).map_err(|_| format!("{FD_ENV} is not set"))?;
+        let fd: i32 = raw
+            .parse()
+            .map_err(|_| format!("{FD_ENV}: not a file descriptor: {raw:?}"))?;
+        // SAFETY: fstat on any integer is harmless; it tells whether the descriptor is open.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        if fd < 3 || unsafe { libc::fstat(fd, &mut st) } != 0 {
+            return Err(format!("{FD_ENV}: descriptor {fd} is not open"));
+        }
+        // SAFETY: the parent opened this descriptor for us and nothing else in the worker owns it.
+        Ok(Sender::new(unsafe { std::fs::File::from_raw_fd(fd) }))
+    }
+}
+
+impl<W: Write> Sender<W> {
     pub fn new(out: W) -> Self {
-        Worker { out }
+        Sender { out }
     }
 
-    fn emit(&mut self, e: &Event) -> std::io::Result<()> {
-        // Serialising these plain enums cannot fail.
-        let json = serde_json::to_string(e).unwrap_or_default();
-        writeln!(self.out, "{PREFIX}{json}")?;
-        // Flush every event: the parent's deadline runs on what it has seen.
+    pub fn send<S: Serialize, A: Serialize, N: Serialize>(
+        &mut self,
+        e: &Event<S, A, N>,
+    ) -> std::io::Result<()> {
+        let mut line = serde_json::to_vec(e).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        // One write per event, unbuffered: the parent's deadline runs on what it has seen.
+        self.out.write_all(&line)?;
         self.out.flush()
-    }
-
-    pub fn start(&mut self, step: &str) -> std::io::Result<()> {
-        self.emit(&Event::Start { step: step.into() })
-    }
-
-    pub fn done(&mut self, step: &str, result: Value) -> std::io::Result<()> {
-        self.emit(&Event::Done {
-            step: step.into(),
-            result,
-        })
-    }
-
-    pub fn note(&mut self, step: &str, note: Value) -> std::io::Result<()> {
-        self.emit(&Event::Note {
-            step: step.into(),
-            note,
-        })
-    }
-
-    pub fn plan(&mut self, steps: Vec<String>) -> std::io::Result<()> {
-        self.emit(&Event::Plan { steps })
-    }
-
-    pub fn failed(&mut self, step: &str, error: &str) -> std::io::Result<()> {
-        self.emit(&Event::Failed {
-            step: step.into(),
-            error: error.into(),
-        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
+
+    struct Plain;
+    impl Protocol for Plain {
+        type Step = String;
+        type Answer = Value;
+        type Note = Value;
+    }
 
     #[test]
-    fn events_round_trip_and_foreign_lines_are_ignored() {
+    fn events_round_trip_and_garbage_is_an_error() {
         let mut buf = Vec::new();
-        let mut w = Worker::new(&mut buf);
-        w.start("p2p 0->1").unwrap();
-        w.done("p2p 0->1", serde_json::json!({"ok": true})).unwrap();
-        w.failed("p2p 1->0", "CUDA_ERROR_PEER_ACCESS_UNSUPPORTED")
+        let mut w = Sender::new(&mut buf);
+        w.send(&EventOf::<Plain>::Start { step: "a".into() })
             .unwrap();
+        w.send(&EventOf::<Plain>::Failed {
+            step: "a".into(),
+            error: StepError::invalid("no such device"),
+        })
+        .unwrap();
         let text = String::from_utf8(buf).unwrap();
-        let events: Vec<Event> = text.lines().filter_map(parse_line).collect();
-        assert_eq!(events.len(), 3);
-        assert_eq!(
-            events[0],
-            Event::Start {
-                step: "p2p 0->1".into()
-            }
-        );
+        let events: Vec<EventOf<Plain>> = text
+            .lines()
+            .map(|l| parse_event::<Plain>(l).unwrap())
+            .collect();
+        assert_eq!(events.len(), 2);
         assert!(
-            parse_line("node1:123:456 [0] NCCL INFO Channel 00 : 0[0] -> 1[1] via P2P/IPC")
-                .is_none()
+            matches!(&events[1], Event::Failed { error, .. } if error.to_string() == "no such device")
         );
-        assert!(parse_line("@rigdoctor {not json").is_none());
+        assert!(parse_event::<Plain>("{not json").is_err());
+        assert!(parse_event::<Plain>("NCCL INFO Channel 00 : 0[0] -> 1[1] via P2P/IPC").is_err());
     }
 }

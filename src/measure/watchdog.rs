@@ -1,13 +1,17 @@
-//! Running steps that may hang (peer enable, P2P copies, kernels, NCCL) in a worker process,
-//! with a deadline per step.
+//! The parent's side of the worker boundary: running steps that may hang (peer enable, P2P
+//! copies, kernels, NCCL) in a worker process, with a deadline per step.
 //!
 //! One worker normally runs every step, so CUDA is initialised once. When a step overruns its
 //! deadline the worker is killed (SIGKILL), the step is recorded as a hang, and a fresh worker
 //! runs the steps that remain: a hung pair costs about one deadline, never the whole run.
+//! Events come on a pipe of their own; stdout and stderr are drained to EOF as the worker's
+//! log; every worker's end (exit status, signal, hang on exit) is recorded.
 
-use super::protocol::{parse_line, Event, PLAN_ENV};
-use serde_json::Value;
+use super::protocol::{parse_event, Event, EventOf, Protocol, FD_ENV, PARENT_ENV, PLAN_ENV};
+use crate::facts::{StepError, WorkerExit, WorkerRecord};
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -17,15 +21,19 @@ use std::time::{Duration, Instant};
 /// How long a killed worker gets to disappear. A process blocked inside the driver
 /// (uninterruptible sleep) may never go; it is then left behind, and the run goes on.
 const REAP_GRACE: Duration = Duration::from_secs(2);
-/// Lines of non-protocol output kept per worker (NCCL_DEBUG can be chatty).
-const MAX_LOG_LINES: usize = 5000;
-/// How often a wait for the worker looks at the Ctrl-C flag.
+/// Lines of stdout/stderr kept per worker (the last ones), and the longest line kept.
+const LOG_TAIL_LINES: usize = 40;
+const LOG_LINE_MAX: usize = 400;
+/// How often a wait for the worker looks at the interrupt flag.
 const INTERRUPT_POLL: Duration = Duration::from_millis(100);
+/// After the worker is gone, how long its stdout/stderr may take to reach EOF (a grandchild
+/// that inherited them could hold them open forever).
+const DRAIN_GRACE: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
-    Done(Value),
-    Failed(String),
+pub enum Outcome<A> {
+    Done(A),
+    Failed(StepError),
     /// No result within the deadline; the worker was killed.
     Hang {
         /// The worker had announced the step; false when it never got that far
@@ -34,294 +42,478 @@ pub enum Outcome {
         /// The worker could not be reaped after SIGKILL (stuck in the kernel driver).
         unkillable: bool,
     },
-    /// The worker died while running the step (signal or exit status in the text).
-    Crashed(String),
+    /// The worker died while running the step.
+    Crashed(WorkerExit),
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct StepReport {
-    pub step: String,
-    pub outcome: Outcome,
+#[derive(Debug, Clone)]
+pub struct StepReport<P: Protocol> {
+    pub step: P::Step,
+    pub outcome: Outcome<P::Answer>,
     pub elapsed: Duration,
     /// Which worker ran it (1 = the first), to see where restarts happened.
     pub worker: usize,
     /// The step's progress notes, in order (kept whatever the outcome).
-    pub notes: Vec<Value>,
+    pub notes: Vec<P::Note>,
     /// Steps this step appended to the plan.
-    pub added: Vec<String>,
+    pub added: Vec<P::Step>,
 }
 
-#[derive(Debug, Clone)]
-pub struct Watchdog {
+/// What a run of the watchdog gives: a report per step, in plan order, and a record per worker.
+pub struct Run<P: Protocol> {
+    pub reports: Vec<StepReport<P>>,
+    pub workers: Vec<WorkerRecord>,
+}
+
+/// Which steps get a longer deadline, and how long.
+pub type LongStep<P> = Box<dyn Fn(&<P as Protocol>::Step) -> Option<Duration>>;
+
+pub struct Watchdog<P: Protocol> {
     pub program: PathBuf,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     /// Longest time a step may take, counted from its start event; until the first start
-    /// event it also bounds the worker's initialisation.
+    /// event it also bounds the worker's initialisation, and after the last step its exit.
     pub step_deadline: Duration,
-    /// Longer deadlines for steps whose name starts with a prefix (measurements that move
-    /// gigabytes), counted from their start event.
-    pub long_steps: Vec<(String, Duration)>,
+    /// Longer deadlines for some steps (measurements that move gigabytes), counted from their
+    /// start event; never shorter than `step_deadline`.
+    pub long_step: LongStep<P>,
     /// Steps whose hang dooms the rest (CUDA initialisation): the remaining steps are then
-    /// reported failed with [`NOT_RUN`] instead of each hanging in turn.
-    pub gates: Vec<String>,
+    /// reported [`StepError::NotRun`] instead of each hanging in turn.
+    pub gates: Vec<P::Step>,
 }
 
-/// The start of the error of a step that was never run (see [`Watchdog::gates`]).
-pub const NOT_RUN: &str = "not run: ";
+impl<P: Protocol> Watchdog<P> {
+    pub fn new(program: PathBuf, args: Vec<String>, step_deadline: Duration) -> Self {
+        Watchdog {
+            program,
+            args,
+            env: Vec::new(),
+            step_deadline,
+            long_step: Box::new(|_| None),
+            gates: Vec::new(),
+        }
+    }
 
-impl Watchdog {
-    fn deadline_of(&self, step: &str) -> Duration {
-        self.long_steps
-            .iter()
-            .find(|(p, _)| step.starts_with(p.as_str()))
-            .map_or(self.step_deadline, |(_, d)| (*d).max(self.step_deadline))
+    fn deadline_of(&self, step: &P::Step) -> Duration {
+        (self.long_step)(step).map_or(self.step_deadline, |d| d.max(self.step_deadline))
     }
 }
 
-impl StepReport {
-    /// The sub-step the worker last announced (`{"stage": ..}` notes): where a hang happened.
-    pub fn last_stage(&self) -> Option<String> {
-        self.notes
-            .iter()
-            .rev()
-            .find_map(|n| n.get("stage").and_then(Value::as_str).map(String::from))
-    }
+enum Msg<P: Protocol> {
+    Event(EventOf<P>),
+    /// A line on the event pipe that is not an event: a protocol fault, kept in the log.
+    Garbled(String),
+    /// The event pipe reached EOF: the worker (and anything that inherited the pipe) is gone.
+    Closed,
 }
 
-/// What the running step has said so far.
-#[derive(Default)]
-struct Pending {
-    notes: Vec<Value>,
-    added: Vec<String>,
-}
-
-enum Msg {
-    Event(Event),
-    Log(String),
-    Eof,
-}
-
-struct Running {
+struct Running<P: Protocol> {
     child: Child,
-    rx: Receiver<Msg>,
+    rx: Receiver<Msg<P>>,
+    log: std::sync::Arc<std::sync::Mutex<VecDeque<String>>>,
+    log_threads: Vec<std::thread::JoinHandle<()>>,
 }
 
-impl Watchdog {
-    fn spawn(&self, plan: &[String]) -> std::io::Result<Running> {
-        let plan_json = serde_json::to_string(plan).unwrap_or_else(|_| "[]".into());
-        let mut child = Command::new(&self.program)
-            .args(&self.args)
+/// A pipe whose both ends are closed on exec; the write end is made inheritable in the child
+/// only (see `spawn`).
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0i32; 2];
+    // SAFETY: fds is a valid array of two ints.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 just opened both descriptors and nothing else owns them.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn push_log(log: &std::sync::Mutex<VecDeque<String>>, line: &[u8]) {
+    let mut s = String::from_utf8_lossy(line).trim_end().to_string();
+    if s.len() > LOG_LINE_MAX {
+        let mut cut = LOG_LINE_MAX;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push('…');
+    }
+    let mut l = log.lock().unwrap_or_else(|e| e.into_inner());
+    if l.len() == LOG_TAIL_LINES {
+        l.pop_front();
+    }
+    l.push_back(s);
+}
+
+/// Read a stream line by line to EOF into the log (bounded per line, so a stream without
+/// newlines cannot grow without limit).
+fn drain(
+    r: impl Read + Send + 'static,
+    log: std::sync::Arc<std::sync::Mutex<VecDeque<String>>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(r);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match (&mut r).take(64 * 1024).read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => push_log(&log, &line),
+            }
+        }
+    })
+}
+
+impl<P: Protocol> Watchdog<P> {
+    fn spawn(&self, plan: &[P::Step]) -> std::io::Result<Running<P>> {
+        use std::os::fd::AsRawFd;
+        let plan_json = serde_json::to_string(plan).map_err(std::io::Error::other)?;
+        let (read_end, write_end) = pipe()?;
+        let wfd = write_end.as_raw_fd();
+        // SAFETY: getpid has no preconditions.
+        let parent = unsafe { libc::getpid() };
+        let mut cmd = Command::new(&self.program);
+        cmd.args(&self.args)
             .envs(self.env.iter().cloned())
             .env(PLAN_ENV, plan_json)
+            .env(FD_ENV, wfd.to_string())
+            .env(PARENT_ENV, parent.to_string())
             // Its own process group: Ctrl-C on the terminal reaches rigdoctor, which stops
             // the worker itself and still reports.
             .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
+            .stderr(Stdio::piped());
+        // SAFETY: the closure runs between fork and exec and calls only async-signal-safe
+        // functions (fcntl, prctl, getppid, _exit).
+        unsafe {
+            cmd.pre_exec(move || {
+                // The event pipe survives exec in the worker only.
+                if libc::fcntl(wfd, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The worker dies with rigdoctor, however rigdoctor ends (SIGKILL included).
+                // The signal follows the thread that forked: the watchdog runs on the main
+                // thread, which lives as long as rigdoctor.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // rigdoctor died before prctl took effect: nobody will read our results.
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn()?;
+        // Our copy of the write end must go, or the pipe never reaches EOF.
+        drop(write_end);
         let (tx, rx) = mpsc::channel();
-        if let Some(out) = child.stdout.take() {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(out).lines() {
-                    let Ok(line) = line else { break };
-                    let msg = parse_line(&line).map_or(Msg::Log(line), Msg::Event);
-                    if tx.send(msg).is_err() {
-                        return;
-                    }
-                }
-                let _ = tx.send(Msg::Eof);
-            });
-        }
-        if let Some(err) = child.stderr.take() {
-            // stderr is a log too (NCCL writes there with NCCL_DEBUG_FILE unset on some setups).
-            std::thread::spawn(move || {
-                let mut r = BufReader::new(err.take(16 << 20));
-                let mut line = String::new();
-                while r.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
-                    if tx.send(Msg::Log(line.trim_end().to_string())).is_err() {
-                        return;
-                    }
-                    line.clear();
-                }
-            });
-        }
-        Ok(Running { child, rx })
-    }
-
-    /// Run `steps` in order, and the steps the workers append to the plan; every step gets
-    /// exactly one report, in plan order (unless Ctrl-C stops the run: then the reports so far). `log` receives the workers' non-protocol output;
-    /// `progress` each report as it lands.
-    pub fn run(
-        &self,
-        steps: &[String],
-        log: &mut Vec<String>,
-        progress: &mut dyn FnMut(&StepReport),
-    ) -> Vec<StepReport> {
-        let mut steps = steps.to_vec();
-        let mut reports: Vec<StepReport> = Vec::new();
-        let mut notes = Pending::default();
-        let mut worker = 0;
-        while reports.len() < steps.len() && !super::interrupted() {
-            worker += 1;
-            let remaining = steps[reports.len()..].to_vec();
-            let mut push = |reports: &mut Vec<StepReport>,
-                            steps: &[String],
-                            notes: &mut Pending,
-                            outcome: Outcome,
-                            since: Instant| {
-                let r = StepReport {
-                    step: steps[reports.len()].clone(),
-                    outcome,
-                    elapsed: since.elapsed(),
-                    worker,
-                    notes: std::mem::take(&mut notes.notes),
-                    added: std::mem::take(&mut notes.added),
-                };
-                progress(&r);
-                reports.push(r);
-            };
-            let started_at = Instant::now();
-            let mut running = match self.spawn(&remaining) {
-                Ok(r) => r,
-                Err(e) => {
-                    let why = format!("cannot start worker {}: {e}", self.program.display());
-                    while reports.len() < steps.len() {
-                        let o = Outcome::Crashed(why.clone());
-                        push(&mut reports, &steps, &mut notes, o, started_at);
-                    }
-                    break;
-                }
-            };
-            let mut current: Option<Instant> = None;
-            let mut deadline = Instant::now() + self.step_deadline;
-            let before = reports.len();
+        let events = std::fs::File::from(read_end);
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(events);
+            let mut line = String::new();
             loop {
-                if super::interrupted() {
-                    // Ctrl-C: stop here; the steps not settled are left without a report.
-                    let _ = running.child.kill();
-                    let _ = reap(&mut running.child, REAP_GRACE);
-                    return reports;
-                }
-                let wait = deadline
-                    .saturating_duration_since(Instant::now())
-                    .min(INTERRUPT_POLL);
-                if wait.is_zero() && Instant::now() < deadline {
-                    continue;
-                }
-                let msg = match running.rx.recv_timeout(wait) {
-                    Err(RecvTimeoutError::Timeout) if Instant::now() < deadline => continue,
-                    m => m,
-                };
-                match msg {
-                    Ok(Msg::Log(line)) => {
-                        if log.len() < MAX_LOG_LINES {
-                            log.push(line);
-                        }
-                    }
-                    Ok(Msg::Event(Event::Start { step })) if step == steps[reports.len()] => {
-                        current = Some(Instant::now());
-                        deadline = Instant::now() + self.deadline_of(&step);
-                    }
-                    Ok(Msg::Event(Event::Note { step, note })) if step == steps[reports.len()] => {
-                        notes.notes.push(note);
-                    }
-                    Ok(Msg::Event(Event::Plan { steps: more })) if current.is_some() => {
-                        notes.added.extend(more.iter().cloned());
-                        steps.extend(more);
-                    }
-                    Ok(Msg::Event(e)) => match settled(e) {
-                        Ok((step, outcome)) if step == steps[reports.len()] => {
-                            let since = current.unwrap_or(started_at);
-                            push(&mut reports, &steps, &mut notes, outcome, since);
-                            current = None;
-                            deadline = Instant::now() + self.step_deadline;
-                        }
-                        other => log.push(format!("worker protocol: unexpected {other:?}")),
-                    },
-                    Ok(Msg::Eof) | Err(RecvTimeoutError::Disconnected) => {
-                        let status = reap(&mut running.child, REAP_GRACE);
-                        // A worker that leaves between steps, having settled some, harmed no
-                        // step (it exits on purpose when its CUDA context is lost): the rest
-                        // go to a fresh worker.
-                        let between_steps = current.is_none() && reports.len() > before;
-                        if reports.len() < steps.len() && !between_steps {
-                            let how = status.unwrap_or_else(|| "worker closed its output".into());
-                            let since = current.unwrap_or(started_at);
-                            push(
-                                &mut reports,
-                                &steps,
-                                &mut notes,
-                                Outcome::Crashed(how),
-                                since,
-                            );
-                        }
-                        break;
-                    }
-                    Err(RecvTimeoutError::Timeout) => {
-                        let _ = running.child.kill();
-                        let unkillable = reap(&mut running.child, REAP_GRACE).is_none();
-                        let outcome = Outcome::Hang {
-                            started: current.is_some(),
-                            unkillable,
+                line.clear();
+                match (&mut r).take(64 << 20).read_line(&mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let msg = match parse_event::<P>(line.trim_end()) {
+                            Ok(e) => Msg::Event(e),
+                            Err(e) => Msg::Garbled(format!(
+                                "worker protocol: unreadable event ({e}): {}",
+                                line.trim_end().chars().take(200).collect::<String>()
+                            )),
                         };
-                        let since = current.unwrap_or(started_at);
-                        let gate = self.gates.contains(&steps[reports.len()]);
-                        let hung = steps[reports.len()].clone();
-                        push(&mut reports, &steps, &mut notes, outcome, since);
-                        if gate {
-                            while reports.len() < steps.len() {
-                                let why = format!("{NOT_RUN}{hung} hung before it");
-                                let o = Outcome::Failed(why);
-                                push(&mut reports, &steps, &mut notes, o, Instant::now());
-                            }
+                        if tx.send(msg).is_err() {
+                            return;
                         }
-                        break;
                     }
-                }
-                if reports.len() == steps.len() {
-                    let _ = reap(&mut running.child, REAP_GRACE);
-                    break;
                 }
             }
-            debug_assert!(
-                reports.len() > before,
-                "every worker settles at least one step"
-            );
+            let _ = tx.send(Msg::Closed);
+        });
+        let log = std::sync::Arc::new(std::sync::Mutex::new(VecDeque::new()));
+        let mut log_threads = Vec::new();
+        if let Some(out) = child.stdout.take() {
+            log_threads.push(drain(out, log.clone()));
         }
-        reports
+        if let Some(err) = child.stderr.take() {
+            log_threads.push(drain(err, log.clone()));
+        }
+        Ok(Running {
+            child,
+            rx,
+            log,
+            log_threads,
+        })
     }
 }
 
-/// A Done or Failed event as (step, outcome); any other event back as it is.
-fn settled(e: Event) -> Result<(String, Outcome), Event> {
-    match e {
-        Event::Done { step, result } => Ok((step, Outcome::Done(result))),
-        Event::Failed { step, error } => Ok((step, Outcome::Failed(error))),
-        other => Err(other),
+impl<P: Protocol> Running<P> {
+    /// Kill the worker (if still there) and wait for it; None when it cannot be reaped.
+    fn kill(&mut self) -> Option<std::process::ExitStatus> {
+        let _ = self.child.kill();
+        reap(&mut self.child, REAP_GRACE)
+    }
+
+    /// Wait for stdout/stderr to reach EOF (bounded), then the last lines of both.
+    fn finish_log(self) -> Vec<String> {
+        let end = Instant::now() + DRAIN_GRACE;
+        for t in self.log_threads {
+            while !t.is_finished() && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        let l = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        l.iter().filter(|s| !s.is_empty()).cloned().collect()
     }
 }
 
-/// Wait up to `grace` for the child to exit; its status as text, or None if it is still there.
-fn reap(child: &mut Child, grace: Duration) -> Option<String> {
+/// Wait up to `grace` for the child to exit; None if it is still there.
+fn reap(child: &mut Child, grace: Duration) -> Option<std::process::ExitStatus> {
     let end = Instant::now() + grace;
     loop {
         match child.try_wait() {
-            Ok(Some(status)) => return Some(describe_status(status)),
-            Ok(None) if Instant::now() < end => std::thread::sleep(Duration::from_millis(10)),
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < end => std::thread::sleep(Duration::from_millis(5)),
             Ok(None) => return None,
-            Err(e) => return Some(format!("cannot wait for worker: {e}")),
+            Err(_) => return None,
         }
     }
 }
 
-fn describe_status(status: std::process::ExitStatus) -> String {
+/// How a worker that ended by itself ended.
+fn exit_of(status: std::process::ExitStatus) -> WorkerExit {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
-        (Some(c), _) => format!("worker exited with status {c}"),
-        (None, Some(s)) => format!("worker killed by signal {s}"),
-        _ => "worker ended".into(),
+        (Some(code), _) => WorkerExit::Exited { code },
+        (None, Some(signal)) => WorkerExit::Signaled {
+            signal,
+            name: signal_name(signal),
+        },
+        _ => WorkerExit::Exited { code: -1 },
+    }
+}
+
+pub fn signal_name(signal: i32) -> String {
+    // SAFETY: strsignal returns a pointer to a static or thread-local string.
+    let p = unsafe { libc::strsignal(signal) };
+    if p.is_null() {
+        return format!("signal {signal}");
+    }
+    // SAFETY: non-null, NUL-terminated.
+    unsafe { std::ffi::CStr::from_ptr(p) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The state of one run across its workers.
+struct State<'a, P: Protocol> {
+    steps: Vec<P::Step>,
+    reports: Vec<StepReport<P>>,
+    notes: Vec<P::Note>,
+    added: Vec<P::Step>,
+    progress: &'a mut dyn FnMut(&StepReport<P>),
+}
+
+impl<P: Protocol> State<'_, P> {
+    fn next(&self) -> Option<&P::Step> {
+        self.steps.get(self.reports.len())
+    }
+
+    fn settle(&mut self, outcome: Outcome<P::Answer>, since: Instant, worker: usize) {
+        let r = StepReport {
+            step: self.steps[self.reports.len()].clone(),
+            outcome,
+            elapsed: since.elapsed(),
+            worker,
+            notes: std::mem::take(&mut self.notes),
+            added: std::mem::take(&mut self.added),
+        };
+        (self.progress)(&r);
+        self.reports.push(r);
+    }
+
+    fn done(&self) -> bool {
+        self.reports.len() >= self.steps.len()
+    }
+}
+
+impl<P: Protocol> Watchdog<P> {
+    /// Run `steps` in order, and the steps the workers append to the plan; every step gets
+    /// exactly one report, in plan order (unless the run is interrupted: then the reports so
+    /// far). `progress` sees each report as it lands.
+    pub fn run(&self, steps: &[P::Step], progress: &mut dyn FnMut(&StepReport<P>)) -> Run<P> {
+        let mut st = State {
+            steps: steps.to_vec(),
+            reports: Vec::new(),
+            notes: Vec::new(),
+            added: Vec::new(),
+            progress,
+        };
+        let mut workers = Vec::new();
+        while !st.done() && !super::interrupted() {
+            let index = workers.len() + 1;
+            let record = self.run_worker(&mut st, index);
+            workers.push(record);
+        }
+        Run {
+            reports: st.reports,
+            workers,
+        }
+    }
+
+    /// One worker, from its start to its end; the record of how it ended.
+    fn run_worker(&self, st: &mut State<'_, P>, index: usize) -> WorkerRecord {
+        let before = st.reports.len();
+        let started_at = Instant::now();
+        let mut running = match self.spawn(&st.steps[before..]) {
+            Ok(r) => r,
+            Err(e) => {
+                let exit = WorkerExit::NotStarted {
+                    error: format!("{}: {e}", self.program.display()),
+                };
+                while !st.done() {
+                    st.settle(Outcome::Crashed(exit.clone()), started_at, index);
+                }
+                return WorkerRecord {
+                    index,
+                    steps: st.reports.len() - before,
+                    during: None,
+                    exit,
+                    log_tail: Vec::new(),
+                };
+            }
+        };
+        let record = |st: &State<'_, P>, during: Option<String>, exit, log_tail| WorkerRecord {
+            index,
+            steps: st.reports.len() - before,
+            during,
+            exit,
+            log_tail,
+        };
+        let mut current: Option<Instant> = None;
+        let mut deadline = Instant::now() + self.step_deadline;
+        let mut garbled = Vec::new();
+        let mut exiting = false;
+        loop {
+            if super::interrupted() {
+                // Stop here; the steps not settled are left without a report.
+                let during = current.and(st.next()).map(|s| s.to_string());
+                running.kill();
+                let mut log = running.finish_log();
+                log.extend(garbled);
+                return record(st, during, WorkerExit::Interrupted, log);
+            }
+            let now = Instant::now();
+            let wait = deadline.saturating_duration_since(now).min(INTERRUPT_POLL);
+            let msg = match running.rx.recv_timeout(wait) {
+                Err(RecvTimeoutError::Timeout) if Instant::now() < deadline => continue,
+                m => m,
+            };
+            match msg {
+                Ok(Msg::Garbled(line)) => {
+                    if garbled.len() < 10 {
+                        garbled.push(line);
+                    }
+                }
+                Ok(Msg::Event(Event::Start { step })) if Some(&step) == st.next() => {
+                    current = Some(Instant::now());
+                    deadline = Instant::now() + self.deadline_of(&step);
+                }
+                Ok(Msg::Event(Event::Note { step, note })) if Some(&step) == st.next() => {
+                    st.notes.push(note);
+                }
+                Ok(Msg::Event(Event::Plan { steps: more })) if current.is_some() => {
+                    st.added.extend(more.iter().cloned());
+                    st.steps.extend(more);
+                }
+                Ok(Msg::Event(Event::Done { step, result })) if Some(&step) == st.next() => {
+                    st.settle(Outcome::Done(result), current.unwrap_or(started_at), index);
+                    current = None;
+                    deadline = Instant::now() + self.step_deadline;
+                }
+                Ok(Msg::Event(Event::Failed { step, error })) if Some(&step) == st.next() => {
+                    st.settle(Outcome::Failed(error), current.unwrap_or(started_at), index);
+                    current = None;
+                    deadline = Instant::now() + self.step_deadline;
+                }
+                Ok(Msg::Event(other)) => {
+                    if garbled.len() < 10 {
+                        garbled.push(format!("worker protocol: unexpected {other:?}"));
+                    }
+                }
+                Ok(Msg::Closed) | Err(RecvTimeoutError::Disconnected) => {
+                    // The worker closed its event pipe: it is exiting or gone.
+                    let status = reap(&mut running.child, self.step_deadline.min(REAP_GRACE));
+                    let exit = match status {
+                        Some(s) => exit_of(s),
+                        None => {
+                            let status = running.kill();
+                            WorkerExit::HungOnExit {
+                                waited_s: REAP_GRACE.as_secs_f64(),
+                                unkillable: status.is_none(),
+                            }
+                        }
+                    };
+                    // A worker that leaves between steps, having settled some, harmed no
+                    // step (it exits on purpose when its CUDA context is lost): the rest
+                    // go to a fresh worker.
+                    let between_steps = current.is_none() && st.reports.len() > before;
+                    let during = if st.done() || between_steps {
+                        None
+                    } else {
+                        let d = st.next().map(|s| s.to_string());
+                        st.settle(
+                            Outcome::Crashed(exit.clone()),
+                            current.unwrap_or(started_at),
+                            index,
+                        );
+                        d
+                    };
+                    let mut log = running.finish_log();
+                    log.extend(garbled);
+                    return record(st, during, exit, log);
+                }
+                Err(RecvTimeoutError::Timeout) if st.done() => {
+                    // Every step settled, but the worker did not leave: a teardown hang.
+                    let status = running.kill();
+                    let exit = WorkerExit::HungOnExit {
+                        waited_s: self.step_deadline.as_secs_f64(),
+                        unkillable: status.is_none(),
+                    };
+                    let mut log = running.finish_log();
+                    log.extend(garbled);
+                    return record(st, None, exit, log);
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    let status = running.kill();
+                    let unkillable = status.is_none();
+                    let hung = st.next().cloned();
+                    let outcome = Outcome::Hang {
+                        started: current.is_some(),
+                        unkillable,
+                    };
+                    st.settle(outcome, current.unwrap_or(started_at), index);
+                    if let Some(h) = hung.as_ref().filter(|h| self.gates.contains(h)) {
+                        while !st.done() {
+                            let because = format!("{h} hung before it");
+                            let o = Outcome::Failed(StepError::NotRun { because });
+                            st.settle(o, Instant::now(), index);
+                        }
+                    }
+                    let mut log = running.finish_log();
+                    log.extend(garbled);
+                    let during = hung.map(|s| s.to_string());
+                    return record(st, during, WorkerExit::KilledAfterHang { unkillable }, log);
+                }
+            }
+            if st.done() && !exiting {
+                // Every step settled: the worker should now leave by itself within the
+                // deadline (its exit runs library teardown: NCCL, the driver).
+                exiting = true;
+                deadline = Instant::now() + self.step_deadline;
+            }
+        }
     }
 }

@@ -16,7 +16,17 @@ const DISPLAY_CLASS: u32 = 0x03;
 pub fn probe(root: &Sysroot, driver: &NvidiaDriver) -> Probed<PciTopology> {
     let names = match root.list_dir(DEVICES) {
         Probed::Known(n) => n,
-        Probed::Unknown { unknown, detail } => return Probed::Unknown { unknown, detail },
+        Probed::Unknown {
+            unknown,
+            detail,
+            cause,
+        } => {
+            return Probed::Unknown {
+                unknown,
+                detail,
+                cause,
+            }
+        }
     };
     let pci_ids = read_pci_ids_nvidia(root);
     let mut gpus = Vec::new();
@@ -41,7 +51,15 @@ pub fn probe(root: &Sysroot, driver: &NvidiaDriver) -> Probed<PciTopology> {
                     unknown: Why::Absent,
                     ..
                 } => Probed::Known(None),
-                Probed::Unknown { unknown, detail } => Probed::Unknown { unknown, detail },
+                Probed::Unknown {
+                    unknown,
+                    detail,
+                    cause,
+                } => Probed::Unknown {
+                    unknown,
+                    detail,
+                    cause,
+                },
             },
             bar1_bytes: root
                 .read_string(&format!("{dir}/resource"))
@@ -304,7 +322,15 @@ fn iommu_group(root: &Sysroot, dir: &str) -> Probed<Option<IommuGroup>> {
             unknown: Why::Absent,
             ..
         } => Probed::Known(None),
-        Probed::Unknown { unknown, detail } => Probed::Unknown { unknown, detail },
+        Probed::Unknown {
+            unknown,
+            detail,
+            cause,
+        } => Probed::Unknown {
+            unknown,
+            detail,
+            cause,
+        },
     }
 }
 

@@ -15,10 +15,7 @@ pub fn tables(f: &Facts) -> Option<BandwidthTables> {
             n.devices.len()
         )),
         Probed::Unknown { detail, .. } => {
-            let why = detail
-                .strip_prefix(crate::measure::watchdog::NOT_RUN)
-                .unwrap_or(detail);
-            notes.push(format!("NCCL not run: {why}"));
+            notes.push(format!("NCCL not run: {detail}"));
             return Some(BandwidthTables {
                 sections: Vec::new(),
                 legend: Vec::new(),

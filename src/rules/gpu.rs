@@ -1,7 +1,7 @@
 //! What the NVML and CUDA inventories say about the driver stack and device numbering.
 
 use super::gpus;
-use crate::facts::{Facts, GpuRuntime, Probed, Why};
+use crate::facts::{Facts, GpuRuntime, Library, Probed, Why};
 use crate::finding::{Finding, Severity};
 use crate::knowledge::Knowledge;
 
@@ -15,20 +15,36 @@ fn runtime(facts: &Facts) -> Option<&GpuRuntime> {
 
 fn detail(p: &Probed<impl Sized>) -> Option<(Why, &str)> {
     match p {
-        Probed::Unknown { unknown, detail } => Some((*unknown, detail.as_str())),
+        Probed::Unknown {
+            unknown, detail, ..
+        } => Some((*unknown, detail.as_str())),
         Probed::Known(_) => None,
     }
 }
+
+/// CUresult / nvmlReturn_t codes these rules act on (cuda.h, nvml.h).
+const CUDA_ERROR_STUB_LIBRARY: i64 = 34;
+const CUDA_ERROR_NO_DEVICE: i64 = 100;
+const CUDA_ERROR_SYSTEM_DRIVER_MISMATCH: i64 = 803;
+const NVML_ERROR_LIB_RM_VERSION_MISMATCH: i64 = 18;
 
 /// Kernel module and user-space library from different driver releases: NVML says so by name,
 /// CUDA with CUDA_ERROR_SYSTEM_DRIVER_MISMATCH, or the versions simply differ.
 fn mismatch_evidence(facts: &Facts, rt: &GpuRuntime) -> Vec<String> {
     let mut ev = Vec::new();
-    if let Some((_, d)) = detail(&rt.nvml).filter(|(_, d)| d.contains("version mismatch")) {
-        ev.push(format!("NVML: {d}"));
+    if let Some(c) = rt
+        .nvml
+        .cause()
+        .filter(|c| c.library == Library::Nvml && c.code == NVML_ERROR_LIB_RM_VERSION_MISMATCH)
+    {
+        ev.push(format!("NVML: {c}"));
     }
-    if let Some((_, d)) = detail(&rt.cuda).filter(|(_, d)| d.contains("SYSTEM_DRIVER_MISMATCH")) {
-        ev.push(format!("CUDA: {d}"));
+    if let Some(c) = rt
+        .cuda
+        .cause()
+        .filter(|c| c.is_cuda(CUDA_ERROR_SYSTEM_DRIVER_MISMATCH))
+    {
+        ev.push(format!("CUDA: {c}"));
     }
     let kernel = facts.driver.version.known();
     let user = rt.nvml.known().and_then(|n| n.driver_version.known());
@@ -64,18 +80,20 @@ pub fn driver_library_mismatch(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
     vec![f]
 }
 
-/// The help for a library that could not be used, chosen from why.
-fn library_help(f: Finding, why: Why, detail: &str, lib: &str) -> Finding {
+/// The help for a library that could not be used, chosen from why and the failed call's code.
+fn library_help(f: Finding, p: &Probed<impl Sized>, why: Why, detail: &str, lib: &str) -> Finding {
     let f = f.evidence(format!("{lib}: {detail}"));
-    match why {
-        Why::Hang => f
+    let code = p.cause().map(|c| (c.library, c.code));
+    match (why, code) {
+        (Why::Hang, _) => f
             .fix("a GPU that does not answer: look for Xid errors with sudo dmesg | grep -i xid, and check `nvidia-smi` answers")
             .fix("if it hangs too, reboot (a GPU that fell off the bus needs a power cycle)"),
-        Why::Absent if detail.contains("not loadable") => f
+        // The library could not be opened at all.
+        (Why::Absent, None) => f
             .fix("install the driver's user-space part matching the kernel module (Ubuntu: the libnvidia-compute-<branch> package), or put its directory on the loader path; in a container, start it with the NVIDIA container toolkit (docker run --gpus all)"),
-        _ if detail.contains("STUB_LIBRARY") => f
+        (_, Some((Library::Cuda, CUDA_ERROR_STUB_LIBRARY))) => f
             .fix("the CUDA toolkit's stub libcuda (…/cuda/lib64/stubs) is on the loader path before the driver's: remove the stubs directory from LD_LIBRARY_PATH"),
-        _ if detail.contains("NO_DEVICE") => f
+        (_, Some((Library::Cuda, CUDA_ERROR_NO_DEVICE))) => f
             .fix("CUDA sees no GPU: check CUDA_VISIBLE_DEVICES (an empty or wrong value hides every GPU) and that /dev/nvidia* exist and are readable by your user"),
         _ => f.fix("read the driver's complaint: sudo dmesg | grep -i -e nvrm -e nvidia"),
     }
@@ -97,7 +115,7 @@ pub fn cuda_unavailable(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
     };
     let f = Finding::new("cuda-unavailable", Severity::Error, title)
         .gpus(gpus(facts).iter().map(|g| g.bdf.clone()));
-    vec![library_help(f, why, d, "libcuda")
+    vec![library_help(f, &rt.cuda, why, d, "libcuda")
         .refs(["https://docs.nvidia.com/cuda/cuda-driver-api/group__CUDA__TYPES.html"])]
 }
 
@@ -116,7 +134,7 @@ pub fn nvml_unavailable(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
         Severity::Warn,
         "NVML (the library behind nvidia-smi) cannot be used: GPU link, BAR1 and power facts are missing",
     );
-    vec![library_help(f, why, d, "libnvidia-ml")
+    vec![library_help(f, &rt.nvml, why, d, "libnvidia-ml")
         .refs(["https://docs.nvidia.com/deploy/nvml-api/index.html"])]
 }
 

@@ -53,6 +53,7 @@ pub fn not_found(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
     let Probed::Unknown {
         unknown: Why::Absent,
         detail,
+        ..
     } = &n.library
     else {
         return Vec::new();
@@ -91,12 +92,16 @@ fn hang_or_error(facts: &Facts, kb: &Knowledge, which: &str) -> Vec<Finding> {
         .map(|l| format!("NCCL {} ({})", l.version, l.path));
     let init_failed = match &n.library {
         // Never run because CUDA initialisation hung: that is cuda-unavailable's finding.
-        Probed::Unknown { unknown, detail }
-            if *unknown != Why::Absent
-                && !detail.starts_with(crate::measure::watchdog::NOT_RUN) =>
-        {
+        Probed::Unknown {
+            unknown, detail, ..
+        } if *unknown != Why::Absent && *unknown != Why::NotRun => {
             Some((*unknown == Why::Hang, detail.clone()))
         }
+        // Loaded, but ncclCommInitAll failed: the version is known.
+        Probed::Known(_) => n
+            .init_error
+            .as_ref()
+            .map(|e| (false, format!("ncclCommInitAll: {e}"))),
         _ => None,
     };
     let mut hung: Vec<String> = Vec::new();
@@ -119,7 +124,7 @@ fn hang_or_error(facts: &Facts, kb: &Knowledge, which: &str) -> Vec<Finding> {
                     .map(|s| format!(" (in: {s})"))
                     .unwrap_or_default()
             )),
-            AllReduceOutcome::Failed { error } => {
+            AllReduceOutcome::Failed { error, .. } => {
                 errors.push(format!("all-reduce of {} bytes: {error}", r.bytes))
             }
             AllReduceOutcome::Measured { .. } => {}
@@ -151,6 +156,10 @@ fn hang_or_error(facts: &Facts, kb: &Knowledge, which: &str) -> Vec<Finding> {
         if let Some(t) = transports(n) {
             f = f.evidence(t);
         }
+        // NCCL's own complaints, from the log rigdoctor had it write (NCCL_DEBUG=INFO).
+        for w in n.warnings.iter().take(5) {
+            f = f.evidence(format!("NCCL log: {w}"));
+        }
         if let Some(p2p) = facts.gpu.as_ref().and_then(|g| g.p2p.as_ref()) {
             let bad = p2p.tests.iter().filter(|t| t.outcome.broken()).count();
             f = f.evidence(format!(
@@ -162,10 +171,7 @@ fn hang_or_error(facts: &Facts, kb: &Knowledge, which: &str) -> Vec<Finding> {
             (Some(a), Some(b)) => explain(facts, kb, f, a, b, uses_p2p(n)),
             _ => f.fix("read what the kernel saw: sudo dmesg | grep -i -e Xid -e 'IO_PAGE_FAULT'"),
         };
-        out.push(
-            f.fix("rerun with the details: NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=INIT,P2P,GRAPH rigdoctor nccl")
-                .refs([NCCL_TROUBLESHOOTING]),
-        );
+        out.push(f.refs([NCCL_TROUBLESHOOTING]));
     }
     out
 }

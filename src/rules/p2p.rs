@@ -370,7 +370,7 @@ pub fn gpu_copy_failed(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
         }
         for r in t.outcome.paths() {
             match &r.verdict {
-                Verdict::Error { error } => {
+                Verdict::Error { error, .. } => {
                     ptx |= error.contains("PTX") || error.contains("cuModule");
                     f = f.evidence(format!("{g}, {}: {error}", r.path.describe()));
                 }
@@ -412,7 +412,7 @@ pub fn error(facts: &Facts, kb: &Knowledge) -> Vec<Finding> {
             .refs([SIMPLE_P2P, "https://docs.nvidia.com/deploy/xid-errors/index.html"])
         },
         |r| match &r.verdict {
-            Verdict::Error { error } => error.clone(),
+            Verdict::Error { error, .. } => error.clone(),
             _ => String::new(),
         },
     )

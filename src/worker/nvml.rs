@@ -2,7 +2,8 @@
 //! older driver's libnvidia-ml: that field is unknown with the reason, the rest is still read.
 
 use crate::facts::{
-    normalize_bus_id, NvLinkState, NvmlDevice, NvmlInventory, NvmlPair, Probed, Why,
+    normalize_bus_id, CallError, Library, NvLinkState, NvmlDevice, NvmlInventory, NvmlPair, Probed,
+    Why,
 };
 use nvml_wrapper::enum_wrappers::device::{
     P2pCapabilitiesIndex, P2pStatus, TemperatureSensor, TopologyLevel,
@@ -12,6 +13,56 @@ use nvml_wrapper::{Device, Nvml};
 
 /// NVML_NVLINK_MAX_LINKS in current drivers (an H100 has 18).
 const MAX_NVLINKS: u32 = 18;
+
+/// nvmlReturn_t names (nvml.h), by code.
+const NVML_NAMES: [(u32, &str); 23] = [
+    (1, "NVML_ERROR_UNINITIALIZED"),
+    (2, "NVML_ERROR_INVALID_ARGUMENT"),
+    (3, "NVML_ERROR_NOT_SUPPORTED"),
+    (4, "NVML_ERROR_NO_PERMISSION"),
+    (5, "NVML_ERROR_ALREADY_INITIALIZED"),
+    (6, "NVML_ERROR_NOT_FOUND"),
+    (7, "NVML_ERROR_INSUFFICIENT_SIZE"),
+    (8, "NVML_ERROR_INSUFFICIENT_POWER"),
+    (9, "NVML_ERROR_DRIVER_NOT_LOADED"),
+    (10, "NVML_ERROR_TIMEOUT"),
+    (11, "NVML_ERROR_IRQ_ISSUE"),
+    (12, "NVML_ERROR_LIBRARY_NOT_FOUND"),
+    (13, "NVML_ERROR_FUNCTION_NOT_FOUND"),
+    (14, "NVML_ERROR_CORRUPTED_INFOROM"),
+    (15, "NVML_ERROR_GPU_IS_LOST"),
+    (16, "NVML_ERROR_RESET_REQUIRED"),
+    (17, "NVML_ERROR_OPERATING_SYSTEM"),
+    (18, "NVML_ERROR_LIB_RM_VERSION_MISMATCH"),
+    (19, "NVML_ERROR_IN_USE"),
+    (20, "NVML_ERROR_MEMORY"),
+    (21, "NVML_ERROR_NO_DATA"),
+    (22, "NVML_ERROR_VGPU_ECC_NOT_SUPPORTED"),
+    (999, "NVML_ERROR_UNKNOWN"),
+];
+
+/// NVML_ERROR_LIB_RM_VERSION_MISMATCH: library and kernel module of different releases.
+pub const LIB_RM_VERSION_MISMATCH: i64 = 18;
+/// NVML_ERROR_DRIVER_NOT_LOADED.
+pub const DRIVER_NOT_LOADED: i64 = 9;
+
+/// An NVML failure as data: nvml-wrapper's error mapped back to nvmlReturn_t.
+pub fn call_error(e: NvmlError, call: &str) -> CallError {
+    let text = e.to_string();
+    // nvml-wrapper maps its error back to the nvmlReturn_t it came from.
+    let code: u32 = e.into();
+    CallError {
+        library: Library::Nvml,
+        call: call.to_string(),
+        code: i64::from(code),
+        name: NVML_NAMES
+            .iter()
+            .find(|(c, _)| *c == code)
+            .map(|(_, n)| n.to_string()),
+        text: Some(text),
+        sticky: false,
+    }
+}
 
 fn fact<T>(r: Result<T, NvmlError>, call: &str) -> Probed<T> {
     match r {
@@ -24,7 +75,7 @@ fn fact<T>(r: Result<T, NvmlError>, call: &str) -> Probed<T> {
             Probed::unknown(Why::Absent, format!("{call}: not supported on this GPU"))
         }
         Err(NvmlError::NoPermission) => Probed::unknown(Why::NeedsRoot, call.to_string()),
-        Err(e) => Probed::unknown(Why::Failed, format!("{call}: {e}")),
+        Err(e) => Probed::failed(call_error(e, call)),
     }
 }
 
@@ -34,11 +85,11 @@ pub fn inventory() -> Probed<NvmlInventory> {
         Err(NvmlError::LibloadingError(e)) => {
             return Probed::unknown(Why::Absent, format!("libnvidia-ml.so.1 not loadable: {e}"))
         }
-        Err(e) => return Probed::unknown(Why::Failed, format!("nvmlInit: {e}")),
+        Err(e) => return Probed::failed(call_error(e, "nvmlInit")),
     };
     let count = match nvml.device_count() {
         Ok(c) => c,
-        Err(e) => return Probed::unknown(Why::Failed, format!("nvmlDeviceGetCount: {e}")),
+        Err(e) => return Probed::failed(call_error(e, "nvmlDeviceGetCount")),
     };
     let devices = (0..count)
         .map(|index| match nvml.device_by_index(index) {

@@ -1,87 +1,39 @@
 //! The P2P battery's worker side: what CUDA grants between devices, and a verified transfer per
 //! ordered pair over every path (staged control, copy engine, SM read, SM write).
 
-use super::driver_api::{error_name, fail, is_sticky, unusable, DeviceBuffer, Failure, Session};
+use super::cu::{self, check};
+use super::driver_api::{device, device_count, init, synchronize, DeviceBuffer, Session};
 use super::pattern::{compare, pattern, seed, FILL};
-use crate::facts::{EnableAttempt, PathResult, PeerAccess, Probed, TransferPath, Verdict, Why};
-use cudarc::driver::sys::{self, CUdevice_P2PAttribute as P2pAttr, CUresult};
-use cudarc::driver::{result, DriverError};
-use serde_json::{json, Value};
+use crate::facts::{
+    CallError, EnableAttempt, PathResult, PeerAccess, Probed, StepError, TransferPath, Verdict,
+};
+use crate::measure::gpu::{MatrixAnswer, Note, PairAnswer, Step};
+use cudarc::driver::sys::CUdevice_P2PAttribute as P2pAttr;
 use std::ffi::c_void;
 
 /// Bytes per transfer: 4096 pages of 4 KiB and 8 large pages of 2 MiB, so a mistranslated or
 /// unmapped page is hit, yet the whole matrix of an 8-GPU rig takes well under a second.
 pub const TRANSFER_BYTES: usize = 16 << 20;
 
-pub const STEP_MATRIX: &str = "p2p-matrix";
-pub const STEP_PAIR: &str = "p2p";
-pub const STEP_LOCAL: &str = "gpu-selftest";
-
-pub fn local_step(device: i32) -> String {
-    format!("{STEP_LOCAL} {device}")
-}
-
-/// `"gpu-selftest 2"` -> 2.
-pub fn parse_local_step(step: &str) -> Option<i32> {
-    step.strip_prefix(STEP_LOCAL)?.trim().parse().ok()
-}
-
-/// `p2p-matrix` or `p2p-matrix 0,2,3`.
-pub fn matrix_step(devices: Option<&[i32]>) -> String {
+/// The devices to cover: all of CUDA's, or the selection, each checked to exist.
+pub fn select(devices: Option<Vec<i32>>) -> Result<Vec<i32>, StepError> {
+    let count = device_count()?;
     match devices {
-        Some(d) => {
-            let list: Vec<String> = d.iter().map(|x| x.to_string()).collect();
-            format!("{STEP_MATRIX} {}", list.join(","))
-        }
-        None => STEP_MATRIX.to_string(),
+        None => Ok((0..count).collect()),
+        Some(d) => match d.iter().find(|&&x| x < 0 || x >= count) {
+            Some(bad) => Err(StepError::invalid(format!(
+                "--devices: there is no CUDA device {bad} (CUDA sees {count}: 0..{})",
+                count - 1
+            ))),
+            None => Ok(d),
+        },
     }
 }
 
-pub fn pair_step(from: i32, to: i32) -> String {
-    format!("{STEP_PAIR} {from} {to}")
-}
-
-/// `"p2p 0 1"` -> (0, 1).
-pub fn parse_pair_step(step: &str) -> Option<(i32, i32)> {
-    let mut w = step.strip_prefix(STEP_PAIR)?.split_whitespace();
-    let from = w.next()?.parse().ok()?;
-    let to = w.next()?.parse().ok()?;
-    w.next().is_none().then_some((from, to))
-}
-
-/// The devices a matrix step covers: `None` for all of them.
-pub fn parse_matrix_step(step: &str) -> Option<Option<Vec<i32>>> {
-    let rest = step.strip_prefix(STEP_MATRIX)?.trim();
-    if rest.is_empty() {
-        return Some(None);
-    }
-    rest.split(',')
-        .map(|x| x.trim().parse().ok())
-        .collect::<Option<Vec<i32>>>()
-        .map(Some)
-}
-
-fn cuda(what: &str, e: DriverError) -> String {
-    format!("{what}: {}", error_name(&e))
-}
-
-/// The matrix step: the devices covered, what CUDA grants per ordered pair, and the pair steps
-/// to run next (every ordered pair granted in at least one direction).
-pub fn matrix(devices: Option<Vec<i32>>) -> Result<(Value, Vec<String>), String> {
-    init()?;
-    let count = result::device::get_count().map_err(|e| cuda("cuDeviceGetCount", e))?;
-    let devices = match devices {
-        None => (0..count).collect(),
-        Some(d) => {
-            if let Some(bad) = d.iter().find(|&&x| x < 0 || x >= count) {
-                return Err(format!(
-                    "--devices: there is no CUDA device {bad} (CUDA sees {count}: 0..{})",
-                    count - 1
-                ));
-            }
-            d
-        }
-    };
+/// The matrix step: the devices covered, what CUDA grants per ordered pair, and the steps to
+/// run next (each GPU's self-test, then every ordered pair granted in at least one direction).
+pub fn matrix(devices: Option<Vec<i32>>) -> Result<(MatrixAnswer, Vec<Step>), StepError> {
+    let devices = select(devices)?;
     let mut access = Vec::new();
     for &from in &devices {
         for &to in devices.iter().filter(|&&t| t != from) {
@@ -93,38 +45,41 @@ pub fn matrix(devices: Option<Vec<i32>>) -> Result<(Value, Vec<String>), String>
             .iter()
             .any(|p| p.from == a && p.to == b && p.can_access.known() == Some(&true))
     };
-    let mut steps: Vec<String> = devices.iter().map(|&d| local_step(d)).collect();
+    let mut steps: Vec<Step> = devices
+        .iter()
+        .map(|&d| Step::GpuSelftest { device: d })
+        .collect();
     for &from in &devices {
         for &to in devices.iter().filter(|&&t| t != from) {
             if granted(from, to) || granted(to, from) {
-                steps.push(pair_step(from, to));
+                steps.push(Step::P2pPair { from, to });
             }
         }
     }
-    let value = json!({ "devices": devices, "access": access });
-    Ok((value, steps))
-}
-
-/// Check the library, then cuInit (cheap when done already: a restarted worker starts here).
-pub(super) fn init() -> Result<(), String> {
-    if let Some(why) =
-        unusable(&super::cuda::SYMBOLS).or_else(|| unusable(&super::driver_api::TRANSFER_SYMBOLS))
-    {
-        return Err(why);
-    }
-    result::init().map_err(|e| cuda("cuInit", e))
+    Ok((MatrixAnswer { devices, access }, steps))
 }
 
 fn peer_access(from: i32, to: i32) -> PeerAccess {
-    let probe = |r: Result<i32, DriverError>, call: &str| match r {
+    let probe = |r: Result<i32, CallError>| match r {
         Ok(v) => Probed::Known(v),
-        Err(e) => Probed::unknown(Why::Failed, cuda(call, e)),
+        Err(c) => Probed::failed(c),
     };
-    let devs = result::device::get(from).and_then(|a| Ok((a, result::device::get(to)?)));
-    let (a, b) = match devs {
-        Ok(d) => d,
-        Err(e) => {
-            let why: Probed<()> = Probed::unknown(Why::Failed, cuda("cuDeviceGet", e));
+    let devs = device(from).and_then(|a| Ok((a, device(to)?)));
+    let (a, b, api) = match (devs, cu::api()) {
+        (Ok((a, b)), Ok(api)) => (a, b, api),
+        (Err(e), _) => {
+            let why: Probed<()> = Probed::failed(e.at("cuDeviceGet"));
+            return PeerAccess {
+                from,
+                to,
+                can_access: why.clone().map(|_| false),
+                access_supported: why.clone().map(|_| false),
+                perf_rank: why.clone().map(|_| 0),
+                native_atomics: why.map(|_| false),
+            };
+        }
+        (_, Err(e)) => {
+            let why: Probed<()> = Probed::unknown(crate::facts::Why::NotRun, e);
             return PeerAccess {
                 from,
                 to,
@@ -137,41 +92,51 @@ fn peer_access(from: i32, to: i32) -> PeerAccess {
     };
     let mut can = 0;
     // SAFETY: a and b come from cuDeviceGet; `can` is a valid out pointer.
-    let can_access = unsafe { sys::cuDeviceCanAccessPeer(&mut can, a, b) }
-        .result()
-        .map(|_| can);
+    let can_access = check(unsafe { (api.cuDeviceCanAccessPeer)(&mut can, a, b) })
+        .map(|_| can)
+        .map_err(|e| e.at("cuDeviceCanAccessPeer"));
     let attr = |attr: P2pAttr| {
         let mut v = 0;
         // SAFETY: as above.
-        unsafe { sys::cuDeviceGetP2PAttribute(&mut v, attr, a, b) }
-            .result()
+        check(unsafe { (api.cuDeviceGetP2PAttribute)(&mut v, attr as i32, a, b) })
             .map(|_| v)
+            .map_err(|e| e.at(format!("cuDeviceGetP2PAttribute({attr:?})")))
     };
-    let call = "cuDeviceGetP2PAttribute";
     PeerAccess {
         from,
         to,
-        can_access: probe(can_access, "cuDeviceCanAccessPeer").map(|v| v != 0),
-        access_supported: probe(
-            attr(P2pAttr::CU_DEVICE_P2P_ATTRIBUTE_ACCESS_SUPPORTED),
-            call,
-        )
-        .map(|v| v != 0),
-        perf_rank: probe(
-            attr(P2pAttr::CU_DEVICE_P2P_ATTRIBUTE_PERFORMANCE_RANK),
-            call,
-        ),
-        native_atomics: probe(
-            attr(P2pAttr::CU_DEVICE_P2P_ATTRIBUTE_NATIVE_ATOMIC_SUPPORTED),
-            call,
-        )
+        can_access: probe(can_access).map(|v| v != 0),
+        access_supported: probe(attr(P2pAttr::CU_DEVICE_P2P_ATTRIBUTE_ACCESS_SUPPORTED))
+            .map(|v| v != 0),
+        perf_rank: probe(attr(P2pAttr::CU_DEVICE_P2P_ATTRIBUTE_PERFORMANCE_RANK)),
+        native_atomics: probe(attr(
+            P2pAttr::CU_DEVICE_P2P_ATTRIBUTE_NATIVE_ATOMIC_SUPPORTED,
+        ))
         .map(|v| v != 0),
     }
 }
 
+/// Whether CUDA grants `a` access to `b`'s memory.
+pub fn can_access(a: i32, b: i32) -> bool {
+    let (Ok(da), Ok(db), Ok(api)) = (device(a), device(b), cu::api()) else {
+        return false;
+    };
+    let mut v = 0;
+    // SAFETY: devices from cuDeviceGet, valid out pointer.
+    check(unsafe { (api.cuDeviceCanAccessPeer)(&mut v, da, db) }).is_ok() && v != 0
+}
+
+/// A path's failure as its verdict.
+fn error_verdict(c: CallError) -> Verdict {
+    Verdict::Error {
+        error: c.to_string(),
+        cause: Some(c),
+    }
+}
+
 /// What a pair step answers.
-pub struct PairAnswer {
-    pub value: Value,
+pub struct PairRun {
+    pub answer: PairAnswer,
     /// The CUDA context was lost (sticky error): this worker must not run further steps.
     pub context_lost: bool,
 }
@@ -190,61 +155,58 @@ impl Pair<'_> {
     /// Fill the destination, run `transfer`, read the destination back and judge it.
     fn check(
         &mut self,
-        transfer: impl FnOnce(&mut Self) -> Result<(), Failure>,
-    ) -> Result<Verdict, Failure> {
+        transfer: impl FnOnce(&mut Self) -> Result<(), CallError>,
+    ) -> Result<Verdict, CallError> {
         self.session
             .bind(self.to)
-            .map_err(|e| fail("cuCtxSetCurrent", e))?;
+            .map_err(|e| e.at("cuCtxSetCurrent"))?;
         self.dst
             .fill(FILL)
-            .map_err(|e| fail("cuMemsetD32 (destination fill)", e))?;
+            .map_err(|e| e.at("cuMemsetD32 (destination fill)"))?;
         transfer(self)?;
         self.session
             .bind(self.to)
-            .map_err(|e| fail("cuCtxSetCurrent", e))?;
+            .map_err(|e| e.at("cuCtxSetCurrent"))?;
         self.dst
             .download(&mut self.got)
-            .map_err(|e| fail("cuMemcpyDtoH (read back)", e))?;
+            .map_err(|e| e.at("cuMemcpyDtoH (read back)"))?;
         Ok(match compare(&self.sent, &self.got) {
             None => Verdict::Ok,
             Some(m) => Verdict::Mismatch(m),
         })
     }
 
-    fn peer_copy(&mut self) -> Result<(), Failure> {
+    fn peer_copy(&mut self) -> Result<(), CallError> {
         let src_ctx = self
             .session
             .bind(self.from)
-            .map_err(|e| fail("cuCtxSetCurrent", e))?;
+            .map_err(|e| e.at("cuCtxSetCurrent"))?;
         let dst_ctx = self
             .session
             .context(self.to)
-            .map_err(|e| fail("cuDevicePrimaryCtxRetain", e))?;
+            .map_err(|e| e.at("cuDevicePrimaryCtxRetain"))?;
+        let api = cu::api()
+            .map_err(|_| cu::CuError(cu::code::INVALID_CONTEXT).at("cuMemcpyPeerAsync"))?;
         // SAFETY: both buffers hold `bytes` bytes in their contexts; the null stream of the
         // current (source) context, waited for just below.
-        unsafe {
-            result::memcpy_peer_async(
-                dst_ctx,
+        check(unsafe {
+            (api.cuMemcpyPeerAsync)(
                 self.dst.ptr,
-                src_ctx,
+                dst_ctx,
                 self.src.ptr,
+                src_ctx,
                 self.src.bytes,
                 std::ptr::null_mut(),
             )
-        }
-        .map_err(|e| fail("cuMemcpyPeerAsync", e))?;
-        result::ctx::synchronize().map_err(|e| fail("cuCtxSynchronize after cuMemcpyPeerAsync", e))
+        })
+        .map_err(|e| e.at("cuMemcpyPeerAsync"))?;
+        synchronize().map_err(|e| e.at("cuCtxSynchronize after cuMemcpyPeerAsync"))
     }
 
     /// `copy_v4(dst, src)` on device `on`.
-    fn kernel_copy(&mut self, on: i32) -> Result<(), Failure> {
-        let f = self.session.copy_kernel(on).map_err(|message| Failure {
-            message,
-            sticky: false,
-        })?;
-        self.session
-            .bind(on)
-            .map_err(|e| fail("cuCtxSetCurrent", e))?;
+    fn kernel_copy(&mut self, on: i32) -> Result<(), CallError> {
+        let f = self.session.copy_kernel(on)?;
+        self.session.bind(on).map_err(|e| e.at("cuCtxSetCurrent"))?;
         let n = (self.src.bytes / 16) as u64;
         let (mut dst, mut src, mut n_arg) = (self.dst.ptr, self.src.ptr, n);
         let mut params: [*mut c_void; 3] = [
@@ -253,44 +215,46 @@ impl Pair<'_> {
             &mut n_arg as *mut u64 as *mut c_void,
         ];
         let blocks = n.div_ceil(256).clamp(1, 1024) as u32;
-        // SAFETY: copy_v4 takes (u64, u64, u64), as passed; both buffers hold n 16-byte
-        // elements and are reachable from `on` (local, or peer with access enabled).
-        unsafe {
-            result::launch_kernel(
-                f,
-                (blocks, 1, 1),
-                (256, 1, 1),
-                0,
-                std::ptr::null_mut(),
-                &mut params,
-            )
-        }
-        .map_err(|e| fail("cuLaunchKernel(copy_v4)", e))?;
-        result::ctx::synchronize().map_err(|e| fail("cuCtxSynchronize after copy_v4", e))
+        // copy_v4 takes (u64, u64, u64), as passed; both buffers hold n 16-byte elements and
+        // are reachable from `on` (local, or peer with access enabled).
+        Session::launch(f, blocks, 256, std::ptr::null_mut(), &mut params)
+            .map_err(|e| e.at("cuLaunchKernel(copy_v4)"))?;
+        synchronize().map_err(|e| e.at("cuCtxSynchronize after copy_v4"))
     }
 }
 
 /// Enable peer access in `ctx`'s context to `peer`'s memory.
-pub(super) fn enable(session: &mut Session, ctx: i32, peer: i32) -> Result<EnableAttempt, Failure> {
+pub(super) fn enable(
+    session: &mut Session,
+    ctx: i32,
+    peer: i32,
+) -> Result<EnableAttempt, CallError> {
     let peer_ctx = session
         .context(peer)
-        .map_err(|e| fail("cuDevicePrimaryCtxRetain", e))?;
-    session.bind(ctx).map_err(|e| fail("cuCtxSetCurrent", e))?;
+        .map_err(|e| e.at("cuDevicePrimaryCtxRetain"))?;
+    session.bind(ctx).map_err(|e| e.at("cuCtxSetCurrent"))?;
+    let api = cu::api()
+        .map_err(|_| cu::CuError(cu::code::INVALID_CONTEXT).at("cuCtxEnablePeerAccess"))?;
     // SAFETY: peer_ctx is a retained primary context; flags must be 0.
-    let r = unsafe { sys::cuCtxEnablePeerAccess(peer_ctx, 0) }.result();
-    let error = match r {
+    let r = check(unsafe { (api.cuCtxEnablePeerAccess)(peer_ctx, 0) });
+    let cause = match r {
         Ok(()) => None,
-        Err(e) if e.0 == CUresult::CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED => None,
-        Err(e) if is_sticky(&e) => return Err(fail("cuCtxEnablePeerAccess", e)),
-        Err(e) => Some(error_name(&e)),
+        Err(e) if e.0 == cu::code::PEER_ACCESS_ALREADY_ENABLED => None,
+        Err(e) if e.sticky() => return Err(e.at("cuCtxEnablePeerAccess")),
+        Err(e) => Some(e.at("cuCtxEnablePeerAccess")),
     };
-    Ok(EnableAttempt { ctx, peer, error })
+    Ok(EnableAttempt {
+        ctx,
+        peer,
+        error: cause.as_ref().map(CallError::code_name),
+        cause,
+    })
 }
 
 pub(super) fn disable(session: &mut Session, ctx: i32, peer: i32) {
-    if let (Ok(peer_ctx), Ok(_)) = (session.context(peer), session.bind(ctx)) {
+    if let (Ok(peer_ctx), Ok(_), Ok(api)) = (session.context(peer), session.bind(ctx), cu::api()) {
         // SAFETY: as in enable; failure (not enabled) is harmless.
-        let _ = unsafe { sys::cuCtxDisablePeerAccess(peer_ctx) };
+        let _ = unsafe { (api.cuCtxDisablePeerAccess)(peer_ctx) };
     }
 }
 
@@ -299,24 +263,21 @@ pub(super) fn disable(session: &mut Session, ctx: i32, peer: i32) {
 pub fn local(
     session: &mut Session,
     device: i32,
-    note: &mut dyn FnMut(Value),
-) -> Result<PairAnswer, String> {
+    note: &mut dyn FnMut(Note),
+) -> Result<PairRun, StepError> {
     init()?;
-    session
-        .bind(device)
-        .map_err(|e| cuda("cuCtxSetCurrent", e))?;
+    session.bind(device).map_err(|e| e.at("cuCtxSetCurrent"))?;
     let alloc = || {
         DeviceBuffer::new(TRANSFER_BYTES).map_err(|e| {
-            cuda(
-                &format!("cuMemAlloc of {TRANSFER_BYTES} bytes on device {device}"),
-                e,
-            )
+            e.at(format!(
+                "cuMemAlloc of {TRANSFER_BYTES} bytes on device {device}"
+            ))
         })
     };
     let (src, dst) = (alloc()?, alloc()?);
     let sent = pattern(seed(device, device), TRANSFER_BYTES);
     src.upload(&sent)
-        .map_err(|e| cuda("cuMemcpyHtoD (pattern)", e))?;
+        .map_err(|e| e.at("cuMemcpyHtoD (pattern)"))?;
     let mut p = Pair {
         session,
         from: device,
@@ -334,26 +295,29 @@ pub fn local(
                 reason: "the CUDA context was lost".into(),
             }
         } else {
-            note(json!({ "stage": path.label() }));
+            note(Note::Stage(path.label().into()));
             let r = p.check(|p| match path {
                 TransferPath::LocalCe => p.peer_copy(),
                 _ => p.kernel_copy(device),
             });
-            r.unwrap_or_else(|f| {
-                lost |= f.sticky;
-                Verdict::Error { error: f.message }
+            r.unwrap_or_else(|c| {
+                lost |= c.sticky;
+                error_verdict(c)
             })
         };
         let r = PathResult { path, verdict };
-        note(json!({ "path": r }));
+        note(Note::Path(r.clone()));
         paths.push(r);
     }
     if lost {
         std::mem::forget(p.src);
         std::mem::forget(p.dst);
     }
-    Ok(PairAnswer {
-        value: json!({ "enable": [], "paths": paths }),
+    Ok(PairRun {
+        answer: PairAnswer {
+            enable: Vec::new(),
+            paths,
+        },
         context_lost: lost,
     })
 }
@@ -364,36 +328,24 @@ pub fn pair(
     session: &mut Session,
     from: i32,
     to: i32,
-    note: &mut dyn FnMut(Value),
-) -> Result<PairAnswer, String> {
+    note: &mut dyn FnMut(Note),
+) -> Result<PairRun, StepError> {
     init()?;
-    let alloc = |session: &mut Session, on: i32| -> Result<DeviceBuffer, String> {
-        session.bind(on).map_err(|e| cuda("cuCtxSetCurrent", e))?;
+    let alloc = |session: &mut Session, on: i32| -> Result<DeviceBuffer, CallError> {
+        session.bind(on).map_err(|e| e.at("cuCtxSetCurrent"))?;
         DeviceBuffer::new(TRANSFER_BYTES).map_err(|e| {
-            cuda(
-                &format!("cuMemAlloc of {TRANSFER_BYTES} bytes on device {on}"),
-                e,
-            )
+            e.at(format!(
+                "cuMemAlloc of {TRANSFER_BYTES} bytes on device {on}"
+            ))
         })
     };
     let src = alloc(session, from)?;
     let dst = alloc(session, to)?;
     let sent = pattern(seed(from, to), TRANSFER_BYTES);
-    session.bind(from).map_err(|e| cuda("cuCtxSetCurrent", e))?;
+    session.bind(from).map_err(|e| e.at("cuCtxSetCurrent"))?;
     src.upload(&sent)
-        .map_err(|e| cuda("cuMemcpyHtoD (pattern)", e))?;
-    let can = |a: i32, b: i32| -> bool {
-        let (Ok(da), Ok(db)) = (result::device::get(a), result::device::get(b)) else {
-            return false;
-        };
-        let mut v = 0;
-        // SAFETY: devices from cuDeviceGet, valid out pointer.
-        unsafe { sys::cuDeviceCanAccessPeer(&mut v, da, db) }
-            .result()
-            .is_ok()
-            && v != 0
-    };
-    let (read_granted, write_granted) = (can(to, from), can(from, to));
+        .map_err(|e| e.at("cuMemcpyHtoD (pattern)"))?;
+    let (read_granted, write_granted) = (can_access(to, from), can_access(from, to));
     let mut p = Pair {
         session,
         from,
@@ -406,9 +358,9 @@ pub fn pair(
     let mut paths: Vec<PathResult> = Vec::new();
     let mut enable_attempts: Vec<EnableAttempt> = Vec::new();
     let mut lost: Option<String> = None;
-    let mut record = |note: &mut dyn FnMut(Value), path: TransferPath, verdict: Verdict| {
+    let mut record = |note: &mut dyn FnMut(Note), path: TransferPath, verdict: Verdict| {
         let r = PathResult { path, verdict };
-        note(json!({ "path": r }));
+        note(Note::Path(r.clone()));
         paths.push(r);
     };
 
@@ -420,16 +372,17 @@ pub fn pair(
                 if !granted {
                     continue;
                 }
-                note(json!({ "stage": format!("enable {ctx}->{peer}") }));
+                note(Note::Stage(format!("enable {ctx}->{peer}")));
                 match enable(p.session, ctx, peer) {
                     Ok(a) => enable_attempts.push(a),
-                    Err(f) => {
+                    Err(c) => {
+                        lost = Some(format!("the CUDA context was lost: {c}"));
                         enable_attempts.push(EnableAttempt {
                             ctx,
                             peer,
-                            error: Some(f.message.clone()),
+                            error: Some(c.to_string()),
+                            cause: Some(c),
                         });
-                        lost = Some(format!("the CUDA context was lost: {}", f.message));
                     }
                 }
             }
@@ -473,7 +426,7 @@ pub fn pair(
             );
             continue;
         }
-        note(json!({ "stage": path.label() }));
+        note(Note::Stage(path.label().into()));
         let verdict = p.check(|p| match path {
             TransferPath::Staged | TransferPath::Ce | TransferPath::LocalCe => p.peer_copy(),
             TransferPath::SmRead => p.kernel_copy(p.to),
@@ -481,11 +434,11 @@ pub fn pair(
         });
         match verdict {
             Ok(v) => record(note, path, v),
-            Err(f) => {
-                if f.sticky {
+            Err(c) => {
+                if c.sticky {
                     lost = Some(format!("the CUDA context was lost after {}", path.label()));
                 }
-                record(note, path, Verdict::Error { error: f.message });
+                record(note, path, error_verdict(c));
             }
         }
     }
@@ -499,8 +452,11 @@ pub fn pair(
         std::mem::forget(p.src);
         std::mem::forget(p.dst);
     }
-    Ok(PairAnswer {
-        value: json!({ "enable": enable_attempts, "paths": paths }),
+    Ok(PairRun {
+        answer: PairAnswer {
+            enable: enable_attempts,
+            paths,
+        },
         context_lost,
     })
 }

@@ -1,24 +1,23 @@
 //! The parent's side of the bandwidth battery: step reports into [`BandwidthFacts`].
 
-use super::bandwidth::{parse_end_step, Reading, Spec, StepResult};
+use super::GpuReport;
 use crate::facts::{
-    BandwidthConfig, BandwidthFacts, BwOutcome, LinkUnderLoad, Measurement, PeerAccess, Probed,
-    Stats, Why,
+    BandwidthConfig, BandwidthFacts, BwOutcome, LinkUnderLoad, Measurement, Probed, Stats, Why,
 };
-use crate::measure::watchdog::{Outcome, StepReport};
-use serde::Deserialize;
+use crate::measure::gpu::{last_stage, Answer, Reading, Spec, Step};
+use crate::measure::watchdog::Outcome;
 
 /// Reports of the bandwidth steps, in plan order.
 pub fn settle(
     cfg: &BandwidthConfig,
     selected: &[i32],
-    reports: Vec<StepReport>,
+    reports: Vec<GpuReport>,
     secs: f64,
 ) -> BandwidthFacts {
     let mut facts = BandwidthFacts {
         config: cfg.clone(),
         devices: selected.to_vec(),
-        access: Probed::unknown(Why::IoError, "not run"),
+        access: Probed::unknown(Why::NotRun, "not run"),
         measurements: Vec::new(),
         links: Vec::new(),
         aer_after: Default::default(),
@@ -29,64 +28,52 @@ pub fn settle(
     let mut after: Vec<Reading> = Vec::new();
     let mut load: Vec<Reading> = Vec::new();
     for r in reports {
-        if super::bandwidth::parse_plan_step(&r.step).is_some() {
-            match plan_answer(r.outcome, secs) {
-                Ok(p) => {
+        match &r.step {
+            Step::BandwidthPlan { .. } => match r.outcome {
+                Outcome::Done(Answer::BandwidthPlan(p)) => {
                     facts.devices = p.devices;
                     facts.access = Probed::Known(p.access);
                     before = p.before;
                 }
-                Err(why) => facts.access = why,
-            }
-        } else if parse_end_step(&r.step).is_some() {
-            if let Outcome::Done(v) = r.outcome {
-                #[derive(Deserialize)]
-                struct End {
-                    after: Vec<Reading>,
+                Outcome::Done(_) => {
+                    facts.access = Probed::unknown(
+                        Why::Unparsable,
+                        "worker protocol: wrong answer for the plan",
+                    )
                 }
-                after = serde_json::from_value::<End>(v)
-                    .map(|e| e.after)
-                    .unwrap_or_default();
+                Outcome::Failed(e) => facts.access = Probed::from_step_error(e),
+                Outcome::Hang { .. } => {
+                    facts.access = Probed::unknown(
+                        Why::Hang,
+                        format!("CUDA did not list the devices within {secs} s"),
+                    )
+                }
+                Outcome::Crashed(e) => {
+                    facts.access = Probed::unknown(Why::Failed, format!("the worker {e}"))
+                }
+            },
+            Step::BandwidthEnd { .. } => {
+                if let Outcome::Done(Answer::BandwidthEnd(a)) = r.outcome {
+                    after = a;
+                }
             }
-        } else if let Some(spec) = Spec::parse(&r.step) {
-            facts
-                .measurements
-                .extend(measurements(&spec, cfg, r, &mut load));
+            Step::Bandwidth(spec) => {
+                let spec = spec.clone();
+                facts
+                    .measurements
+                    .extend(measurements(&spec, cfg, r, &mut load));
+            }
+            _ => {}
         }
     }
     facts.links = links(&facts.devices, &before, &load, &after);
     facts
 }
 
-#[derive(Deserialize)]
-struct PlanAnswer {
-    devices: Vec<i32>,
-    access: Vec<PeerAccess>,
-    #[serde(default)]
-    before: Vec<Reading>,
-}
-
-fn plan_answer(o: Outcome, secs: f64) -> Result<PlanAnswer, Probed<Vec<PeerAccess>>> {
-    match o {
-        Outcome::Done(v) => serde_json::from_value(v).map_err(|e| {
-            Probed::unknown(Why::Unparsable, format!("worker answer for the plan: {e}"))
-        }),
-        Outcome::Failed(e) => Err(Probed::unknown(Why::Failed, e)),
-        Outcome::Hang { .. } => Err(Probed::unknown(
-            Why::Hang,
-            format!("CUDA did not list the devices within {secs} s"),
-        )),
-        Outcome::Crashed(e) => Err(Probed::unknown(
-            Why::Failed,
-            format!("the worker died: {e}"),
-        )),
-    }
-}
-
 fn measurements(
     spec: &Spec,
     cfg: &BandwidthConfig,
-    r: StepReport,
+    r: GpuReport,
     load: &mut Vec<Reading>,
 ) -> Vec<Measurement> {
     let (bytes, copies) = if spec.latency {
@@ -94,7 +81,7 @@ fn measurements(
     } else {
         (cfg.size_bytes, cfg.iters)
     };
-    let stage = r.last_stage();
+    let stage = last_stage(&r.notes);
     let each = |outcome: BwOutcome| -> Vec<Measurement> {
         spec.lanes()
             .into_iter()
@@ -111,21 +98,22 @@ fn measurements(
             })
             .collect()
     };
-    let v = match r.outcome {
-        Outcome::Done(v) => v,
-        Outcome::Failed(error) => return each(BwOutcome::Failed { error }),
+    let answer = match r.outcome {
+        Outcome::Done(Answer::Bandwidth(a)) => a,
+        Outcome::Done(other) => {
+            return each(BwOutcome::Failed {
+                error: format!("worker protocol: unexpected answer {other:?}"),
+            })
+        }
+        Outcome::Failed(e) => {
+            return each(BwOutcome::Failed {
+                error: e.to_string(),
+            })
+        }
         Outcome::Hang { .. } => return each(BwOutcome::Hang { stage }),
         Outcome::Crashed(e) => {
             return each(BwOutcome::Failed {
-                error: format!("the worker died: {e}"),
-            })
-        }
-    };
-    let answer: StepResult = match serde_json::from_value(v) {
-        Ok(a) => a,
-        Err(e) => {
-            return each(BwOutcome::Failed {
-                error: format!("unreadable worker answer: {e}"),
+                error: format!("the worker {e}"),
             })
         }
     };

@@ -7,140 +7,19 @@
 //! pre-filled and compared with the sent pattern after every sample: a mismatch is a finding,
 //! never a number.
 
-use super::driver_api::{fail, DeviceBuffer, Event, Failure, HostBuffer, Kernel, Session, Stream};
+use super::cu::{self, check, CuError};
+use super::driver_api::{init, DeviceBuffer, Event, HostBuffer, Kernel, Session, Stream};
 use super::pattern::{compare, pattern, seed, FILL};
-use crate::facts::{BandwidthConfig, Kind, Method, PeerAccess};
-use cudarc::driver::result;
-use cudarc::driver::sys;
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use crate::facts::{BandwidthConfig, CallError, Kind, Method, PeerAccess, StepError};
+use crate::measure::gpu::{LaneResult, Note, PlanAnswer, Reading, Spec, Step, StepResult};
 use std::collections::BTreeMap;
 use std::ffi::c_void;
 use std::time::Duration;
 
-pub const STEP_PLAN: &str = "bw-plan";
-pub const STEP_END: &str = "bw-end";
-/// The run's [`BandwidthConfig`] as JSON, for the worker.
-pub const CONFIG_ENV: &str = "RIGDOCTOR_BANDWIDTH";
 /// How long `spin_wait` holds a stream if the host never releases it (a crashed worker).
 const SPIN_TIMEOUT_NS: u64 = 10_000_000_000;
 /// NVML readings per sample while the copies run.
 const LOAD_READINGS: usize = 4;
-
-/// One measurement step: what is copied, how, and whether the reverse runs at the same time.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Spec {
-    pub latency: bool,
-    pub kind: Kind,
-    pub method: Method,
-    pub from: Option<i32>,
-    pub to: Option<i32>,
-    pub bidir: bool,
-}
-
-fn end_label(e: Option<i32>) -> String {
-    e.map_or("host".into(), |d| d.to_string())
-}
-
-fn parse_end(s: &str) -> Option<Option<i32>> {
-    if s == "host" {
-        return Some(None);
-    }
-    s.parse().ok().filter(|d: &i32| *d >= 0).map(Some)
-}
-
-impl Spec {
-    /// `bw p2p ce 0 1`, `lat h2d ce host 2`, `bw staged ce 1 0 bidir`.
-    pub fn step(&self) -> String {
-        format!(
-            "{} {} {} {} {}{}",
-            if self.latency { "lat" } else { "bw" },
-            self.kind.label(),
-            self.method.label(),
-            end_label(self.from),
-            end_label(self.to),
-            if self.bidir { " bidir" } else { "" }
-        )
-    }
-
-    pub fn parse(step: &str) -> Option<Spec> {
-        let w: Vec<&str> = step.split_whitespace().collect();
-        let latency = match *w.first()? {
-            "bw" => false,
-            "lat" => true,
-            _ => return None,
-        };
-        let method = match *w.get(2)? {
-            "ce" => Method::Ce,
-            "sm" => Method::Sm,
-            _ => return None,
-        };
-        let bidir = match w.get(5) {
-            None => false,
-            Some(&"bidir") => true,
-            _ => return None,
-        };
-        (w.len() <= 6).then_some(())?;
-        Some(Spec {
-            latency,
-            kind: Kind::parse(w.get(1)?)?,
-            method,
-            from: parse_end(w.get(3)?)?,
-            to: parse_end(w.get(4)?)?,
-            bidir,
-        })
-    }
-
-    /// The progress phase the step belongs to.
-    pub fn phase(&self) -> &'static str {
-        match (self.latency, self.kind) {
-            (true, _) => "latency",
-            (_, Kind::H2d | Kind::D2h) => "host<->device",
-            (_, Kind::Local) => "within each GPU",
-            (_, Kind::P2p) => "GPU<->GPU, P2P",
-            (_, Kind::Staged) => "GPU<->GPU, staged",
-        }
-    }
-
-    /// The directions this step measures: one, or both at once.
-    pub fn lanes(&self) -> Vec<(Kind, Option<i32>, Option<i32>)> {
-        let mut v = vec![(self.kind, self.from, self.to)];
-        if self.bidir {
-            let back = match self.kind {
-                Kind::H2d => Kind::D2h,
-                Kind::D2h => Kind::H2d,
-                k => k,
-            };
-            v.push((back, self.to, self.from));
-        }
-        v
-    }
-}
-
-/// `bw-plan` or `bw-plan 0,2`.
-pub fn plan_step(devices: Option<&[i32]>) -> String {
-    super::p2p::matrix_step(devices).replacen(super::p2p::STEP_MATRIX, STEP_PLAN, 1)
-}
-
-pub fn parse_plan_step(step: &str) -> Option<Option<Vec<i32>>> {
-    let rest = step.strip_prefix(STEP_PLAN)?;
-    super::p2p::parse_matrix_step(&format!("{}{rest}", super::p2p::STEP_MATRIX))
-}
-
-/// One NVML reading of a GPU's link and clocks.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Reading {
-    pub device: i32,
-    pub bus_id: Option<String>,
-    pub gen: Option<u32>,
-    pub width: Option<u32>,
-    pub max_gen: Option<u32>,
-    pub max_width: Option<u32>,
-    pub throttle: Option<u64>,
-    pub replays: Option<u64>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub unread: Vec<String>,
-}
 
 /// NVML for readings under load, opened once per worker.
 pub struct Sampler {
@@ -223,35 +102,24 @@ fn nvml_read<T>(
         .ok()
 }
 
-/// cuInit, with every symbol the measurements call checked first (cudarc panics on a missing one).
-fn init() -> Result<(), String> {
-    super::p2p::init()?;
-    match super::driver_api::unusable(&super::driver_api::BANDWIDTH_SYMBOLS) {
-        Some(why) => Err(why),
-        None => Ok(()),
-    }
-}
-
 /// The plan step: the devices and what CUDA grants between them (the P2P matrix's own step),
 /// each GPU's link before any copy, and the measurement steps to run.
 pub fn plan(
     devices: Option<Vec<i32>>,
     cfg: &BandwidthConfig,
     sampler: &mut Sampler,
-) -> Result<(Value, Vec<String>), String> {
-    let (matrix, _) = super::p2p::matrix(devices)?;
-    init()?;
-    #[derive(Deserialize)]
-    struct Matrix {
-        devices: Vec<i32>,
-        access: Vec<PeerAccess>,
-    }
-    let m: Matrix = serde_json::from_value(matrix.clone()).map_err(|e| e.to_string())?;
+) -> Result<(PlanAnswer, Vec<Step>), StepError> {
+    let (m, _) = super::p2p::matrix(devices)?;
     let before: Vec<Reading> = m.devices.iter().map(|&d| sampler.read(d, true)).collect();
     let steps = measurement_steps(&m.devices, &m.access, cfg);
-    let mut value = matrix;
-    value["before"] = json!(before);
-    Ok((value, steps))
+    Ok((
+        PlanAnswer {
+            devices: m.devices,
+            access: m.access,
+            before,
+        },
+        steps,
+    ))
 }
 
 /// Every measurement the config asks for, phase by phase, then the closing reading.
@@ -259,7 +127,7 @@ pub fn measurement_steps(
     devices: &[i32],
     access: &[PeerAccess],
     cfg: &BandwidthConfig,
-) -> Vec<String> {
+) -> Vec<Step> {
     let granted = |a: i32, b: i32| {
         access
             .iter()
@@ -347,35 +215,22 @@ pub fn measurement_steps(
             ));
         }
     }
-    let mut steps: Vec<String> = specs.iter().map(Spec::step).collect();
-    steps.push(end_step(devices));
+    let mut steps: Vec<Step> = specs.into_iter().map(Step::Bandwidth).collect();
+    steps.push(Step::BandwidthEnd {
+        devices: devices.to_vec(),
+    });
     steps
 }
 
-/// `bw-end 0,1,2`: the closing reading of these devices.
-pub fn end_step(devices: &[i32]) -> String {
-    let list: Vec<String> = devices.iter().map(|d| d.to_string()).collect();
-    format!("{STEP_END} {}", list.join(","))
-}
-
-pub fn parse_end_step(step: &str) -> Option<Vec<i32>> {
-    let rest = step.strip_prefix(STEP_END)?.trim();
-    if rest.is_empty() {
-        return Some(Vec::new());
-    }
-    rest.split(',').map(|x| x.trim().parse().ok()).collect()
-}
-
 /// The closing step: each GPU's replay counter after the last copy.
-pub fn end(devices: Vec<i32>, sampler: &mut Sampler) -> Result<Value, String> {
+pub fn end(devices: &[i32], sampler: &mut Sampler) -> Result<Vec<Reading>, StepError> {
     init()?;
-    let after: Vec<Reading> = devices.iter().map(|&d| sampler.read(d, true)).collect();
-    Ok(json!({ "after": after }))
+    Ok(devices.iter().map(|&d| sampler.read(d, true)).collect())
 }
 
 /// What a measurement step answers.
 pub struct Answer {
-    pub result: Result<Value, String>,
+    pub result: Result<StepResult, StepError>,
     /// A sticky CUDA error: this worker must stop.
     pub context_lost: bool,
 }
@@ -386,27 +241,26 @@ enum Buf {
 }
 
 impl Buf {
-    fn new(session: &mut Session, on: Option<i32>, bytes: usize) -> Result<Buf, Failure> {
+    fn new(session: &mut Session, on: Option<i32>, bytes: usize) -> Result<Buf, CallError> {
         match on {
             Some(d) => {
-                session.bind(d).map_err(|e| fail("cuCtxSetCurrent", e))?;
+                session.bind(d).map_err(|e| e.at("cuCtxSetCurrent"))?;
                 let mem = DeviceBuffer::new(bytes)
-                    .map_err(|e| fail(&format!("cuMemAlloc of {bytes} bytes on GPU {d}"), e))?;
+                    .map_err(|e| e.at(format!("cuMemAlloc of {bytes} bytes on GPU {d}")))?;
                 Ok(Buf::Device { on: d, mem })
             }
             // The caller has bound the GPU whose context allocates it.
             None => HostBuffer::new(bytes)
                 .map(Buf::Host)
-                .map_err(|e| fail(&format!("cuMemHostAlloc of {bytes} bytes"), e)),
+                .map_err(|e| e.at(format!("cuMemHostAlloc of {bytes} bytes"))),
         }
     }
 
-    fn write(&mut self, session: &mut Session, data: &[u8]) -> Result<(), Failure> {
+    fn write(&mut self, session: &mut Session, data: &[u8]) -> Result<(), CallError> {
         match self {
             Buf::Device { on, mem } => {
-                session.bind(*on).map_err(|e| fail("cuCtxSetCurrent", e))?;
-                mem.upload(data)
-                    .map_err(|e| fail("cuMemcpyHtoD (pattern)", e))
+                session.bind(*on).map_err(|e| e.at("cuCtxSetCurrent"))?;
+                mem.upload(data).map_err(|e| e.at("cuMemcpyHtoD (pattern)"))
             }
             Buf::Host(h) => {
                 h.as_mut_slice().copy_from_slice(data);
@@ -415,12 +269,12 @@ impl Buf {
         }
     }
 
-    fn fill(&mut self, session: &mut Session) -> Result<(), Failure> {
+    fn fill(&mut self, session: &mut Session) -> Result<(), CallError> {
         match self {
             Buf::Device { on, mem } => {
-                session.bind(*on).map_err(|e| fail("cuCtxSetCurrent", e))?;
+                session.bind(*on).map_err(|e| e.at("cuCtxSetCurrent"))?;
                 mem.fill(FILL)
-                    .map_err(|e| fail("cuMemsetD32 (destination fill)", e))
+                    .map_err(|e| e.at("cuMemsetD32 (destination fill)"))
             }
             Buf::Host(h) => {
                 for w in h.as_mut_slice().chunks_exact_mut(4) {
@@ -431,12 +285,12 @@ impl Buf {
         }
     }
 
-    fn read(&self, session: &mut Session, out: &mut [u8]) -> Result<(), Failure> {
+    fn read(&self, session: &mut Session, out: &mut [u8]) -> Result<(), CallError> {
         match self {
             Buf::Device { on, mem } => {
-                session.bind(*on).map_err(|e| fail("cuCtxSetCurrent", e))?;
+                session.bind(*on).map_err(|e| e.at("cuCtxSetCurrent"))?;
                 mem.download(out)
-                    .map_err(|e| fail("cuMemcpyDtoH (read back)", e))
+                    .map_err(|e| e.at("cuMemcpyDtoH (read back)"))
             }
             Buf::Host(h) => {
                 out.copy_from_slice(h.as_slice());
@@ -446,12 +300,12 @@ impl Buf {
     }
 
     /// The address a kernel on the current context uses.
-    fn kernel_ptr(&self) -> Result<u64, Failure> {
+    fn kernel_ptr(&self) -> Result<u64, CallError> {
         match self {
             Buf::Device { mem, .. } => Ok(mem.ptr),
             Buf::Host(h) => h
                 .device_ptr()
-                .map_err(|e| fail("cuMemHostGetDevicePointer", e)),
+                .map_err(|e| e.at("cuMemHostGetDevicePointer")),
         }
     }
 }
@@ -470,39 +324,13 @@ struct Lane {
     end: Event,
 }
 
-/// Result of one lane, as the parent reads it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LaneResult {
-    pub kind: Kind,
-    pub from: Option<i32>,
-    pub to: Option<i32>,
-    /// Milliseconds per sample (between the events around the timed copies).
-    pub samples_ms: Vec<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mismatch: Option<crate::facts::Mismatch>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-/// The whole answer of a measurement step.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StepResult {
-    pub bytes: u64,
-    pub copies: u32,
-    pub lanes: Vec<LaneResult>,
-    /// NVML readings taken while the copies ran.
-    pub load: Vec<Reading>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub host_cpus: Option<String>,
-}
-
 /// Run one measurement step. `note` marks the sub-step, so that a hang names it.
 pub fn measure(
     session: &mut Session,
     sampler: &mut Sampler,
     spec: &Spec,
     cfg: &BandwidthConfig,
-    note: &mut dyn FnMut(Value),
+    note: &mut dyn FnMut(Note),
 ) -> Answer {
     if let Err(e) = init() {
         return Answer {
@@ -521,6 +349,9 @@ pub fn measure(
         g
     };
     // Host buffers from the CPUs next to the (first) GPU, as nvbandwidth allocates them.
+    // The thread's CPU mask is put back when the step ends (the guard), so later steps and
+    // NCCL's threads do not inherit this GPU's node.
+    let _affinity = Affinity::save();
     let host_cpus = if spec.from.is_none() || spec.to.is_none() {
         gpus.first()
             .and_then(|&g| pin_to_gpu_node(sampler.bus_id(g).as_deref()))
@@ -529,7 +360,7 @@ pub fn measure(
     };
     let peer_enabled = match spec.kind {
         Kind::P2p => {
-            note(json!({ "stage": "enable peer access" }));
+            note(Note::Stage("enable peer access".into()));
             enable_both(session, spec)
         }
         Kind::Staged => {
@@ -544,18 +375,18 @@ pub fn measure(
     }
     match outcome {
         Ok((lanes, load)) => Answer {
-            result: Ok(json!(StepResult {
+            result: Ok(StepResult {
                 bytes: bytes as u64,
                 copies,
                 lanes,
                 load,
                 host_cpus,
-            })),
+            }),
             context_lost: false,
         },
-        Err(f) => Answer {
-            result: Err(f.message),
-            context_lost: f.sticky,
+        Err(c) => Answer {
+            context_lost: c.sticky,
+            result: Err(StepError::Call(c)),
         },
     }
 }
@@ -592,27 +423,23 @@ fn run_lanes(
     bytes: usize,
     copies: u32,
     gpus: &[i32],
-    note: &mut dyn FnMut(Value),
-) -> Result<LaneRun, Failure> {
-    note(json!({ "stage": "allocate" }));
+    note: &mut dyn FnMut(Note),
+) -> Result<LaneRun, CallError> {
+    note(Note::Stage("allocate".into()));
     let mut lanes = Vec::new();
     for (kind, from, to) in spec.lanes() {
         // The copy is issued by the source GPU (it pushes), or by the GPU of a host copy.
         let issuer = from.or(to).unwrap_or(0);
         // Pinned host memory is allocated in (and portable from) the issuer's context.
-        session
-            .bind(issuer)
-            .map_err(|e| fail("cuCtxSetCurrent", e))?;
+        session.bind(issuer).map_err(|e| e.at("cuCtxSetCurrent"))?;
         let mut src = Buf::new(session, from, bytes)?;
         let dst = Buf::new(session, to, bytes)?;
         let sent = pattern(seed(from.unwrap_or(-1), to.unwrap_or(-1)), bytes);
         src.write(session, &sent)?;
-        session
-            .bind(issuer)
-            .map_err(|e| fail("cuCtxSetCurrent", e))?;
-        let stream = Stream::new().map_err(|e| fail("cuStreamCreate", e))?;
-        let start = Event::new().map_err(|e| fail("cuEventCreate", e))?;
-        let end = Event::new().map_err(|e| fail("cuEventCreate", e))?;
+        session.bind(issuer).map_err(|e| e.at("cuCtxSetCurrent"))?;
+        let stream = Stream::new().map_err(|e| e.at("cuStreamCreate"))?;
+        let start = Event::new().map_err(|e| e.at("cuEventCreate"))?;
+        let end = Event::new().map_err(|e| e.at("cuEventCreate"))?;
         lanes.push(Lane {
             kind,
             from,
@@ -626,7 +453,7 @@ fn run_lanes(
             end,
         });
     }
-    let mut latch = HostBuffer::new(64).map_err(|e| fail("cuMemHostAlloc (latch)", e))?;
+    let mut latch = HostBuffer::new(64).map_err(|e| e.at("cuMemHostAlloc (latch)"))?;
     let mut results: Vec<LaneResult> = lanes
         .iter()
         .map(|l| LaneResult {
@@ -641,24 +468,41 @@ fn run_lanes(
     let mut load = Vec::new();
     let mut got = vec![0u8; bytes];
     for sample in 0..cfg.samples {
-        note(json!({ "stage": format!("sample {} of {}", sample + 1, cfg.samples) }));
+        note(Note::Stage(format!(
+            "sample {} of {}",
+            sample + 1,
+            cfg.samples
+        )));
         for l in lanes.iter_mut() {
             l.dst.fill(session)?;
         }
         set_latch(&mut latch, 0);
-        for l in lanes.iter() {
-            enqueue(session, spec.method, l, &latch, cfg.warmup, copies)?;
-        }
+        let queued = lanes
+            .iter()
+            .try_for_each(|l| enqueue(session, spec.method, l, &latch, cfg.warmup, copies));
+        // Released whatever happened: a latch left closed keeps spin kernels running under
+        // buffers about to be freed (or a free waits out the spin, and an error becomes a hang).
         set_latch(&mut latch, 1);
+        if let Err(e) = queued {
+            drain(session, &lanes);
+            return Err(e);
+        }
         // Read the links while the copies run: an idle GPU trains its link down.
         let mut readings = 0;
         loop {
             let mut all = true;
             for l in &lanes {
-                session
+                let polled = session
                     .bind(l.issuer)
-                    .map_err(|e| fail("cuCtxSetCurrent", e))?;
-                all &= l.end.done().map_err(|e| fail("cuEventQuery", e))?;
+                    .map_err(|e| e.at("cuCtxSetCurrent"))
+                    .and_then(|_| l.end.done().map_err(|e| e.at("cuEventQuery")));
+                match polled {
+                    Ok(done) => all &= done,
+                    Err(e) => {
+                        drain(session, &lanes);
+                        return Err(e);
+                    }
+                }
             }
             if all {
                 break;
@@ -673,11 +517,11 @@ fn run_lanes(
         for (l, r) in lanes.iter().zip(results.iter_mut()) {
             session
                 .bind(l.issuer)
-                .map_err(|e| fail("cuCtxSetCurrent", e))?;
+                .map_err(|e| e.at("cuCtxSetCurrent"))?;
             let ms = l
                 .end
                 .since(&l.start)
-                .map_err(|e| fail("cuEventElapsedTime", e))?;
+                .map_err(|e| e.at("cuEventElapsedTime"))?;
             l.dst.read(session, &mut got)?;
             match compare(&l.sent, &got) {
                 None => r.samples_ms.push(ms),
@@ -689,6 +533,16 @@ fn run_lanes(
         }
     }
     Ok((results, load))
+}
+
+/// Wait for what is queued on every lane's stream before its buffers are freed (errors are
+/// ignored: after a sticky error the wait returns at once).
+fn drain(session: &mut Session, lanes: &[Lane]) {
+    for l in lanes {
+        if session.bind(l.issuer).is_ok() {
+            let _ = l.stream.synchronize();
+        }
+    }
 }
 
 fn set_latch(latch: &mut HostBuffer, v: u32) {
@@ -707,43 +561,31 @@ fn enqueue(
     latch: &HostBuffer,
     warmup: u32,
     copies: u32,
-) -> Result<(), Failure> {
-    let spin = session
-        .kernel(l.issuer, Kernel::Spin)
-        .map_err(|message| Failure {
-            message,
-            sticky: false,
-        })?;
+) -> Result<(), CallError> {
+    let spin = session.kernel(l.issuer, Kernel::Spin)?;
     let copy_kernel = match method {
-        Method::Sm => Some(
-            session
-                .kernel(l.issuer, Kernel::Copy)
-                .map_err(|message| Failure {
-                    message,
-                    sticky: false,
-                })?,
-        ),
+        Method::Sm => Some(session.kernel(l.issuer, Kernel::Copy)?),
         Method::Ce => None,
     };
     session
         .bind(l.issuer)
-        .map_err(|e| fail("cuCtxSetCurrent", e))?;
+        .map_err(|e| e.at("cuCtxSetCurrent"))?;
     let flag = latch
         .device_ptr()
-        .map_err(|e| fail("cuMemHostGetDevicePointer (latch)", e))?;
+        .map_err(|e| e.at("cuMemHostGetDevicePointer (latch)"))?;
     let (mut flag_arg, mut timeout) = (flag, SPIN_TIMEOUT_NS);
     let mut params: [*mut c_void; 2] = [
         &mut flag_arg as *mut u64 as *mut c_void,
         &mut timeout as *mut u64 as *mut c_void,
     ];
-    // SAFETY: spin_wait takes (u64, u64), as passed; one thread.
-    unsafe { result::launch_kernel(spin, (1, 1, 1), (1, 1, 1), 0, l.stream.0, &mut params) }
-        .map_err(|e| fail("cuLaunchKernel(spin_wait)", e))?;
+    // spin_wait takes (u64, u64), as passed; one thread.
+    Session::launch(spin, 1, 1, l.stream.0, &mut params)
+        .map_err(|e| e.at("cuLaunchKernel(spin_wait)"))?;
     let (src, dst) = match copy_kernel {
         Some(_) => (l.src.kernel_ptr()?, l.dst.kernel_ptr()?),
         None => (0, 0),
     };
-    let copy = |session: &mut Session| -> Result<(), Failure> {
+    let copy = |session: &mut Session| -> Result<(), CallError> {
         match copy_kernel {
             Some(f) => launch_copy(f, dst, src, l.src_bytes(), &l.stream),
             None => ce_copy(session, l),
@@ -754,13 +596,11 @@ fn enqueue(
     }
     l.start
         .record(&l.stream)
-        .map_err(|e| fail("cuEventRecord", e))?;
+        .map_err(|e| e.at("cuEventRecord"))?;
     for _ in 0..copies {
         copy(session)?;
     }
-    l.end
-        .record(&l.stream)
-        .map_err(|e| fail("cuEventRecord", e))
+    l.end.record(&l.stream).map_err(|e| e.at("cuEventRecord"))
 }
 
 impl Lane {
@@ -770,12 +610,12 @@ impl Lane {
 }
 
 fn launch_copy(
-    f: sys::CUfunction,
+    f: cu::CUfunction,
     dst: u64,
     src: u64,
     bytes: usize,
     stream: &Stream,
-) -> Result<(), Failure> {
+) -> Result<(), CallError> {
     let n = (bytes / 16) as u64;
     let (mut d, mut s, mut n_arg) = (dst, src, n);
     let mut params: [*mut c_void; 3] = [
@@ -784,43 +624,76 @@ fn launch_copy(
         &mut n_arg as *mut u64 as *mut c_void,
     ];
     let blocks = n.div_ceil(256).clamp(1, 2048) as u32;
-    // SAFETY: copy_v4 takes (u64, u64, u64); both buffers hold n 16-byte elements reachable
-    // from the current context (local, mapped host, or peer with access enabled).
-    unsafe { result::launch_kernel(f, (blocks, 1, 1), (256, 1, 1), 0, stream.0, &mut params) }
-        .map_err(|e| fail("cuLaunchKernel(copy_v4)", e))
+    // copy_v4 takes (u64, u64, u64); both buffers hold n 16-byte elements reachable from the
+    // current context (local, mapped host, or peer with access enabled).
+    Session::launch(f, blocks, 256, stream.0, &mut params)
+        .map_err(|e| e.at("cuLaunchKernel(copy_v4)"))
 }
 
-fn ce_copy(session: &mut Session, l: &Lane) -> Result<(), Failure> {
+fn ce_copy(session: &mut Session, l: &Lane) -> Result<(), CallError> {
     let bytes = l.src_bytes();
+    let api = cu::api().map_err(|_| CuError(cu::code::INVALID_CONTEXT).at("cuMemcpyAsync"))?;
     match (&l.src, &l.dst) {
         (Buf::Host(h), Buf::Device { mem, .. }) => {
             // SAFETY: both hold `bytes` bytes; the host buffer is pinned and outlives the stream work.
-            unsafe { sys::cuMemcpyHtoDAsync_v2(mem.ptr, h.host_ptr(), bytes, l.stream.0) }
-                .result()
-                .map_err(|e| fail("cuMemcpyHtoDAsync", e))
+            check(unsafe { (api.cuMemcpyHtoDAsync_v2)(mem.ptr, h.host_ptr(), bytes, l.stream.0) })
+                .map_err(|e| e.at("cuMemcpyHtoDAsync"))
         }
         (Buf::Device { mem, .. }, Buf::Host(h)) => {
             // SAFETY: as above.
-            unsafe { sys::cuMemcpyDtoHAsync_v2(h.host_ptr(), mem.ptr, bytes, l.stream.0) }
-                .result()
-                .map_err(|e| fail("cuMemcpyDtoHAsync", e))
+            check(unsafe { (api.cuMemcpyDtoHAsync_v2)(h.host_ptr(), mem.ptr, bytes, l.stream.0) })
+                .map_err(|e| e.at("cuMemcpyDtoHAsync"))
         }
         (Buf::Device { on: a, mem: s }, Buf::Device { on: b, mem: d }) => {
             let src_ctx = session
                 .context(*a)
-                .map_err(|e| fail("cuDevicePrimaryCtxRetain", e))?;
+                .map_err(|e| e.at("cuDevicePrimaryCtxRetain"))?;
             let dst_ctx = session
                 .context(*b)
-                .map_err(|e| fail("cuDevicePrimaryCtxRetain", e))?;
+                .map_err(|e| e.at("cuDevicePrimaryCtxRetain"))?;
             // SAFETY: both buffers hold `bytes` bytes in their contexts.
-            unsafe { result::memcpy_peer_async(dst_ctx, d.ptr, src_ctx, s.ptr, bytes, l.stream.0) }
-                .map_err(|e| fail("cuMemcpyPeerAsync", e))
+            check(unsafe {
+                (api.cuMemcpyPeerAsync)(d.ptr, dst_ctx, s.ptr, src_ctx, bytes, l.stream.0)
+            })
+            .map_err(|e| e.at("cuMemcpyPeerAsync"))
         }
-        (Buf::Host(_), Buf::Host(_)) => Err(Failure {
-            message: "host to host is not a GPU copy".into(),
-            sticky: false,
-        }),
+        (Buf::Host(_), Buf::Host(_)) => {
+            Err(CuError(cu::code::INVALID_CONTEXT).at("host to host is not a GPU copy"))
+        }
     }
+}
+
+/// The thread's CPU mask when the guard was made, put back when it drops.
+struct Affinity(Option<libc::cpu_set_t>);
+
+impl Affinity {
+    fn save() -> Affinity {
+        // SAFETY: cpu_set_t is plain data; pid 0 is this thread; the size is the set's.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        let ok = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) } == 0;
+        Affinity(ok.then_some(set))
+    }
+}
+
+impl Drop for Affinity {
+    fn drop(&mut self) {
+        if let Some(set) = &self.0 {
+            // SAFETY: a set read by sched_getaffinity, sized as passed.
+            unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(set), set) };
+        }
+    }
+}
+
+/// The CPUs this thread may run on.
+pub fn current_cpus() -> Vec<usize> {
+    let Affinity(Some(set)) = Affinity::save() else {
+        return Vec::new();
+    };
+    let max = libc::CPU_SETSIZE as usize;
+    // SAFETY: c is below CPU_SETSIZE.
+    (0..max)
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect()
 }
 
 /// Bind this thread to the CPUs of the GPU's NUMA node (sysfs local_cpulist), so pinned host
@@ -862,29 +735,6 @@ pub fn parse_cpulist(s: &str) -> Option<Vec<usize>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn steps_round_trip() {
-        for s in [
-            "bw p2p ce 0 1",
-            "lat h2d ce host 2",
-            "bw staged ce 1 0 bidir",
-            "bw d2h sm 3 host",
-        ] {
-            assert_eq!(Spec::parse(s).map(|x| x.step()).as_deref(), Some(s));
-        }
-        for bad in [
-            "bw p2p xx 0 1",
-            "bw p2p ce 0",
-            "bw p2p ce 0 1 both",
-            "p2p 0 1",
-            "bw nope ce 0 1",
-        ] {
-            assert_eq!(Spec::parse(bad), None, "{bad}");
-        }
-        assert_eq!(parse_plan_step("bw-plan 0,2"), Some(Some(vec![0, 2])));
-        assert_eq!(parse_plan_step(&plan_step(None)), Some(None));
-    }
 
     #[test]
     fn cpulists() {
