@@ -16,6 +16,7 @@ mod nccl;
 mod p2p;
 pub mod topology;
 mod virt;
+mod worker;
 
 use crate::facts::{Facts, GpuPci};
 use crate::finding::Finding;
@@ -64,6 +65,8 @@ const RULES: &[(&str, Rule)] = &[
     ("nccl-slow", nccl::slow),
     ("shm-too-small", env::shm_too_small),
     ("nccl-env-override", env::nccl_env_override),
+    ("worker-crashed", worker::crashed),
+    ("worker-exit-failed", worker::exit_failed),
 ];
 
 /// The ids this version can emit.

@@ -3,7 +3,7 @@
 use super::topology::bridges_between;
 use super::{kernel_param_fix, NCCL_TROUBLESHOOTING};
 use crate::facts::{
-    Facts, GpuPci, PairOutcome, PairTest, PathResult, Probed, TransferPath, Verdict,
+    Facts, GpuPci, Library, PairOutcome, PairTest, PathResult, Probed, TransferPath, Verdict,
 };
 use crate::finding::{Finding, Severity};
 use crate::knowledge::{is_geforce, Knowledge};
@@ -355,6 +355,7 @@ pub fn gpu_copy_failed(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
         "https://docs.nvidia.com/deploy/xid-errors/index.html",
     ]);
     let mut ptx = false;
+    let mut no_jit = false;
     let mut data = false;
     for t in &bad {
         let g = gpu(facts, t.from).label();
@@ -370,8 +371,14 @@ pub fn gpu_copy_failed(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
         }
         for r in t.outcome.paths() {
             match &r.verdict {
-                Verdict::Error { error, .. } => {
-                    ptx |= error.contains("PTX") || error.contains("cuModule");
+                Verdict::Error { error, cause } => {
+                    // Which call failed, by its code: loading the module means the PTX.
+                    let c = cause.as_ref();
+                    no_jit |= c.is_some_and(|c| c.is_cuda(CUDA_ERROR_JIT_COMPILER_NOT_FOUND));
+                    ptx |= c.is_some_and(|c| {
+                        c.library == Library::Cuda
+                            && (c.call.starts_with("cuModule") || PTX_CODES.contains(&c.code))
+                    });
                     f = f.evidence(format!("{g}, {}: {error}", r.path.describe()));
                 }
                 Verdict::Mismatch(m) => {
@@ -388,14 +395,22 @@ pub fn gpu_copy_failed(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
             }
         }
     }
-    if ptx {
-        f = f.fix("the driver cannot JIT-compile rigdoctor's PTX (ISA 7.0, sm_52): drivers before R470 are too old for it; update the driver (sudo apt install nvidia-driver-535 or newer), and clear a corrupt JIT cache: rm -rf ~/.nv/ComputeCache");
+    if no_jit {
+        f = f.fix("the driver's PTX JIT compiler library (libnvidia-ptxjitcompiler.so.1) is missing: install the driver's compute package matching the module (Ubuntu: libnvidia-compute-<branch>); in a container, give it the compute capability (NVIDIA_DRIVER_CAPABILITIES=compute,utility)");
+    } else if ptx {
+        f = f.fix("the driver cannot JIT-compile rigdoctor's PTX (ISA 7.0, sm_52): drivers before R450 (CUDA 11.0) are too old for it; update the driver (sudo apt install nvidia-driver-535 or newer), and clear a corrupt JIT cache: rm -rf ~/.nv/ComputeCache");
     }
     if data {
         f = f.fix("wrong data inside one GPU points at its memory: look for Xid 48/63/94/95 (sudo dmesg | grep -i xid), check temperatures, and stress-test the card alone (e.g. gpu-burn)");
     }
     vec![f.fix("P2P results involving this GPU are not conclusive until it passes: the P2P findings leave its failures out")]
 }
+
+/// CUresult codes of a module the driver cannot load (cuda.h): INVALID_IMAGE 200,
+/// NO_BINARY_FOR_GPU 209, INVALID_PTX 218, UNSUPPORTED_PTX_VERSION 222.
+const PTX_CODES: [i64; 4] = [200, 209, 218, 222];
+/// CUDA_ERROR_JIT_COMPILER_NOT_FOUND: the PTX JIT compiler library is missing.
+const CUDA_ERROR_JIT_COMPILER_NOT_FOUND: i64 = 221;
 
 /// A P2P path failed with a CUDA error (an MMU fault from a kernel touching peer memory, say).
 pub fn error(facts: &Facts, kb: &Knowledge) -> Vec<Finding> {

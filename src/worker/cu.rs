@@ -182,7 +182,7 @@ fn open(names: &[&str]) -> Result<Driver, String> {
             }),
             // A library that loads but lacks a symbol is foreign or too old: say which file.
             Err(sym) => Err(format!(
-                "{path} has no {sym}: not a usable NVIDIA driver library, or one older than rigdoctor supports (R470)"
+                "{path} has no {sym}: not a usable NVIDIA driver library, or one older than rigdoctor supports (R450 / CUDA 11.0, the oldest that JIT-compiles its PTX)"
             )),
         };
     }
