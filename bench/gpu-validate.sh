@@ -209,7 +209,7 @@ PY
 # (bench/torch_copy.py: same pinned memory, CUDA events, median, GB = 1e9 bytes).
 torch_note=""
 if ((have_py == 0)); then
-    torch_note="python3 not found"
+    torch_note="$py not found"
 elif ! step torch-import 60 "$py" -c 'import torch; print(torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())'; then
     if ((last_skipped)); then torch_note="not run (time budget spent or interrupted)"; else
         torch_note="PyTorch missing or failing to import (see torch-import in logs.txt): comparison skipped"
@@ -222,7 +222,7 @@ else
     step torch-copy 60 "$py" "$here/torch_copy.py" --size-mib "$size_mib" --iters "$iters" \
         --warmup "$warmup" --samples "$samples" --device 0
 fi
-[[ -n $torch_note ]] && echo "torch: $torch_note" >>"$tmp/notes"
+[[ -n $torch_note ]] && echo "torch run: $torch_note" >>"$tmp/notes"
 
 if [[ -n $rig ]]; then
     if [[ -n $nccl_lib ]]; then
