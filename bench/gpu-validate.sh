@@ -59,12 +59,14 @@ trap on_signal INT TERM HUP
 
 # step NAME LIMIT_S CMD...: run CMD under timeout (stdin /dev/null), stdout to $tmp/NAME.out and
 # stderr to $tmp/NAME.err, both appended to logs.txt; one line in the step table. The limit is
-# cut to what is left of the budget; with less than 5 s left the step is skipped.
+# cut to what is left of the budget less reserve_s (kept for the watchdog test, so that hangs in
+# the steps before it cannot crowd it out); with less than 5 s left the step is skipped.
+reserve_s=0
 step() {
     local name=$1 limit=$2
     shift 2
     local cmd=${*//$'\n'/ }
-    local left=$((budget_s - $(elapsed_s) - grace_s))
+    local left=$((budget_s - $(elapsed_s) - grace_s - reserve_s))
     last_skipped=1
     if ((interrupted)); then
         printf '%s\t-\t0\t0\tnot run (interrupted)\t%s\n' "$name" "$cmd" >>"$steps"
@@ -183,6 +185,7 @@ else
 fi
 
 # --- rigdoctor ---------------------------------------------------------------------------------
+reserve_s=35 # the watchdog step's 25 s + its kill grace + the leftover check
 if [[ -n $rig ]]; then
     step version 5 "$rig" --version
     step check 120 "$rig" check --json -o "$out/check.json" --color never
@@ -233,6 +236,7 @@ if [[ -n $rig ]]; then
         step nccl 60 "$rig" nccl --json -o "$out/nccl.json" --color never
     fi
     # Last: a kill of a worker stuck in a kernel must not disturb the steps above.
+    reserve_s=0
     step watchdog 25 "$rig" watchdog-test --timeout 3 --devices 0 --json
     # Workers of this binary still alive after it (the JSON's "reaped", checked from outside).
     # shellcheck disable=SC2016  # the script is for bash -c, its $1 is the binary
