@@ -75,6 +75,7 @@ fn try_run(cli: &Cli) -> Result<u8> {
                 },
             )?,
         ),
+        Command::WatchdogTest => return watchdog_test(g),
         Command::Host => ("host", probe_host(&g.sysroot)?),
         Command::Diagnose { file } => ("diagnose", load(file)?),
     };
@@ -88,6 +89,84 @@ fn try_run(cli: &Cli) -> Result<u8> {
     emit(&report, cli)?;
     let failing = report.findings.iter().any(|f| f.severity >= g.fail_on);
     Ok(if failing { EXIT_FINDINGS } else { EXIT_OK })
+}
+
+/// What `watchdog-test` saw.
+#[derive(serde::Serialize)]
+struct WatchdogVerdict {
+    device: i32,
+    /// killed (the watchdog stopped the stuck kernel), finished (the kernel returned: its own
+    /// timeout passed first), error, crashed, not-run.
+    outcome: &'static str,
+    elapsed_s: f64,
+    deadline_s: f64,
+    /// The killed worker was reaped (it was not stuck in the kernel driver).
+    reaped: bool,
+    passed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// `rigdoctor watchdog-test`: a spin kernel that never ends, under the watchdog.
+fn watchdog_test(g: &GlobalArgs) -> Result<u8> {
+    use crate::measure::gpu::Step;
+    use crate::measure::watchdog::Outcome;
+    let device = g
+        .devices
+        .as_ref()
+        .and_then(|d| d.0.first().copied())
+        .unwrap_or(0);
+    let deadline = Duration::from_secs_f64(g.timeout);
+    let dog = probe::gpu::watchdog(deadline).map_err(anyhow::Error::msg)?;
+    let _ = ctrlc::set_handler(crate::measure::interrupt);
+    // CUDA is initialised by the first step, so its cost is not counted against the spin.
+    let run = dog.run(
+        &[Step::CudaInventory, Step::SpinHang { device }],
+        &mut |_| {},
+    );
+    let spin = run
+        .reports
+        .iter()
+        .find(|r| matches!(r.step, Step::SpinHang { .. }));
+    let (outcome, reaped, error) = match spin.map(|r| &r.outcome) {
+        Some(Outcome::Hang { unkillable, .. }) => ("killed", !unkillable, None),
+        Some(Outcome::Done(_)) => ("finished", true, Some("the spin kernel returned before the deadline: its own timeout passed, or the latch was not read".into())),
+        Some(Outcome::Failed(e)) => ("error", true, Some(e.to_string())),
+        Some(Outcome::Crashed(e)) => ("crashed", true, Some(format!("the worker {e}"))),
+        None => ("not-run", true, Some("interrupted before the spin step".into())),
+    };
+    let elapsed_s = spin.map_or(0.0, |r| r.elapsed.as_secs_f64());
+    // The kill must come at the deadline, and the reap within the watchdog's grace.
+    let passed = outcome == "killed" && reaped && elapsed_s <= g.timeout + 2.5;
+    let v = WatchdogVerdict {
+        device,
+        outcome,
+        elapsed_s,
+        deadline_s: g.timeout,
+        reaped,
+        passed,
+        error,
+    };
+    if g.format() == Format::Json {
+        print(&format!("{}\n", serde_json::to_string(&v)?));
+    } else {
+        let detail = v
+            .error
+            .as_deref()
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default();
+        print(&format!(
+            "watchdog-test: GPU {}: spin kernel {} after {:.2} s (deadline {:.2} s), worker reaped: {}{} -> {}\n",
+            v.device,
+            v.outcome,
+            v.elapsed_s,
+            v.deadline_s,
+            if v.reaped { "yes" } else { "no" },
+            crate::report::escape_line(&detail),
+            if v.passed { "PASS" } else { "FAIL" }
+        ));
+    }
+    Ok(if passed { EXIT_OK } else { EXIT_FINDINGS })
 }
 
 /// Host facts, then the GPU steps (unless --sysroot points at another machine's tree).

@@ -94,3 +94,17 @@ impl Report {
         }
     }
 }
+
+/// `s` with control characters shown as `\x1b`-style escapes, so a string from a library or a
+/// report cannot move the cursor, retitle the terminal or forge a line.
+pub fn escape_line(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
