@@ -87,6 +87,10 @@ fn try_run(cli: &Cli) -> Result<u8> {
     let findings = rules::diagnose(&facts, &kb);
     let report = Report::new(command, facts, findings);
     emit(&report, cli)?;
+    if let Some(i) = &report.facts.collected.interrupted {
+        // As shells expect of a process stopped by a signal: 128 + its number.
+        return Ok((128 + i.signal).clamp(0, 255) as u8);
+    }
     let failing = report.findings.iter().any(|f| f.severity >= g.fail_on);
     Ok(if failing { EXIT_FINDINGS } else { EXIT_OK })
 }
@@ -118,7 +122,7 @@ fn watchdog_test(g: &GlobalArgs) -> Result<u8> {
         .unwrap_or(0);
     let deadline = Duration::from_secs_f64(g.timeout);
     let dog = probe::gpu::watchdog(deadline).map_err(anyhow::Error::msg)?;
-    let _ = ctrlc::set_handler(crate::measure::interrupt);
+    crate::measure::install_signal_handlers();
     // CUDA is initialised by the first step, so its cost is not counted against the spin.
     let run = dog.run(
         &[Step::CudaInventory, Step::SpinHang { device }],
@@ -186,9 +190,9 @@ fn probe_machine(g: &GlobalArgs, battery: Battery) -> Result<Facts> {
     } = battery;
     let mut facts = probe_host(&g.sysroot)?;
     if g.gpu || g.sysroot == Path::new("/") {
-        // Ctrl-C stops the worker; the report still shows what was measured. Failing to
-        // install the handler only costs that.
-        let _ = ctrlc::set_handler(crate::measure::interrupt);
+        // SIGINT/SIGTERM/SIGHUP stop the worker; the report still shows what was measured.
+        // Failing to install the handlers only costs that.
+        crate::measure::install_signal_handlers();
         let deadline = Duration::from_secs_f64(g.timeout);
         let plan = probe::gpu::Plan {
             p2p,
@@ -207,6 +211,8 @@ fn probe_machine(g: &GlobalArgs, battery: Battery) -> Result<Facts> {
             bw.aer_after = probe::pci::reread_aer(&Sysroot::new(&g.sysroot), topo);
         }
         facts.gpu = Some(gpu);
+        facts.collected.interrupted =
+            crate::measure::interrupt_signal().map(crate::facts::Interruption::of);
     }
     Ok(facts)
 }

@@ -273,6 +273,31 @@ pub struct Collected {
     pub sysroot: String,
     /// Seconds since the Unix epoch when the probes ran.
     pub unix_time: u64,
+    /// A signal (SIGINT, SIGTERM, SIGHUP) stopped the run: what follows is partial.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interrupted: Option<Interruption>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Interruption {
+    pub signal: i32,
+    /// e.g. "SIGTERM".
+    pub name: String,
+}
+
+impl Interruption {
+    pub fn of(signal: i32) -> Interruption {
+        let name = match signal {
+            1 => "SIGHUP",
+            2 => "SIGINT",
+            15 => "SIGTERM",
+            _ => "a signal",
+        };
+        Interruption {
+            signal,
+            name: name.into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -77,12 +77,20 @@ impl Report {
             .filter(|(n, _, _)| *n > 0)
             .map(|(n, one, many)| plural(*n, one, many))
             .collect();
-        match self.findings.first() {
+        let verdict = match self.findings.first() {
             Some(first) if first.severity > Severity::Info => {
                 format!("{}: {}", parts.join(", "), first.title)
             }
             Some(_) => format!("no problems found ({})", parts.join(", ")),
             None => "no problems found".to_string(),
+        };
+        match &self.facts.collected.interrupted {
+            // A stopped run never reads as healthy: what was not reached was not checked.
+            Some(i) => format!(
+                "interrupted by {}: partial results, the rest was not checked; {verdict}",
+                i.name
+            ),
+            None => verdict,
         }
     }
 
