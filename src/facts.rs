@@ -397,9 +397,16 @@ pub struct Virtualization {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Shm {
+    /// False when /proc/mounts was read and has no /dev/shm line (size 0 then).
+    #[serde(default = "yes")]
+    pub mounted: bool,
     pub size_bytes: u64,
     /// Where the size came from: the mount's `size=` option or tmpfs' default (half of RAM).
     pub source: String,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
