@@ -39,6 +39,29 @@ enum Op {
     Fault(CUresult),
     /// Time without a copy (a collective whose data was already moved).
     Delay(f64),
+    /// Work that does not complete until `release_stall(token)` (a hung NCCL kernel): it and
+    /// everything queued after it stay pending.
+    Stall(u64),
+}
+
+/// Stall tokens released (fake NCCL: the collective completed, or its communicator aborted).
+static RELEASED: std::sync::Mutex<std::collections::BTreeSet<u64>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// Whether the work stalled on `token` may complete.
+pub fn is_released(token: u64) -> bool {
+    RELEASED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains(&token)
+}
+
+/// Let the work stalled on `token` complete.
+pub fn release_stall(token: u64) {
+    RELEASED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(token);
 }
 
 pub struct Stream {
@@ -107,6 +130,24 @@ pub fn enqueue_delay(s: &mut State, stream: *mut c_void, secs: f64) -> bool {
     true
 }
 
+/// Queue work on `stream` that completes only once `token` is released (fake NCCL); false
+/// when it is not one of ours.
+pub fn enqueue_stall(s: &mut State, stream: *mut c_void, token: u64) -> bool {
+    let Some(st) = s.streams.get_mut(&(stream as usize)) else {
+        return false;
+    };
+    st.queue.push(Op::Stall(token));
+    true
+}
+
+/// Whether work of `stream` is still pending after running what can run (a stall).
+fn stalled(handle: usize) -> bool {
+    state()
+        .streams
+        .get(&handle)
+        .is_some_and(|st| !st.queue.is_empty())
+}
+
 /// Whether copies touching GPU `g` are queued (in flight).
 pub fn busy(g: usize) -> bool {
     state().streams.values().any(|st| {
@@ -129,8 +170,14 @@ fn flush(handle: usize) {
     let mut times = Vec::new();
     let mut touched = Vec::new();
     let mut fault = None;
+    let mut rest = Vec::new();
     for (i, op) in ops.iter().enumerate() {
         match op {
+            Op::Stall(t) if !is_released(*t) => {
+                rest = ops[i..].to_vec();
+                break;
+            }
+            Op::Stall(_) => {}
             Op::Spin { flag, timeout_ns } => {
                 // SAFETY: the flag is pinned host memory the caller allocated.
                 let released = unsafe { std::ptr::read_volatile(*flag as *const u32) } != 0;
@@ -166,6 +213,9 @@ fn flush(handle: usize) {
     let mut s = state();
     if let Some(st) = s.streams.get_mut(&handle) {
         st.clock = clock;
+        // Stalled work stays queued, ahead of what was queued meanwhile.
+        rest.append(&mut st.queue);
+        st.queue = rest;
     }
     for (e, t) in times {
         if let Some(ev) = s.events.get_mut(&e) {
@@ -183,10 +233,16 @@ fn flush(handle: usize) {
     }
 }
 
+/// cuCtxSynchronize: run every stream; like the real call it does not return while work is
+/// stalled.
 pub fn flush_all() {
     let handles: Vec<usize> = state().streams.keys().copied().collect();
     for h in handles {
         flush(h);
+        while stalled(h) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            flush(h);
+        }
     }
 }
 
@@ -221,6 +277,11 @@ pub unsafe extern "C" fn cuStreamDestroy_v2(stream: *mut c_void) -> CUresult {
 #[no_mangle]
 pub unsafe extern "C" fn cuStreamSynchronize(stream: *mut c_void) -> CUresult {
     flush(stream as usize);
+    // Stalled work never completes: neither does the real call.
+    while stalled(stream as usize) {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        flush(stream as usize);
+    }
     ret(state().live().map(|_| ()))
 }
 
@@ -285,7 +346,17 @@ pub unsafe extern "C" fn cuEventQuery(e: *mut c_void) -> CUresult {
         }
     };
     flush(handle);
-    ret(state().live().map(|_| ()))
+    let s = state();
+    // Recorded behind stalled work: not reached yet.
+    let pending = s.streams.get(&handle).is_some_and(|st| {
+        st.queue
+            .iter()
+            .any(|op| matches!(op, Op::Record(x) if *x == e as usize))
+    });
+    if pending {
+        return NOT_READY;
+    }
+    ret(s.live().map(|_| ()))
 }
 
 #[no_mangle]
