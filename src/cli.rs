@@ -202,6 +202,7 @@ impl NcclArgs {
             iters: self.iters.unwrap_or(20),
             library: self.nccl_lib.as_ref().map(|p| p.display().to_string()),
             devices: None,
+            abort_after_s: None,
         }
     }
 }

@@ -95,6 +95,7 @@ impl<T> Probed<T> {
             StepError::NotRun { because } => Probed::unknown(Why::NotRun, because),
             e @ StepError::NotFound { .. } => Probed::unknown(Why::Absent, e.to_string()),
             StepError::Invalid { message } => Probed::unknown(Why::Failed, message),
+            e @ StepError::TimedOut { .. } => Probed::unknown(Why::Hang, e.to_string()),
         }
     }
 

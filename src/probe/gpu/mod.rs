@@ -77,9 +77,14 @@ pub fn collect(
             devices: plan.devices.clone(),
         });
     }
+    let (bw_deadline, nccl_deadline) = long_deadlines(plan);
     let config = WorkerConfig {
         bandwidth: plan.bandwidth.clone(),
-        nccl: plan.nccl.clone(),
+        nccl: plan.nccl.clone().map(|mut c| {
+            let d = nccl_deadline.max(step_deadline).as_secs_f64();
+            c.abort_after_s = Some(d - (0.15 * d).max(0.4));
+            c
+        }),
     };
     dog.env.push((
         CONFIG_ENV.to_string(),
@@ -94,7 +99,6 @@ pub fn collect(
             .extend(env_set.iter().map(|e| (e.name.clone(), e.value.clone())));
         steps.push(Step::NcclInit);
     }
-    let (bw_deadline, nccl_deadline) = long_deadlines(plan);
     dog.long_step = Box::new(move |s| match s {
         Step::Bandwidth(_) => Some(bw_deadline),
         Step::NcclAllReduce => Some(nccl_deadline),
