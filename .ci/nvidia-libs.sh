@@ -56,7 +56,7 @@ for v in 2.18.3 2.32.3; do
       --platform manylinux1_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_27_x86_64 \
       --require-hashes -r "$TMP/req-$v.txt" -d "$TMP/wheel-$v" >&2 ||
       die "pip could not download nvidia-nccl-cu12==$v (network, PyPI, or the pinned hash)"
-    wheel=$(ls "$TMP/wheel-$v"/nvidia_nccl_cu12-"$v"-*.whl 2>/dev/null | head -1)
+    wheel=$(find "$TMP/wheel-$v" -name "nvidia_nccl_cu12-$v-*.whl" | head -1)
     [ -n "$wheel" ] || die "no nvidia-nccl-cu12 $v wheel after pip download"
     mkdir -p "$CACHE/nccl-$v"
     python3 - "$wheel" "$dest.part" <<'EOF' || die "could not extract nvidia/nccl/lib/libnccl.so.2 from $wheel"
@@ -99,6 +99,7 @@ else
     -o "Dir::Etc::SourceList=$A/sources.list" -o "Dir::Etc::SourceParts=$A/sources.list.d"
     -o "Dir::Etc::Preferences=$A/preferences" -o "Dir::Etc::PreferencesParts=$A/preferences.d"
     -o "APT::Get::List-Cleanup=0" -o "Acquire::Languages=none"
+    -o "APT::Update::Error-Mode=any" # a failed fetch fails the update (apt >= 2.1)
   )
   # apt drops to the _apt user for downloads when root, who may not reach a private cache dir.
   [ "$(id -u)" = 0 ] && opts+=(-o "APT::Sandbox::User=root")
@@ -114,7 +115,7 @@ else
     [ -n "$src" ] || die "$so not in the downloaded packages"
     cp -L "$src" "$DRV/$so.part" && mv "$DRV/$so.part" "$DRV/$so"
   done
-  dpkg-deb -f "$(ls "$TMP"/debs/libcuda1_*.deb)" Version >"$DRV/VERSION"
+  dpkg-deb -f "$(find "$TMP/debs" -name 'libcuda1_*.deb' | head -1)" Version >"$DRV/VERSION"
   say "driver: $(cat "$DRV/VERSION")"
 fi
 for so in libcuda.so.1 libnvidia-ml.so.1; do
