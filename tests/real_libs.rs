@@ -258,7 +258,8 @@ fn rigdoctor_source() -> Vec<(PathBuf, Vec<Tok>)> {
         .collect()
 }
 
-/// The source directory of a dependency, from `cargo metadata` (offline: it is already built).
+/// The source directory of a dependency, from `cargo metadata` (offline: it is already built;
+/// for this platform only, else cargo wants the Windows-only crates that were never downloaded).
 fn crate_src(name: &str) -> PathBuf {
     static META: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
     let meta = META.get_or_init(|| {
@@ -323,6 +324,11 @@ fn call_map(toks: &[Tok], prefix: &str, map: &mut CallMap) {
                     let mut path: Vec<&str> = scopes.iter().map(|(s, _)| s.as_str()).collect();
                     if path.contains(&"impl") {
                         path = vec!["impl"];
+                    }
+                    // A crate's own unit tests call its functions too, but not for rigdoctor.
+                    if path.iter().any(|s| *s == "test" || *s == "tests") {
+                        current = None;
+                        continue;
                     }
                     path.push(name);
                     let key = path.join("::");
@@ -872,4 +878,54 @@ fn real_nccl_2_32_3_init_failure_names_its_cause() {
 #[test]
 fn real_nccl_2_18_3_init_failure_names_its_cause() {
     nccl_over_the_fake("2.18.3");
+}
+
+/// The C functions the fake driver exports (`extern "C" fn NAME` in fakegpu/src), by prefix.
+fn fake_exports(prefix: &str) -> BTreeSet<String> {
+    let mut files = Vec::new();
+    rs_files(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("fakegpu/src"),
+        &mut files,
+    );
+    let mut out = BTreeSet::new();
+    for f in files {
+        let t = lex(&std::fs::read_to_string(&f).unwrap());
+        for w in t.windows(4) {
+            if let [Tok::Ident(e), Tok::Str(abi), Tok::Ident(k), Tok::Ident(name)] = w {
+                if e == "extern" && abi == "C" && k == "fn" && api_name(name, prefix) {
+                    out.insert(name.clone());
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_fake_exports_only_functions_the_real_libraries_have() {
+    let Some(dir) = real_libs("the_fake_exports_only_functions_the_real_libraries_have") else {
+        return;
+    };
+    // A function the real library lacks would let rigdoctor pass against the fake and fail on a
+    // real driver. (One newer than driver 535 would need a newer real library here.)
+    let cuda = fake_exports("cu");
+    let nvml = fake_exports("nvml");
+    let nccl = fake_exports("nccl");
+    println!("fake exports: {cuda:?} {nvml:?} {nccl:?}");
+    assert!(cuda.len() >= 30 && nvml.len() >= 10 && nccl.len() >= 5);
+    let mut absent = missing(&dir.join("driver/libcuda.so.1"), &cuda);
+    absent.extend(missing(&dir.join("driver/libnvidia-ml.so.1"), &nvml));
+    for v in NCCL_VERSIONS {
+        let lib = dir.join(format!("nccl-{v}/libnccl.so.2"));
+        absent.extend(
+            missing(&lib, &nccl)
+                .into_iter()
+                .map(|s| format!("{s} (NCCL {v})")),
+        );
+    }
+    assert_eq!(
+        absent,
+        Vec::<String>::new(),
+        "the fake exports what the real libraries do not"
+    );
 }
