@@ -189,7 +189,17 @@ fn probe_machine(g: &GlobalArgs, battery: Battery) -> Result<Facts> {
         nccl,
     } = battery;
     let mut facts = probe_host(&g.sysroot)?;
-    if g.gpu || g.sysroot == Path::new("/") {
+    let live = g.sysroot == Path::new("/");
+    // rigdoctor only reads: on a live machine whose NVIDIA module is not loaded, cuInit and
+    // nvmlInit would create /dev/nvidia* and run nvidia-modprobe to load it
+    // (nvidia-modprobe(1)). WSL2 (/dev/dxg) has no module and needs the calls; --gpu insists.
+    if live && !g.gpu && !facts.driver.loaded && !Path::new("/dev/dxg").exists() {
+        facts.gpu = Some(probe::gpu::not_started(
+            "the NVIDIA kernel module is not loaded: rigdoctor does not start the driver (cuInit/nvmlInit would load it through nvidia-modprobe)",
+        ));
+        return Ok(facts);
+    }
+    if g.gpu || live {
         // SIGINT/SIGTERM/SIGHUP stop the worker; the report still shows what was measured.
         // Failing to install the handlers only costs that.
         crate::measure::install_signal_handlers();

@@ -55,6 +55,30 @@ fn live_root_never_crashes() {
 }
 
 #[test]
+fn a_live_check_never_starts_an_unloaded_driver() {
+    // Without the NVIDIA module (CI), `check` must not call cuInit/nvmlInit: as root they would
+    // create /dev/nvidiactl and run nvidia-modprobe.
+    if std::path::Path::new("/proc/driver/nvidia/version").exists()
+        || std::path::Path::new("/dev/dxg").exists()
+    {
+        println!("skipped: this machine has an NVIDIA driver loaded");
+        return;
+    }
+    let out = rigdoctor()
+        .args(["check", "--json", "--quick"])
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let gpu = &report["facts"]["gpu"];
+    assert_eq!(gpu["cuda"]["unknown"], "not-run", "{gpu}");
+    assert!(gpu["cuda"]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("does not start the driver"));
+    assert!(gpu.get("workers").is_none(), "no worker was started: {gpu}");
+}
+
+#[test]
 fn fail_on_sets_the_threshold() {
     let dir = sysroot_of(&load_rig("x99-2x3090-plx")); // warnings, no error
     let run = |level: &str| {

@@ -490,6 +490,19 @@ fn nvml_symbols() -> BTreeSet<String> {
 
 /// NCCL functions: the list above and any ncclX rigdoctor's source names in code or strings
 /// (not the ncclResult type its messages mention).
+/// ncclResult_t's enumerators, from nccl.h.
+const NCCL_RESULTS: [&str; 9] = [
+    "ncclSuccess",
+    "ncclUnhandledCudaError",
+    "ncclSystemError",
+    "ncclInternalError",
+    "ncclInvalidArgument",
+    "ncclInvalidUsage",
+    "ncclRemoteError",
+    "ncclInProgress",
+    "ncclNumResults",
+];
+
 fn nccl_symbols() -> BTreeSet<String> {
     let mut syms: BTreeSet<String> = NCCL_FUNCTIONS.iter().map(|s| s.to_string()).collect();
     for (_, t) in rigdoctor_source() {
@@ -499,7 +512,12 @@ fn nccl_symbols() -> BTreeSet<String> {
                 Tok::Str(s) => api_names_in(s, "nccl"),
                 _ => vec![],
             };
-            syms.extend(names.into_iter().filter(|n| !n.starts_with("ncclResult")));
+            // ncclResult_t's enumerators (nccl.h) are names in rigdoctor's table, not functions.
+            syms.extend(
+                names.into_iter().filter(|n| {
+                    !n.starts_with("ncclResult") && !NCCL_RESULTS.contains(&n.as_str())
+                }),
+            );
         }
     }
     syms
@@ -720,8 +738,13 @@ fn assert_rest_ran(r: &Out) {
         assert!(access.contains("CUDA_ERROR_NO_DEVICE"), "{step}: {access}");
         assert_eq!(gpu[step][runs].as_array().map(Vec::len), Some(0), "{step}");
     }
+    assert_eq!(
+        gpu["nccl"]["library"]["unknown"], "not-run",
+        "{}",
+        gpu["nccl"]
+    );
     let nccl = unknown_detail(&gpu["nccl"]["library"]);
-    assert!(nccl.contains("not run"), "{nccl}");
+    assert!(nccl.contains("CUDA is not usable"), "{nccl}");
     for id in ["nccl-error", "nccl-hang", "p2p-hang", "gpu-copy-failed"] {
         assert!(findings(&r.report, id).is_empty(), "{id}: {}", r.text);
     }
@@ -863,7 +886,7 @@ fn nccl_over_the_fake(version: &str) {
         "NCCL's version {version} not in the report: {nccl}"
     );
     // NCCL's own cause (ncclGetLastError), not only ncclGetErrorString's generic text.
-    assert!(failure.contains("unhandled cuda error"), "{failure}");
+    assert!(failure.contains("ncclUnhandledCudaError"), "{failure}");
     assert!(
         failure.contains("Cuda failure '"),
         "ncclGetLastError's text missing: {failure}"

@@ -44,6 +44,19 @@ pub fn watchdog(step_deadline: Duration) -> Result<Watchdog<Gpu>, String> {
     ))
 }
 
+/// The GPU facts of a run that did not start the GPU steps, and why.
+pub fn not_started(why: &str) -> GpuRuntime {
+    GpuRuntime {
+        nvml: Probed::unknown(Why::NotRun, why),
+        cuda: Probed::unknown(Why::NotRun, why),
+        cuda_device_order: std::env::var("CUDA_DEVICE_ORDER").ok(),
+        p2p: None,
+        bandwidth: None,
+        nccl: None,
+        workers: Vec::new(),
+    }
+}
+
 /// Run the GPU steps in a worker (this same binary, `__worker`). `progress` sees each step as
 /// it settles.
 pub fn collect(
