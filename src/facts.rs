@@ -99,6 +99,25 @@ impl<T> Probed<T> {
         }
     }
 
+    /// An unknown value as unknown of another type (same reason); a known one is a bug of the
+    /// caller, answered as "unparsable" rather than a panic.
+    pub fn retype<U>(self) -> Probed<U> {
+        match self {
+            Probed::Unknown {
+                unknown,
+                detail,
+                cause,
+            } => Probed::Unknown {
+                unknown,
+                detail,
+                cause,
+            },
+            Probed::Known(_) => {
+                Probed::unknown(Why::Unparsable, "internal: retype of a known value")
+            }
+        }
+    }
+
     /// The failed call behind an unknown value.
     pub fn cause(&self) -> Option<&CallError> {
         match self {
@@ -117,30 +136,14 @@ impl<T> Probed<T> {
     pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Probed<U> {
         match self {
             Probed::Known(v) => Probed::Known(f(v)),
-            Probed::Unknown {
-                unknown,
-                detail,
-                cause,
-            } => Probed::Unknown {
-                unknown,
-                detail,
-                cause,
-            },
+            u @ Probed::Unknown { .. } => u.retype(),
         }
     }
 
     pub fn and_then<U>(self, f: impl FnOnce(T) -> Probed<U>) -> Probed<U> {
         match self {
             Probed::Known(v) => f(v),
-            Probed::Unknown {
-                unknown,
-                detail,
-                cause,
-            } => Probed::Unknown {
-                unknown,
-                detail,
-                cause,
-            },
+            u @ Probed::Unknown { .. } => u.retype(),
         }
     }
 

@@ -51,15 +51,7 @@ pub fn probe(root: &Sysroot, driver: &NvidiaDriver) -> Probed<PciTopology> {
                     unknown: Why::Absent,
                     ..
                 } => Probed::Known(None),
-                Probed::Unknown {
-                    unknown,
-                    detail,
-                    cause,
-                } => Probed::Unknown {
-                    unknown,
-                    detail,
-                    cause,
-                },
+                u @ Probed::Unknown { .. } => u.retype(),
             },
             bar1_bytes: root
                 .read_string(&format!("{dir}/resource"))
@@ -322,15 +314,7 @@ fn iommu_group(root: &Sysroot, dir: &str) -> Probed<Option<IommuGroup>> {
             unknown: Why::Absent,
             ..
         } => Probed::Known(None),
-        Probed::Unknown {
-            unknown,
-            detail,
-            cause,
-        } => Probed::Unknown {
-            unknown,
-            detail,
-            cause,
-        },
+        u @ Probed::Unknown { .. } => u.retype(),
     }
 }
 

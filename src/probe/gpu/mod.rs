@@ -216,15 +216,7 @@ fn settle_p2p(facts: &mut P2pFacts, r: GpuReport, secs: f64) {
                     facts.devices = m.devices;
                     Probed::Known(m.access)
                 }
-                Probed::Unknown {
-                    unknown,
-                    detail,
-                    cause,
-                } => Probed::Unknown {
-                    unknown,
-                    detail,
-                    cause,
-                },
+                u @ Probed::Unknown { .. } => u.retype(),
             };
             return;
         }
