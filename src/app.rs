@@ -8,7 +8,7 @@ use crate::report::{self, Format, Report};
 use crate::sysroot::Sysroot;
 use crate::{probe, progress, rules};
 use anyhow::{bail, Context, Result};
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Read};
 use std::path::Path;
 use std::time::Duration;
 
@@ -32,6 +32,14 @@ pub fn run(cli: Cli) -> u8 {
 fn try_run(cli: &Cli) -> Result<u8> {
     let kb = Knowledge::embedded().context("built-in knowledge base is invalid")?;
     let g = &cli.global;
+    if let Some(out) = &g.output {
+        // Before any work: a bad -o must not cost a complete GPU run.
+        let input = match &cli.command {
+            Command::Diagnose { file } => Some(file.as_path()),
+            _ => None,
+        };
+        crate::output::check_target(out, input)?;
+    }
     let (command, facts) = match &cli.command {
         Command::Worker => return Ok(crate::worker::main().clamp(0, 255) as u8),
         Command::Check(a) => (
@@ -152,7 +160,7 @@ fn watchdog_test(g: &GlobalArgs) -> Result<u8> {
         error,
     };
     if g.format() == Format::Json {
-        print(&format!("{}\n", serde_json::to_string(&v)?));
+        print(&format!("{}\n", serde_json::to_string(&v)?))?;
     } else {
         let detail = v
             .error
@@ -168,7 +176,7 @@ fn watchdog_test(g: &GlobalArgs) -> Result<u8> {
             if v.reaped { "yes" } else { "no" },
             crate::report::escape_line(&detail),
             if v.passed { "PASS" } else { "FAIL" }
-        ));
+        ))?;
     }
     Ok(if passed { EXIT_OK } else { EXIT_FINDINGS })
 }
@@ -266,23 +274,18 @@ fn emit(report: &Report, cli: &Cli) -> Result<()> {
     let format = g.format();
     match &g.output {
         Some(path) => {
-            std::fs::write(path, report.render(format, false))
-                .with_context(|| format!("{}: cannot write", path.display()))?;
+            crate::output::write_atomic(path, report.render(format, false).as_bytes())?;
             if format != Format::Text {
-                print(&report.render(Format::Text, use_color(g.color)));
+                print(&report.render(Format::Text, use_color(g.color)))?;
             }
             eprintln!("rigdoctor: report written to {}", path.display());
         }
         None => {
             let color = format == Format::Text && use_color(g.color);
-            print(&report.render(format, color));
+            print(&report.render(format, color))?;
         }
     }
     Ok(())
 }
 
-/// Print to stdout; a closed pipe (`rigdoctor check | head`) is not an error.
-fn print(s: &str) {
-    let mut out = std::io::stdout().lock();
-    let _ = out.write_all(s.as_bytes()).and_then(|_| out.flush());
-}
+use crate::output::print;

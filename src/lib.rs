@@ -9,6 +9,7 @@ pub mod facts;
 pub mod finding;
 pub mod knowledge;
 pub mod measure;
+pub mod output;
 pub mod probe;
 pub mod progress;
 pub mod report;

@@ -308,3 +308,82 @@ fn colour_only_when_asked_or_on_a_terminal() {
         .unwrap();
     assert!(coloured.stdout.contains(&0x1b));
 }
+
+#[test]
+fn a_bad_output_is_refused_before_any_work_and_a_link_is_never_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = sysroot_of(&load_rig("x570-2x3090-r535"));
+    let run = |out: &std::path::Path| {
+        rigdoctor()
+            .args(["host", "--json", "--sysroot"])
+            .arg(root.path())
+            .arg("-o")
+            .arg(out)
+            .output()
+            .unwrap()
+    };
+    // A missing directory and a directory: exit 2, one line, nothing written.
+    for (target, says) in [
+        (dir.path().join("no/such/report.json"), "does not exist"),
+        (dir.path().to_path_buf(), "is a directory"),
+    ] {
+        let o = run(&target);
+        assert_eq!(o.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(says) && err.lines().count() == 1, "{err}");
+        assert!(o.stdout.is_empty());
+    }
+    // A symlink at -o is replaced by the report; its target is not touched.
+    let precious = dir.path().join("precious");
+    std::fs::write(&precious, "keep me").unwrap();
+    let link = dir.path().join("report.json");
+    std::os::unix::fs::symlink(&precious, &link).unwrap();
+    assert_eq!(run(&link).status.code(), Some(0));
+    assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep me");
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&link).unwrap()).unwrap();
+    assert_eq!(written["schema"], "rigdoctor.report/1");
+    assert!(!std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    // No temp files left beside it.
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
+    // diagnose -o onto its own input: refused, the input intact.
+    let before = std::fs::read(&link).unwrap();
+    let o = rigdoctor()
+        .args(["diagnose", "--json"])
+        .arg(&link)
+        .arg("-o")
+        .arg(&link)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is the report being diagnosed"));
+    assert_eq!(std::fs::read(&link).unwrap(), before);
+}
+
+#[test]
+fn a_stdout_that_cannot_be_written_is_exit_2() {
+    if !std::path::Path::new("/dev/full").exists() {
+        return;
+    }
+    let root = sysroot_of(&load_rig("x570-2x3090-r535"));
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let o = std::process::Command::new(assert_cmd::cargo::cargo_bin("rigdoctor"))
+        .args(["host", "--json", "--sysroot"])
+        .arg(root.path())
+        .stdout(full)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("stdout: cannot write"));
+}
