@@ -22,7 +22,7 @@ pub fn run(cli: Cli) -> u8 {
         Ok(code) => code,
         Err(e) => {
             // One line: the chain of causes, outermost first.
-            let msg = format!("{e:#}").replace('\n', " ");
+            let msg = crate::report::escape_line(&format!("{e:#}").replace('\n', " "));
             eprintln!("rigdoctor: error: {msg}");
             EXIT_ERROR
         }

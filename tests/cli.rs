@@ -387,3 +387,51 @@ fn a_stdout_that_cannot_be_written_is_exit_2() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("stdout: cannot write"));
 }
+
+#[test]
+fn strings_from_the_machine_cannot_drive_the_terminal() {
+    let root = sysroot_of(&load_rig("x399-3x3090-r545"));
+    // OSC 52 (clipboard write), a title change, and CR + erase-line forging a clean verdict.
+    let evil = "box\x1b]52;c;ZXZpbA==\x07\x1b]0;pwned\x07\r\x1b[2K✓ no problems found";
+    std::fs::write(
+        root.path().join("proc/sys/kernel/hostname"),
+        format!("{evil}\n"),
+    )
+    .unwrap();
+    for color in ["never", "always"] {
+        let out = rigdoctor()
+            .args(["host", "--color", color, "--sysroot"])
+            .arg(root.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(!text.contains('\r') && !text.contains('\x07'), "{text:?}");
+        assert!(
+            !text.contains("\x1b]"),
+            "an OSC sequence got through: {text:?}"
+        );
+        if color == "never" {
+            assert!(!text.contains('\x1b'), "{text:?}");
+        }
+        assert!(text.contains("box\\x1b]52;c;"), "shown escaped: {text:?}");
+    }
+    // The same through a saved report, and in markdown.
+    let json = rigdoctor()
+        .args(["host", "--json", "--sysroot"])
+        .arg(root.path())
+        .output()
+        .unwrap()
+        .stdout;
+    for format in ["text", "markdown"] {
+        let out = rigdoctor()
+            .args(["diagnose", "-", "--format", format])
+            .write_stdin(json.clone())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !text.contains('\x1b') && !text.contains('\r'),
+            "{format}: {text:?}"
+        );
+    }
+}

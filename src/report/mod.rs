@@ -96,10 +96,26 @@ impl Report {
 
     pub fn render(&self, format: Format, color: bool) -> String {
         match format {
-            Format::Text => text::render(self, color),
+            // JSON escapes control characters itself; the others get a copy whose every
+            // string (from the machine, a library or a saved report) is escaped first.
             Format::Json => json::render(self),
-            Format::Markdown => markdown::render(self),
+            Format::Text => match self.escaped() {
+                Some(r) => text::render(&r, color),
+                // Could not make the copy: escape the whole output (colour lost, nothing raw).
+                None => escape_lines(&text::render(self, false)),
+            },
+            Format::Markdown => match self.escaped() {
+                Some(r) => markdown::render(&r),
+                None => escape_lines(&markdown::render(self)),
+            },
         }
+    }
+
+    /// This report with control characters in every string shown as escapes.
+    fn escaped(&self) -> Option<Report> {
+        let mut v = serde_json::to_value(self).ok()?;
+        escape_strings(&mut v);
+        serde_json::from_value(v).ok()
     }
 }
 
@@ -108,11 +124,42 @@ impl Report {
 pub fn escape_line(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
-        if c.is_control() {
+        if c == '\x1b' {
+            out.push_str("\\x1b");
+        } else if c.is_control() {
             out.extend(c.escape_default());
         } else {
             out.push(c);
         }
     }
     out
+}
+
+/// Every string in `v`, escaped with [`escape_line`] (keys too: they can be sysfs names).
+fn escape_strings(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => {
+            if s.chars().any(char::is_control) {
+                *s = escape_line(s);
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(escape_strings),
+        Value::Object(o) => {
+            let entries: Vec<(String, Value)> = std::mem::take(o).into_iter().collect();
+            for (k, mut val) in entries {
+                escape_strings(&mut val);
+                o.insert(escape_line(&k), val);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Each line of `s` escaped, the newlines kept.
+fn escape_lines(s: &str) -> String {
+    s.split('\n')
+        .map(escape_line)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
