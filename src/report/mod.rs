@@ -139,11 +139,7 @@ pub fn escape_line(s: &str) -> String {
 fn escape_strings(v: &mut serde_json::Value) {
     use serde_json::Value;
     match v {
-        Value::String(s) => {
-            if s.chars().any(char::is_control) {
-                *s = escape_line(s);
-            }
-        }
+        Value::String(s) if s.chars().any(char::is_control) => *s = escape_line(s),
         Value::Array(a) => a.iter_mut().for_each(escape_strings),
         Value::Object(o) => {
             let entries: Vec<(String, Value)> = std::mem::take(o).into_iter().collect();
