@@ -288,7 +288,7 @@ fn sentinel() -> *mut c_void {
 
 #[test]
 fn ctx_synchronize_waits_for_the_current_context_only() {
-    let env = [("FAKEGPU_SPIN_SCALE", "0.4")];
+    let env = [("FAKEGPU_SPIN_SCALE", "1")];
     isolated(
         "ctx_synchronize_waits_for_the_current_context_only",
         "sync",
@@ -296,7 +296,7 @@ fn ctx_synchronize_waits_for_the_current_context_only() {
         &env,
         || unsafe {
             init();
-            // GPU 1: a spin whose latch nobody releases (1 s x 0.4), then a copy.
+            // GPU 1: a spin whose latch nobody releases (1 s), then a copy.
             bind(1);
             let latch = host_alloc(64);
             set_flag(latch, 0);
@@ -316,7 +316,7 @@ fn ctx_synchronize_waits_for_the_current_context_only() {
             let t = Instant::now();
             ok(cuCtxSynchronize());
             assert!(
-                t.elapsed() < Duration::from_millis(200),
+                t.elapsed() < Duration::from_millis(600),
                 "{:?}",
                 t.elapsed()
             );
@@ -327,7 +327,7 @@ fn ctx_synchronize_waits_for_the_current_context_only() {
             bind(1);
             ok(cuCtxSynchronize());
             let waited = t.elapsed();
-            assert!(waited >= Duration::from_millis(350), "{waited:?}");
+            assert!(waited >= Duration::from_millis(950), "{waited:?}");
             ok(cuEventQuery(done1));
             assert_eq!(download(b, 1 << 16), pattern(1 << 16));
         },
@@ -405,7 +405,7 @@ fn spin_wait_blocks_its_stream_until_released_or_timed_out() {
 
 #[test]
 fn a_free_waits_for_queued_work_that_uses_the_memory() {
-    let env = [("FAKEGPU_SPIN_SCALE", "0.4")];
+    let env = [("FAKEGPU_SPIN_SCALE", "1")];
     isolated(
         "a_free_waits_for_queued_work_that_uses_the_memory",
         "free-wait",
@@ -424,7 +424,7 @@ fn a_free_waits_for_queued_work_that_uses_the_memory() {
             // Memory the queue does not use frees at once.
             let t = Instant::now();
             ok(cuMemFree_v2(other));
-            assert!(t.elapsed() < Duration::from_millis(100));
+            assert!(t.elapsed() < Duration::from_millis(500));
             // The copy's destination waits for the spin (the host releases it after 100 ms).
             let l = Shared(latch);
             std::thread::spawn(move || {
@@ -435,14 +435,14 @@ fn a_free_waits_for_queued_work_that_uses_the_memory() {
             ok(cuMemFree_v2(b));
             let waited = t.elapsed();
             assert!(waited >= Duration::from_millis(90), "{waited:?}");
-            assert!(waited < Duration::from_millis(350), "{waited:?}");
+            assert!(waited < Duration::from_millis(800), "{waited:?}");
             // Nobody releases it: the free of the latch itself waits out the spin's timeout.
             set_flag(latch, 0);
             ok(launch(spin, 1, 1, s, &[latch as u64, 1_000_000_000]));
             let t = Instant::now();
             ok(cuMemFreeHost(latch as *mut c_void));
             assert!(
-                t.elapsed() >= Duration::from_millis(350),
+                t.elapsed() >= Duration::from_millis(950),
                 "{:?}",
                 t.elapsed()
             );
@@ -453,7 +453,7 @@ fn a_free_waits_for_queued_work_that_uses_the_memory() {
 
 #[test]
 fn stream_destroy_returns_at_once_and_its_work_still_runs() {
-    let env = [("FAKEGPU_SPIN_SCALE", "0.3")];
+    let env = [("FAKEGPU_SPIN_SCALE", "1")];
     isolated(
         "stream_destroy_returns_at_once_and_its_work_still_runs",
         "destroy",
@@ -473,14 +473,14 @@ fn stream_destroy_returns_at_once_and_its_work_still_runs() {
             ok(cuMemcpyPeerAsync(b, ctx(0), a, ctx(0), 4096, s));
             let t = Instant::now();
             ok(cuStreamDestroy_v2(s));
-            assert!(t.elapsed() < Duration::from_millis(100));
+            assert!(t.elapsed() < Duration::from_millis(500));
             // The handle is gone for the caller...
             assert_eq!(cuStreamSynchronize(s), INVALID_HANDLE);
             assert_eq!(cuStreamDestroy_v2(s), INVALID_HANDLE);
             // ...and the work is not: the context's synchronisation waits for it.
             ok(cuCtxSynchronize());
             assert!(
-                t.elapsed() >= Duration::from_millis(250),
+                t.elapsed() >= Duration::from_millis(950),
                 "{:?}",
                 t.elapsed()
             );
