@@ -75,6 +75,7 @@ fn try_run(cli: &Cli) -> Result<u8> {
                 },
             )?,
         ),
+        Command::WatchdogTest => return watchdog_test(g),
         Command::Host => ("host", probe_host(&g.sysroot)?),
         Command::Diagnose { file } => ("diagnose", load(file)?),
     };
@@ -86,8 +87,90 @@ fn try_run(cli: &Cli) -> Result<u8> {
     let findings = rules::diagnose(&facts, &kb);
     let report = Report::new(command, facts, findings);
     emit(&report, cli)?;
+    if let Some(i) = &report.facts.collected.interrupted {
+        // As shells expect of a process stopped by a signal: 128 + its number.
+        return Ok((128 + i.signal).clamp(0, 255) as u8);
+    }
     let failing = report.findings.iter().any(|f| f.severity >= g.fail_on);
     Ok(if failing { EXIT_FINDINGS } else { EXIT_OK })
+}
+
+/// What `watchdog-test` saw.
+#[derive(serde::Serialize)]
+struct WatchdogVerdict {
+    device: i32,
+    /// killed (the watchdog stopped the stuck kernel), finished (the kernel returned: its own
+    /// timeout passed first), error, crashed, not-run.
+    outcome: &'static str,
+    elapsed_s: f64,
+    deadline_s: f64,
+    /// The killed worker was reaped (it was not stuck in the kernel driver).
+    reaped: bool,
+    passed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// `rigdoctor watchdog-test`: a spin kernel that never ends, under the watchdog.
+fn watchdog_test(g: &GlobalArgs) -> Result<u8> {
+    use crate::measure::gpu::Step;
+    use crate::measure::watchdog::Outcome;
+    let device = g
+        .devices
+        .as_ref()
+        .and_then(|d| d.0.first().copied())
+        .unwrap_or(0);
+    let deadline = Duration::from_secs_f64(g.timeout);
+    let dog = probe::gpu::watchdog(deadline).map_err(anyhow::Error::msg)?;
+    crate::measure::install_signal_handlers();
+    // CUDA is initialised by the first step, so its cost is not counted against the spin.
+    let run = dog.run(
+        &[Step::CudaInventory, Step::SpinHang { device }],
+        &mut |_| {},
+    );
+    let spin = run
+        .reports
+        .iter()
+        .find(|r| matches!(r.step, Step::SpinHang { .. }));
+    let (outcome, reaped, error) = match spin.map(|r| &r.outcome) {
+        Some(Outcome::Hang { unkillable, .. }) => ("killed", !unkillable, None),
+        Some(Outcome::Done(_)) => ("finished", true, Some("the spin kernel returned before the deadline: its own timeout passed, or the latch was not read".into())),
+        Some(Outcome::Failed(e)) => ("error", true, Some(e.to_string())),
+        Some(Outcome::Crashed(e)) => ("crashed", true, Some(format!("the worker {e}"))),
+        None => ("not-run", true, Some("interrupted before the spin step".into())),
+    };
+    let elapsed_s = spin.map_or(0.0, |r| r.elapsed.as_secs_f64());
+    // The kill must come at the deadline, and the reap within the watchdog's grace.
+    let passed = outcome == "killed" && reaped && elapsed_s <= g.timeout + 2.5;
+    let v = WatchdogVerdict {
+        device,
+        outcome,
+        elapsed_s,
+        deadline_s: g.timeout,
+        reaped,
+        passed,
+        error,
+    };
+    if g.format() == Format::Json {
+        print(&format!("{}\n", serde_json::to_string(&v)?));
+    } else {
+        let detail = v
+            .error
+            .as_deref()
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default();
+        print(&format!(
+            "watchdog-test: GPU {}: spin kernel {} after {:.2} s (deadline {:.2} s), worker reaped: {}{} -> {}\n",
+            v.device,
+            v.outcome,
+            v.elapsed_s,
+            v.deadline_s,
+            if v.reaped { "yes" } else { "no" },
+            crate::report::escape_line(&detail),
+            if v.passed { "PASS" } else { "FAIL" }
+        ));
+    }
+    Ok(if passed { EXIT_OK } else { EXIT_FINDINGS })
 }
 
 /// Host facts, then the GPU steps (unless --sysroot points at another machine's tree).
@@ -106,10 +189,20 @@ fn probe_machine(g: &GlobalArgs, battery: Battery) -> Result<Facts> {
         nccl,
     } = battery;
     let mut facts = probe_host(&g.sysroot)?;
-    if g.gpu || g.sysroot == Path::new("/") {
-        // Ctrl-C stops the worker; the report still shows what was measured. Failing to
-        // install the handler only costs that.
-        let _ = ctrlc::set_handler(crate::measure::interrupt);
+    let live = g.sysroot == Path::new("/");
+    // rigdoctor only reads: on a live machine whose NVIDIA module is not loaded, cuInit and
+    // nvmlInit would create /dev/nvidia* and run nvidia-modprobe to load it
+    // (nvidia-modprobe(1)). WSL2 (/dev/dxg) has no module and needs the calls; --gpu insists.
+    if live && !g.gpu && !facts.driver.loaded && !Path::new("/dev/dxg").exists() {
+        facts.gpu = Some(probe::gpu::not_started(
+            "the NVIDIA kernel module is not loaded: rigdoctor does not start the driver (cuInit/nvmlInit would load it through nvidia-modprobe)",
+        ));
+        return Ok(facts);
+    }
+    if g.gpu || live {
+        // SIGINT/SIGTERM/SIGHUP stop the worker; the report still shows what was measured.
+        // Failing to install the handlers only costs that.
+        crate::measure::install_signal_handlers();
         let deadline = Duration::from_secs_f64(g.timeout);
         let plan = probe::gpu::Plan {
             p2p,
@@ -128,6 +221,8 @@ fn probe_machine(g: &GlobalArgs, battery: Battery) -> Result<Facts> {
             bw.aer_after = probe::pci::reread_aer(&Sysroot::new(&g.sysroot), topo);
         }
         facts.gpu = Some(gpu);
+        facts.collected.interrupted =
+            crate::measure::interrupt_signal().map(crate::facts::Interruption::of);
     }
     Ok(facts)
 }

@@ -72,6 +72,15 @@ pub enum Command {
         after_help = "Examples:\n  sudo rigdoctor host\n  rigdoctor host --sysroot /mnt/captured-tree --format markdown"
     )]
     Host,
+    /// Check that the watchdog stops a real stuck kernel on this machine: a spin kernel whose
+    /// latch is never released runs on one GPU (the first of --devices, default 0), and the
+    /// worker must be killed and reaped within --timeout (plus 2 s to reap). Exit 0 when it
+    /// was, 1 when not.
+    #[command(
+        name = "watchdog-test",
+        after_help = "Example:\n  rigdoctor watchdog-test --timeout 3 --devices 0 --json"
+    )]
+    WatchdogTest,
     /// Internal: the worker process that runs GPU steps under the watchdog.
     #[command(name = "__worker", hide = true)]
     Worker,
@@ -193,6 +202,7 @@ impl NcclArgs {
             iters: self.iters.unwrap_or(20),
             library: self.nccl_lib.as_ref().map(|p| p.display().to_string()),
             devices: None,
+            abort_after_s: None,
         }
     }
 }

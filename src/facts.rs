@@ -95,6 +95,7 @@ impl<T> Probed<T> {
             StepError::NotRun { because } => Probed::unknown(Why::NotRun, because),
             e @ StepError::NotFound { .. } => Probed::unknown(Why::Absent, e.to_string()),
             StepError::Invalid { message } => Probed::unknown(Why::Failed, message),
+            e @ StepError::TimedOut { .. } => Probed::unknown(Why::Hang, e.to_string()),
         }
     }
 
@@ -273,6 +274,31 @@ pub struct Collected {
     pub sysroot: String,
     /// Seconds since the Unix epoch when the probes ran.
     pub unix_time: u64,
+    /// A signal (SIGINT, SIGTERM, SIGHUP) stopped the run: what follows is partial.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interrupted: Option<Interruption>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Interruption {
+    pub signal: i32,
+    /// e.g. "SIGTERM".
+    pub name: String,
+}
+
+impl Interruption {
+    pub fn of(signal: i32) -> Interruption {
+        let name = match signal {
+            1 => "SIGHUP",
+            2 => "SIGINT",
+            15 => "SIGTERM",
+            _ => "a signal",
+        };
+        Interruption {
+            signal,
+            name: name.into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -372,9 +398,16 @@ pub struct Virtualization {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Shm {
+    /// False when /proc/mounts was read and has no /dev/shm line (size 0 then).
+    #[serde(default = "yes")]
+    pub mounted: bool,
     pub size_bytes: u64,
     /// Where the size came from: the mount's `size=` option or tmpfs' default (half of RAM).
     pub source: String,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -36,7 +36,11 @@ fn host_json_is_a_versioned_report() {
     assert_eq!(report["schema"], "rigdoctor.report/1");
     assert_eq!(report["tool"]["name"], "rigdoctor");
     assert!(report["facts"].is_object());
-    assert_eq!(summary(&report), ["error driver-not-loaded"]);
+    // An empty tree: nothing could be read, and the report says so.
+    assert_eq!(
+        summary(&report),
+        ["error driver-not-loaded", "warn not-checked"]
+    );
     // Unknown facts carry their reason.
     assert_eq!(report["facts"]["host"]["cmdline"]["unknown"], "absent");
 }
@@ -48,6 +52,30 @@ fn live_root_never_crashes() {
     assert!(matches!(out.status.code(), Some(0 | 1)), "{:?}", out);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["schema"], "rigdoctor.report/1");
+}
+
+#[test]
+fn a_live_check_never_starts_an_unloaded_driver() {
+    // Without the NVIDIA module (CI), `check` must not call cuInit/nvmlInit: as root they would
+    // create /dev/nvidiactl and run nvidia-modprobe.
+    if std::path::Path::new("/proc/driver/nvidia/version").exists()
+        || std::path::Path::new("/dev/dxg").exists()
+    {
+        println!("skipped: this machine has an NVIDIA driver loaded");
+        return;
+    }
+    let out = rigdoctor()
+        .args(["check", "--json", "--quick"])
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let gpu = &report["facts"]["gpu"];
+    assert_eq!(gpu["cuda"]["unknown"], "not-run", "{gpu}");
+    assert!(gpu["cuda"]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("does not start the driver"));
+    assert!(gpu.get("workers").is_none(), "no worker was started: {gpu}");
 }
 
 #[test]

@@ -92,3 +92,58 @@ fn bandwidth_releases_the_spin_latch_before_it_waits() {
     assert!(ms.iter().any(|m| m["method"] == "sm"));
     assert!(ms.iter().any(|m| m["bidirectional"] == true));
 }
+
+/// `rigdoctor watchdog-test --json` with the fake driver: (exit code, verdict).
+fn watchdog_test(timeout: &str, env: &[(&str, &str)]) -> (i32, Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = dir.path().join("fake-rig.json");
+    let name = "NVIDIA GeForce RTX 3090";
+    std::fs::write(
+        &rig,
+        json!({"gpus": [gpu(name, "0000:41:00.0", 0)]}).to_string(),
+    )
+    .unwrap();
+    let mut c = rigdoctor();
+    c.args([
+        "watchdog-test",
+        "--timeout",
+        timeout,
+        "--devices",
+        "0",
+        "--json",
+    ])
+    .env("LD_LIBRARY_PATH", fake_driver_dir())
+    .env("FAKEGPU_RIG", &rig);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = c.output().unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    (out.status.code().unwrap(), v)
+}
+
+/// The spin kernel whose latch is never released really holds the worker in
+/// cuStreamSynchronize, as on a GPU, so the watchdog has to kill it at the deadline. (The old
+/// fake let the spin return at once, and the check could only have reported "finished".)
+#[test]
+fn watchdog_test_kills_a_spin_that_never_ends() {
+    let (code, v) = watchdog_test("1.5", &[]);
+    assert_eq!(v["outcome"], "killed", "{v}");
+    assert_eq!(v["passed"], true, "{v}");
+    assert_eq!(code, 0, "{v}");
+    let took = v["elapsed_s"].as_f64().unwrap();
+    assert!((1.4..4.0).contains(&took), "{v}");
+}
+
+/// When the kernel's own timeout (600 s, here scaled to 0.6 s) passes before the deadline, the
+/// spin returns and the check fails: it did not show that the watchdog stops a stuck kernel.
+#[test]
+fn watchdog_test_fails_when_the_spin_times_out_first() {
+    let (code, v) = watchdog_test("5", &[("FAKEGPU_SPIN_SCALE", "0.001")]);
+    assert_eq!(v["outcome"], "finished", "{v}");
+    assert_eq!(v["passed"], false, "{v}");
+    assert_eq!(code, 1, "{v}");
+    let took = v["elapsed_s"].as_f64().unwrap();
+    assert!((0.5..4.0).contains(&took), "{v}");
+}

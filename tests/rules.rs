@@ -399,3 +399,46 @@ fn nccl_env_override() {
     );
     assert!(quiet(&r, "nccl-env-override"));
 }
+
+#[test]
+fn not_checked_fires_for_an_unreadable_bus_and_cmdline() {
+    let dir = sysroot_of(&load_rig("x399-3x3090-r545"));
+    std::fs::remove_dir_all(dir.path().join("sys/bus/pci/devices")).unwrap();
+    std::fs::remove_file(dir.path().join("proc/cmdline")).unwrap();
+    std::fs::remove_file(dir.path().join("proc/mounts")).unwrap();
+    let (code, r) = host_json(dir.path(), &[]);
+    let f = findings(&r, "not-checked");
+    assert_eq!(f.len(), 1, "{:?}", ids(&r));
+    assert_eq!(f[0]["severity"], "warn");
+    let t = text(f[0]);
+    assert!(
+        t.contains("the PCI bus (/sys/bus/pci/devices) not read"),
+        "{t}"
+    );
+    assert!(
+        t.contains("the kernel command line (/proc/cmdline) not read"),
+        "{t}"
+    );
+    assert!(t.contains("/dev/shm (/proc/mounts) not read"), "{t}");
+    // A missing /proc/mounts is not "/dev/shm is not mounted".
+    assert!(quiet(&r, "shm-too-small"));
+    // Driver 545 without the GPU list: the known-bad entries may apply, said as warnings.
+    let bad = findings(&r, "driver-known-bad");
+    assert!(
+        !bad.is_empty() && bad.iter().all(|f| f["severity"] == "warn"),
+        "{:?}",
+        ids(&r)
+    );
+    assert!(text(bad[0]).contains("PCI bus was not read"));
+    assert_eq!(code, 0);
+    let out = rigdoctor()
+        .args(["host", "--fail-on", "warn", "--sysroot"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("no problems found"));
+    // The unedited rig reads everything.
+    let whole = sysroot_of(&load_rig("x399-3x3090-r545"));
+    assert!(quiet(&host_json(whole.path(), &[]).1, "not-checked"));
+}

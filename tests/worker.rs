@@ -187,3 +187,49 @@ fn workers_that_exit_cleanly_or_after_a_hang_raise_nothing() {
         "a worker that leaves mid-step crashed"
     );
 }
+
+/// SIGINT, SIGTERM and SIGHUP mid-step: the report of what was measured is still written,
+/// marked interrupted, the exit status is 128+signal, and the worker is gone.
+#[test]
+fn each_stop_signal_still_reports_and_leaves_no_worker() {
+    for (sig, name, code) in [
+        (libc::SIGTERM, "SIGTERM", 143),
+        (libc::SIGHUP, "SIGHUP", 129),
+        (libc::SIGINT, "SIGINT", 130),
+    ] {
+        let root = sysroot_of(&load_rig("x399-3x3090-r545"));
+        let child = start_hanging_p2p(root.path(), "30");
+        let worker = wait_for_worker(child.id());
+        std::thread::sleep(Duration::from_millis(1500));
+        // SAFETY: signalling our own child.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+        let t = Instant::now();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{name}: {:?}",
+            t.elapsed()
+        );
+        assert_eq!(out.status.code(), Some(code), "{name}");
+        let v: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{name}: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+        assert_eq!(v["facts"]["collected"]["interrupted"]["name"], name);
+        // The self-tests finished before the hang: they are in the report.
+        assert!(!v["facts"]["gpu"]["p2p"]["local"]
+            .as_array()
+            .unwrap()
+            .is_empty());
+        assert!(!alive(worker), "{name}: worker {worker} left running");
+        let text = rigdoctor()
+            .args(["diagnose", "-"])
+            .write_stdin(out.stdout.clone())
+            .output()
+            .unwrap();
+        let first = String::from_utf8_lossy(&text.stdout)
+            .lines()
+            .nth(1)
+            .unwrap_or("")
+            .to_string();
+        assert!(first.contains(&format!("interrupted by {name}")), "{first}");
+    }
+}

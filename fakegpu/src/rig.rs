@@ -28,11 +28,16 @@ pub struct Rig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Nccl {
-    /// ncclGetVersion's code, e.g. 21805 for 2.18.5.
+    /// ncclGetVersion's code, e.g. 21805 for 2.18.5; also picks the release's log lines and
+    /// behaviour (connections at the first collective since 22200).
     #[serde(default = "nccl_version")]
     pub version: i32,
-    /// "none", "hang" (the collective never completes), "wrong" (one element of the last rank
-    /// is off by one), "error" (ncclGroupEnd returns ncclUnhandledCudaError).
+    /// "none"; "hang" (accepted, never completes on the stream); "wrong" (one element of the
+    /// last rank is off by one); "error" (ncclGroupEnd returns ncclUnhandledCudaError, a CUDA
+    /// launch failure as last error); "async-error" (accepted, never completes, and
+    /// ncclCommGetAsyncError turns to ncclRemoteError); "init-error" (ncclCommInitAll fails
+    /// with ncclUnhandledCudaError, "CUDA driver version is insufficient ..."); "hang-on-exit"
+    /// (the process never finishes exiting once communicators were created).
     #[serde(default = "none")]
     pub fault: String,
     /// All-reduce bus bandwidth; default 85% of the slowest ring hop of the model.

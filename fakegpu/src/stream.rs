@@ -68,7 +68,6 @@ pub enum Op {
     Delay(f64),
     /// Work that does not complete until `release_stall(token)` (a hung NCCL kernel): it and
     /// everything queued after it stay pending.
-    #[allow(dead_code)] // for the fake NCCL's hung collectives
     Stall(u64),
 }
 
@@ -210,7 +209,6 @@ pub fn enqueue_delay(s: &mut State, stream: *mut c_void, secs: f64) -> bool {
 
 /// Queue work on `stream` that completes only once `token` is released (fake NCCL); false
 /// when it is not one of ours.
-#[allow(dead_code)] // for the fake NCCL's hung collectives
 pub fn enqueue_stall(s: &mut State, stream: *mut c_void, token: u64) -> bool {
     enqueue(s, stream, Op::Stall(token))
 }
@@ -241,7 +239,6 @@ pub fn is_released(token: u64) -> bool {
 }
 
 /// Let the work stalled on `token` complete.
-#[allow(dead_code)] // for the fake NCCL's hung collectives
 pub fn release_stall(token: u64) {
     RELEASED
         .lock()

@@ -80,6 +80,9 @@ pub enum StepError {
     NotFound { what: String, tried: Vec<String> },
     /// The step was asked for something that does not exist (a device ordinal, say).
     Invalid { message: String },
+    /// The worker gave up waiting itself (before the parent's deadline), cleaned up (NCCL:
+    /// communicators aborted) and reported: a hang, seen from inside.
+    TimedOut { what: String, after_s: f64 },
 }
 
 impl StepError {
@@ -110,6 +113,9 @@ impl std::fmt::Display for StepError {
                 write!(f, "no usable {what}; tried {}", tried.join("; "))
             }
             StepError::Invalid { message } => f.write_str(message),
+            StepError::TimedOut { what, after_s } => {
+                write!(f, "{what}: no completion within {after_s:.1} s")
+            }
         }
     }
 }

@@ -107,6 +107,11 @@ pub struct NcclConfig {
     pub library: Option<String>,
     /// CUDA ordinals (None: all).
     pub devices: Option<Vec<i32>>,
+    /// The worker stops waiting for a collective this long after the sweep began, aborts the
+    /// communicators (ncclCommAbort, as nccl.h asks after a timeout) and reports a hang; set
+    /// a little under the parent's deadline, which stays the backstop.
+    #[serde(default)]
+    pub abort_after_s: Option<f64>,
 }
 
 /// A worker's answer, one variant per kind of step.
@@ -135,10 +140,20 @@ pub enum Note {
     Path(PathResult),
     /// An all-reduce size that finished.
     NcclResult(AllReduceResult),
+    /// Cleaning up after the work (NCCL communicators destroyed or aborted).
+    Teardown(String),
 }
 
-/// The sub-step the worker last announced: where a hang happened.
+/// The sub-step the worker last announced, teardown included: where a hang happened.
 pub fn last_stage(notes: &[Note]) -> Option<String> {
+    notes.iter().rev().find_map(|n| match n {
+        Note::Stage(s) | Note::Teardown(s) => Some(s.clone()),
+        _ => None,
+    })
+}
+
+/// The last sub-step of the work itself (what was running when the worker gave up).
+pub fn last_work_stage(notes: &[Note]) -> Option<String> {
     notes.iter().rev().find_map(|n| match n {
         Note::Stage(s) => Some(s.clone()),
         _ => None,

@@ -85,12 +85,17 @@ fn shm_size(mounts: &str, mem_total: Option<u64>) -> Probed<Shm> {
         let f: Vec<&str> = l.split_whitespace().collect();
         (f.len() >= 4 && f[1] == "/dev/shm").then(|| f[3].to_string())
     }) else {
-        return Probed::unknown(Why::Absent, "no /dev/shm mount in /proc/mounts");
+        return Probed::Known(Shm {
+            mounted: false,
+            size_bytes: 0,
+            source: "no /dev/shm mount in /proc/mounts".into(),
+        });
     };
     let size_opt = opts.split(',').find_map(|o| o.strip_prefix("size="));
     match size_opt {
         Some(v) => match parse_tmpfs_size(v, mem_total) {
             Some(size_bytes) => Probed::Known(Shm {
+                mounted: true,
                 size_bytes,
                 source: format!("mount option size={v}"),
             }),
@@ -98,6 +103,7 @@ fn shm_size(mounts: &str, mem_total: Option<u64>) -> Probed<Shm> {
         },
         None => match mem_total {
             Some(m) => Probed::Known(Shm {
+                mounted: true,
                 size_bytes: m / 2,
                 source: "tmpfs default: half of RAM".into(),
             }),
@@ -154,7 +160,14 @@ mod tests {
         );
         let pct = "tmpfs /dev/shm tmpfs rw,size=10% 0 0\n";
         assert_eq!(shm_size(pct, Some(1000)).known().unwrap().size_bytes, 100);
-        assert!(shm_size("proc /proc proc rw 0 0\n", None).known().is_none());
+        // Read, and no /dev/shm line: known to be unmounted (not "unknown").
+        assert!(
+            !shm_size("proc /proc proc rw 0 0\n", None)
+                .known()
+                .unwrap()
+                .mounted
+        );
+        assert!(shm_size(docker, None).known().unwrap().mounted);
         assert!(shm_size("x /dev/shm tmpfs rw,size=12q 0 0", None)
             .known()
             .is_none());

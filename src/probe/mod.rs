@@ -26,6 +26,7 @@ pub fn collect_host(root: &Sysroot, env: impl IntoIterator<Item = (String, Strin
         collected: Collected {
             sysroot: root.root().display().to_string(),
             unix_time,
+            interrupted: None,
         },
         host: host::probe(root),
         pci: pci::probe(root, &driver),

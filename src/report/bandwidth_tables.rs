@@ -62,7 +62,7 @@ pub fn tables(f: &Facts) -> Option<BandwidthTables> {
     let bw = f.gpu.as_ref()?.bandwidth.as_ref()?;
     let mut notes = Vec::new();
     if bw.interrupted {
-        notes.push("interrupted (Ctrl-C): the tables hold what was measured before".to_string());
+        notes.push("interrupted: the tables hold what was measured before".to_string());
     }
     if let Probed::Unknown { detail, .. } = &bw.access {
         notes.push(format!("not measured: {detail}"));

@@ -77,12 +77,20 @@ impl Report {
             .filter(|(n, _, _)| *n > 0)
             .map(|(n, one, many)| plural(*n, one, many))
             .collect();
-        match self.findings.first() {
+        let verdict = match self.findings.first() {
             Some(first) if first.severity > Severity::Info => {
                 format!("{}: {}", parts.join(", "), first.title)
             }
             Some(_) => format!("no problems found ({})", parts.join(", ")),
             None => "no problems found".to_string(),
+        };
+        match &self.facts.collected.interrupted {
+            // A stopped run never reads as healthy: what was not reached was not checked.
+            Some(i) => format!(
+                "interrupted by {}: partial results, the rest was not checked; {verdict}",
+                i.name
+            ),
+            None => verdict,
         }
     }
 
@@ -93,4 +101,18 @@ impl Report {
             Format::Markdown => markdown::render(self),
         }
     }
+}
+
+/// `s` with control characters shown as `\x1b`-style escapes, so a string from a library or a
+/// report cannot move the cursor, retitle the terminal or forge a line.
+pub fn escape_line(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

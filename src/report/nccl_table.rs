@@ -8,12 +8,17 @@ pub fn tables(f: &Facts) -> Option<BandwidthTables> {
     let n = f.gpu.as_ref()?.nccl.as_ref()?;
     let mut notes = Vec::new();
     match &n.library {
-        Probed::Known(l) => notes.push(format!(
-            "NCCL {} ({}), {} rank(s) in one process: all-reduce, sum, float32",
-            l.version,
-            l.path,
-            n.devices.len()
-        )),
+        Probed::Known(l) => {
+            notes.push(format!(
+                "NCCL {} ({}), {} rank(s) in one process: all-reduce, sum, float32",
+                l.version,
+                l.path,
+                n.devices.len()
+            ));
+            if let Some(e) = &n.init_error {
+                notes.push(format!("NCCL initialisation failed: {e}"));
+            }
+        }
         Probed::Unknown { detail, .. } => {
             notes.push(format!("NCCL not run: {detail}"));
             return Some(BandwidthTables {
@@ -22,6 +27,22 @@ pub fn tables(f: &Facts) -> Option<BandwidthTables> {
                 notes,
             });
         }
+    }
+    if !n.env_set.is_empty() {
+        // The user's NCCL_DEBUG* are not what the run saw: say what rigdoctor set, and why.
+        let set: Vec<String> = n
+            .env_set
+            .iter()
+            .filter(|e| e.name != "NCCL_DEBUG_FILE")
+            .map(|e| match &e.replaced {
+                Some(u) => format!("{}={} (yours: {u})", e.name, e.value),
+                None => format!("{}={}", e.name, e.value),
+            })
+            .collect();
+        notes.push(format!(
+            "rigdoctor set {} and NCCL_DEBUG_FILE to a file of its own, to read NCCL's transports",
+            set.join(" ")
+        ));
     }
     let mut t = vec![[
         "size (B)",

@@ -209,7 +209,15 @@ pub fn known_bad(facts: &Facts, kb: &Knowledge) -> Vec<Finding> {
                 Fit::No => {}
             }
         }
-        if matched.len() < entry.min_gpus {
+        // The PCI bus could not be read: which GPUs are installed is unknown, so the entry
+        // may apply. Said as a warning, never silence (unknown is not healthy).
+        let bus_unread = facts.pci.known().is_none() && matched.is_empty();
+        if bus_unread {
+            unsure.push(format!(
+                "which GPUs are installed: the PCI bus was not read ({})",
+                facts.pci.why_unknown().unwrap_or_default()
+            ));
+        } else if matched.len() < entry.min_gpus {
             continue;
         }
         let severity = if unsure.is_empty() {

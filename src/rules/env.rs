@@ -14,17 +14,15 @@ pub fn shm_too_small(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
         return Vec::new();
     }
     let (evidence, title) = match &facts.host.shm {
+        Probed::Known(s) if !s.mounted => (
+            "no /dev/shm mount in /proc/mounts".to_string(),
+            "/dev/shm is not mounted: NCCL's shared-memory transport cannot work",
+        ),
         Probed::Known(s) if s.size_bytes < MIN_SHM => (
             format!("/dev/shm: {} MiB ({})", s.size_bytes >> 20, s.source),
             "/dev/shm is too small for NCCL's shared-memory transport",
         ),
-        Probed::Unknown {
-            unknown: crate::facts::Why::Absent,
-            ..
-        } => (
-            "no /dev/shm mount in /proc/mounts".to_string(),
-            "/dev/shm is not mounted: NCCL's shared-memory transport cannot work",
-        ),
+        // Not read: `not-checked` says so.
         _ => return Vec::new(),
     };
     let markers = &facts.host.virtualization.container_markers;

@@ -1,7 +1,7 @@
 //! IOMMU translation of GPU DMA, which breaks or slows peer-to-peer on many boards.
 
 use super::{gpu_label, gpus, kernel_param_fix, KERNEL_PARAMS, NCCL_TROUBLESHOOTING};
-use crate::facts::Facts;
+use crate::facts::{Facts, Probed};
 use crate::finding::{Finding, Severity};
 use crate::knowledge::Knowledge;
 
@@ -53,11 +53,16 @@ pub fn translation(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
     let mentioned = cmdline
         .map(|c| c.mentions(&IOMMU_PARAMS))
         .unwrap_or_default();
-    f = f.evidence(if mentioned.is_empty() {
-        "kernel command line sets no iommu parameter: the kernel's default domain is translated"
-            .to_string()
-    } else {
-        format!("kernel command line: {}", mentioned.join(" "))
+    f = f.evidence(match (&facts.host.cmdline, mentioned.is_empty()) {
+        (Probed::Unknown { .. }, _) => format!(
+            "kernel command line not read ({}): whether it sets an iommu parameter is not known",
+            facts.host.cmdline.why_unknown().unwrap_or_default()
+        ),
+        (_, true) => {
+            "kernel command line sets no iommu parameter: the kernel's default domain is translated"
+                .to_string()
+        }
+        (_, false) => format!("kernel command line: {}", mentioned.join(" ")),
     });
     let has_pt = cmdline.is_some_and(|c| {
         c.get("iommu").as_deref() == Some("pt")

@@ -15,6 +15,7 @@ mod link;
 mod nccl;
 mod p2p;
 pub mod topology;
+mod unread;
 mod virt;
 mod worker;
 
@@ -65,6 +66,7 @@ const RULES: &[(&str, Rule)] = &[
     ("nccl-slow", nccl::slow),
     ("shm-too-small", env::shm_too_small),
     ("nccl-env-override", env::nccl_env_override),
+    ("not-checked", unread::not_checked),
     ("worker-crashed", worker::crashed),
     ("worker-exit-failed", worker::exit_failed),
 ];

@@ -98,10 +98,7 @@ fn hang_or_error(facts: &Facts, kb: &Knowledge, which: &str) -> Vec<Finding> {
             Some((*unknown == Why::Hang, detail.clone()))
         }
         // Loaded, but ncclCommInitAll failed: the version is known.
-        Probed::Known(_) => n
-            .init_error
-            .as_ref()
-            .map(|e| (false, format!("ncclCommInitAll: {e}"))),
+        Probed::Known(_) => n.init_error.as_ref().map(|e| (false, e.to_string())),
         _ => None,
     };
     let mut hung: Vec<String> = Vec::new();

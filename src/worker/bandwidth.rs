@@ -737,6 +737,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_cpu_mask_is_restored_after_a_pinned_step() {
+        // In a thread of its own: the mask is per thread.
+        std::thread::spawn(|| {
+            let before = current_cpus();
+            assert!(!before.is_empty());
+            {
+                let _guard = Affinity::save();
+                // SAFETY: plain data; pins this thread to the first CPU it may use.
+                let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+                unsafe { libc::CPU_SET(before[0], &mut set) };
+                let r = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
+                assert_eq!(r, 0);
+                assert_eq!(current_cpus(), [before[0]]);
+            }
+            assert_eq!(current_cpus(), before);
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
     fn cpulists() {
         assert_eq!(parse_cpulist("0-3,8"), Some(vec![0, 1, 2, 3, 8]));
         assert_eq!(parse_cpulist("\n"), None);

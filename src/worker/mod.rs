@@ -202,14 +202,22 @@ impl GpuWorker {
             return StepOutput::of(Err(StepError::invalid("no NCCL communicators")));
         };
         let r = nccl::sweep(&mut self.session, &comms, &cfg, note);
-        note(Note::Stage(if r.is_ok() {
+        note(Note::Teardown(if r.is_ok() {
             "destroy the communicators".into()
         } else {
             "abort the communicators".into()
         }));
         let closed = comms.close(r.is_ok());
-        let r = r.and_then(|v| closed.map(|_| v));
-        StepOutput::of(r.map(Answer::NcclSweep).map_err(StepError::Call))
+        let r = match (r, closed) {
+            (Ok(v), Ok(())) => Ok(Answer::NcclSweep(v)),
+            (Ok(_), Err(c)) => Err(StepError::Call(c)),
+            (Err(nccl::SweepError::Call(c)), _) => Err(StepError::Call(c)),
+            (Err(nccl::SweepError::TimedOut(after_s)), _) => Err(StepError::TimedOut {
+                what: "the NCCL all-reduce".into(),
+                after_s,
+            }),
+        };
+        StepOutput::of(r)
     }
 
     fn bandwidth_step(&mut self, step: &Step, note: &mut dyn FnMut(Note)) -> StepOutput {

@@ -186,7 +186,13 @@ impl Nccl {
                 .ok()
                 .and_then(|i| RESULT_NAMES.get(i))
                 .map(|n| n.to_string()),
-            text: last.or(generic),
+            // The last error is the cause; the generic text only when it says more than
+            // "run with NCCL_DEBUG=..." (which rigdoctor already does).
+            text: match (last, generic) {
+                (Some(l), Some(g)) if !g.contains("NCCL_DEBUG") => Some(format!("{l}: {g}")),
+                (Some(l), _) => Some(l),
+                (None, g) => g,
+            },
             sticky: false,
         }
     }
@@ -317,16 +323,34 @@ pub fn init(
     ))
 }
 
+/// Why the sweep stopped.
+pub enum SweepError {
+    Call(CallError),
+    /// No completion before the sweep's own deadline.
+    TimedOut(f64),
+}
+
+impl From<CallError> for SweepError {
+    fn from(c: CallError) -> Self {
+        SweepError::Call(c)
+    }
+}
+
 /// The sweep: every size of the config, each result also sent as a note.
 pub fn sweep(
     session: &mut Session,
     c: &Comms,
     cfg: &NcclConfig,
     note: &mut dyn FnMut(Note),
-) -> Result<Vec<AllReduceResult>, CallError> {
+) -> Result<Vec<AllReduceResult>, SweepError> {
     let mut results = Vec::new();
+    let started = std::time::Instant::now();
+    let deadline = cfg
+        .abort_after_s
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .map(|s| (started + std::time::Duration::from_secs_f64(s), s));
     for &bytes in &cfg.sizes {
-        let r = all_reduce(session, c, bytes, cfg, note)?;
+        let r = all_reduce(session, c, bytes, cfg, deadline, note)?;
         note(Note::NcclResult(r.clone()));
         results.push(r);
     }
@@ -348,8 +372,9 @@ pub fn all_reduce(
     c: &Comms,
     bytes: u64,
     cfg: &NcclConfig,
+    deadline: Option<(std::time::Instant, f64)>,
     note: &mut dyn FnMut(Note),
-) -> Result<AllReduceResult, CallError> {
+) -> Result<AllReduceResult, SweepError> {
     let n = c.devices.len();
     let count = (bytes / 4) as usize;
     let bytes = count * 4;
@@ -371,6 +396,11 @@ pub fn all_reduce(
     let null = std::ptr::null_mut();
     let once = |session: &mut Session| -> Result<(), CallError> {
         let _ = session;
+        // An earlier collective failed asynchronously: that is the cause, and NCCL would
+        // refuse this one with a less telling error.
+        if let Some(e) = c.async_error() {
+            return Err(e);
+        }
         // SAFETY: group calls bracket one all-reduce per rank, as NCCL requires in one thread.
         let r = unsafe { (c.nccl.group_start)() };
         c.nccl.check("ncclGroupStart", r, null)?;
@@ -413,7 +443,12 @@ pub fn all_reduce(
             // A collective that failed asynchronously (a peer or proxy error) never completes
             // on the stream: NCCL says so here, and the step reports it instead of hanging.
             if let Some(e) = c.async_error() {
-                return Err(e);
+                return Err(e.into());
+            }
+            if let Some((at, secs)) = deadline {
+                if std::time::Instant::now() >= at {
+                    return Err(SweepError::TimedOut(secs));
+                }
             }
             std::thread::sleep(std::time::Duration::from_micros(100));
         }

@@ -44,6 +44,19 @@ pub fn watchdog(step_deadline: Duration) -> Result<Watchdog<Gpu>, String> {
     ))
 }
 
+/// The GPU facts of a run that did not start the GPU steps, and why.
+pub fn not_started(why: &str) -> GpuRuntime {
+    GpuRuntime {
+        nvml: Probed::unknown(Why::NotRun, why),
+        cuda: Probed::unknown(Why::NotRun, why),
+        cuda_device_order: std::env::var("CUDA_DEVICE_ORDER").ok(),
+        p2p: None,
+        bandwidth: None,
+        nccl: None,
+        workers: Vec::new(),
+    }
+}
+
 /// Run the GPU steps in a worker (this same binary, `__worker`). `progress` sees each step as
 /// it settles.
 pub fn collect(
@@ -77,9 +90,14 @@ pub fn collect(
             devices: plan.devices.clone(),
         });
     }
+    let (bw_deadline, nccl_deadline) = long_deadlines(plan);
     let config = WorkerConfig {
         bandwidth: plan.bandwidth.clone(),
-        nccl: plan.nccl.clone(),
+        nccl: plan.nccl.clone().map(|mut c| {
+            let d = nccl_deadline.max(step_deadline).as_secs_f64();
+            c.abort_after_s = Some(d - (0.15 * d).max(0.4));
+            c
+        }),
     };
     dog.env.push((
         CONFIG_ENV.to_string(),
@@ -94,7 +112,6 @@ pub fn collect(
             .extend(env_set.iter().map(|e| (e.name.clone(), e.value.clone())));
         steps.push(Step::NcclInit);
     }
-    let (bw_deadline, nccl_deadline) = long_deadlines(plan);
     dog.long_step = Box::new(move |s| match s {
         Step::Bandwidth(_) => Some(bw_deadline),
         Step::NcclAllReduce => Some(nccl_deadline),

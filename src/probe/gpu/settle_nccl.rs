@@ -5,7 +5,9 @@ use crate::facts::{
     allreduce_bus_factor, parse_channel, AllReduce, AllReduceOutcome, NcclFacts, NcclLibrary,
     Probed, StepError, Why,
 };
-use crate::measure::gpu::{last_stage, AllReduceResult, Answer, NcclConfig, Note, Step};
+use crate::measure::gpu::{
+    last_stage, last_work_stage, AllReduceResult, Answer, NcclConfig, Note, Step,
+};
 use crate::measure::watchdog::Outcome;
 
 /// NCCL's WARN lines kept as evidence.
@@ -102,6 +104,10 @@ fn settle_sweep(facts: &mut NcclFacts, cfg: &NcclConfig, outcome: Outcome<Answer
         other => {
             done.iter().for_each(|a| push(a, facts));
             facts.results.push(failed(match other {
+                // The worker timed out itself and aborted NCCL: a hang all the same.
+                Outcome::Failed(StepError::TimedOut { .. }) => AllReduceOutcome::Hang {
+                    stage: last_work_stage(notes),
+                },
                 Outcome::Failed(e) => failure(e),
                 Outcome::Crashed(e) => AllReduceOutcome::Failed {
                     error: format!("the worker {e}"),

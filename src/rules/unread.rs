@@ -1,0 +1,65 @@
+//! Unknown is never healthy: a fact the rules need that could not be read is said as such, so
+//! a run that could not look never ends in "no problems found".
+
+use crate::facts::Facts;
+use crate::finding::{Finding, Severity};
+use crate::knowledge::Knowledge;
+
+/// One line per unread fact: what could not be read, why, and which checks it costs.
+pub fn not_checked(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
+    let mut lines = Vec::new();
+    let mut say = |p: Option<String>, what: &str, costs: &str| {
+        if let Some(why) = p {
+            lines.push(format!("{what} not read ({why}): {costs} not checked"));
+        }
+    };
+    say(
+        facts.pci.why_unknown(),
+        "the PCI bus (/sys/bus/pci/devices)",
+        "the GPUs' PCIe paths, IOMMU groups, ACS, link width/speed, AER counters and BAR1",
+    );
+    say(
+        facts.host.cmdline.why_unknown(),
+        "the kernel command line (/proc/cmdline)",
+        "kernel parameters (iommu=, amd_iommu=, intel_iommu=, pcie_acs_override=)",
+    );
+    say(
+        facts.host.iommu.units.why_unknown(),
+        "the IOMMU units (/sys/class/iommu)",
+        "whether an IOMMU is active",
+    );
+    say(
+        facts.host.shm.why_unknown(),
+        "/dev/shm (/proc/mounts)",
+        "the size of NCCL's shared-memory transport",
+    );
+    let nvml_version = facts
+        .gpu
+        .as_ref()
+        .and_then(|g| g.nvml.known())
+        .and_then(|n| n.driver_version.known());
+    if facts.driver.loaded && nvml_version.is_none() {
+        say(
+            facts.driver.version.why_unknown(),
+            "the NVIDIA driver version (/proc/driver/nvidia/version)",
+            "known-bad driver releases",
+        );
+    }
+    if lines.is_empty() {
+        return Vec::new();
+    }
+    let mut f = Finding::new(
+        "not-checked",
+        Severity::Warn,
+        format!(
+            "{} part(s) of the machine could not be read: the checks that need them did not run",
+            lines.len()
+        ),
+    );
+    for l in lines {
+        f = f.evidence(l);
+    }
+    vec![f
+        .fix("run as root on the machine itself (sudo rigdoctor check); in a container, mount the host's /sys and /proc read-only, or run rigdoctor on the host")
+        .refs(["https://docs.kernel.org/PCI/sysfs-pci.html"])]
+}
