@@ -8,6 +8,8 @@
 #![allow(non_snake_case, clippy::missing_safety_doc)]
 
 mod cuda;
+#[cfg(test)]
+mod cuda_tests;
 mod memory;
 mod nccl;
 mod nvml;

@@ -57,12 +57,9 @@ pub struct Pair {
     /// cuDeviceCanAccessPeer and NVML read/write status.
     #[serde(default = "yes")]
     pub access: bool,
-    /// What a transfer over P2P does: "none", "corrupt" (some bytes flipped), "zeros" (the
-    /// destination receives zeros), "hang" (the call never returns), "enable-fails"
-    /// (cuCtxEnablePeerAccess returns CUDA_ERROR_PEER_ACCESS_UNSUPPORTED), "corrupt-always"
-    /// (corrupt on every path, staged copies through host memory included), "illegal-address"
-    /// (a kernel touching the peer's memory faults: sticky CUDA_ERROR_ILLEGAL_ADDRESS),
-    /// "enable-hangs" (cuCtxEnablePeerAccess never returns).
+    /// What a transfer over P2P does (see [`PairFault`]): "none", "corrupt", "zeros", "hang",
+    /// "enable-fails", "enable-hangs", "corrupt-always", "illegal-address", "contained",
+    /// "sticky-<N>", "unknown-code" / "unknown-code-<N>".
     #[serde(default = "none")]
     pub fault: String,
     /// NVML common ancestor: PIX, PXB, PHB, NODE or SYS.
@@ -84,6 +81,66 @@ pub struct Pair {
     pub staged_gbps: Option<f64>,
     /// Microseconds a P2P copy costs besides its bytes.
     pub latency_us: Option<f64>,
+}
+
+/// A pair's `fault`, parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PairFault {
+    None,
+    /// Some bytes of a P2P transfer flipped (4 KiB from the middle, bit 6).
+    Corrupt,
+    /// The destination of a P2P transfer receives zeros.
+    Zeros,
+    /// A P2P transfer never completes.
+    Hang,
+    /// cuCtxEnablePeerAccess returns CUDA_ERROR_PEER_ACCESS_UNSUPPORTED.
+    EnableFails,
+    /// cuCtxEnablePeerAccess never returns.
+    EnableHangs,
+    /// Corrupt on every path between the two GPUs, staged copies through host memory included.
+    CorruptAlways,
+    /// A kernel touching the peer's memory faults: sticky CUDA_ERROR_ILLEGAL_ADDRESS (700).
+    IllegalAddress,
+    /// A kernel or copy touching the peer over P2P fails with this code, sticky for the rest
+    /// of the process: "contained" is 226 (CUDA_ERROR_CONTAINED), "sticky-<N>" is N.
+    Sticky(u32),
+    /// cuMemcpyPeerAsync over P2P returns this code at once, not sticky: "unknown-code" is 36
+    /// (CUDA_ERROR_CALL_REQUIRES_NEWER_DRIVER, new in CUDA 13.0), "unknown-code-<N>" is N.
+    UnknownCode(u32),
+}
+
+impl PairFault {
+    pub fn parse(s: &str) -> Option<PairFault> {
+        let code = |rest: &str| rest.parse::<u32>().ok();
+        Some(match s {
+            "none" => PairFault::None,
+            "corrupt" => PairFault::Corrupt,
+            "zeros" => PairFault::Zeros,
+            "hang" => PairFault::Hang,
+            "enable-fails" => PairFault::EnableFails,
+            "enable-hangs" => PairFault::EnableHangs,
+            "corrupt-always" => PairFault::CorruptAlways,
+            "illegal-address" => PairFault::IllegalAddress,
+            "contained" => PairFault::Sticky(226),
+            "unknown-code" => PairFault::UnknownCode(36),
+            _ => {
+                if let Some(n) = s.strip_prefix("sticky-") {
+                    PairFault::Sticky(code(n).filter(|&n| n != 0)?)
+                } else if let Some(n) = s.strip_prefix("unknown-code-") {
+                    PairFault::UnknownCode(code(n).filter(|&n| n != 0)?)
+                } else {
+                    return None;
+                }
+            }
+        })
+    }
+}
+
+impl Pair {
+    /// The parsed fault (checked when the rig is read).
+    pub fn fault(&self) -> PairFault {
+        PairFault::parse(&self.fault).unwrap_or(PairFault::None)
+    }
 }
 
 fn yes() -> bool {
@@ -223,7 +280,23 @@ impl Rig {
         let path =
             std::env::var("FAKEGPU_RIG").map_err(|_| "FAKEGPU_RIG is not set".to_string())?;
         let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
-        serde_json::from_str(&text).map_err(|e| format!("{path}: {e}"))
+        Rig::parse(&text).map_err(|e| format!("{path}: {e}"))
+    }
+
+    /// A rig from its JSON text; an unknown pair fault is an error (a typo in a test).
+    pub fn parse(text: &str) -> Result<Rig, String> {
+        let rig: Rig = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        if let Some(p) = rig
+            .pairs
+            .iter()
+            .find(|p| PairFault::parse(&p.fault).is_none())
+        {
+            return Err(format!(
+                "pair {}-{}: unknown fault {:?} (docs/testing.md lists them)",
+                p.a, p.b, p.fault
+            ));
+        }
+        Ok(rig)
     }
 
     /// Index into `gpus` of CUDA ordinal `i`.
@@ -347,5 +420,26 @@ mod tests {
         assert_eq!(r.gpus[r.cuda_index(0).unwrap()].uuid, "GPU-b");
         assert_eq!(r.nvml_order()[0].uuid, "GPU-b");
         assert!(serde_json::from_str::<Rig>(r#"{"gpus":[],"bogus":1}"#).is_err());
+    }
+
+    #[test]
+    fn pair_faults_parse_and_typos_are_refused() {
+        assert_eq!(PairFault::parse("contained"), Some(PairFault::Sticky(226)));
+        assert_eq!(PairFault::parse("sticky-721"), Some(PairFault::Sticky(721)));
+        assert_eq!(
+            PairFault::parse("unknown-code"),
+            Some(PairFault::UnknownCode(36))
+        );
+        assert_eq!(
+            PairFault::parse("unknown-code-9999"),
+            Some(PairFault::UnknownCode(9999))
+        );
+        for bad in ["sticky-", "sticky-x", "sticky-0", "corupt", ""] {
+            assert_eq!(PairFault::parse(bad), None, "{bad}");
+        }
+        let rig = |fault: &str| format!(r#"{{"pairs":[{{"a":0,"b":1,"fault":"{fault}"}}]}}"#);
+        assert!(Rig::parse(&rig("sticky-810")).is_ok());
+        let e = Rig::parse(&rig("contianed")).unwrap_err();
+        assert!(e.contains("unknown fault"), "{e}");
     }
 }

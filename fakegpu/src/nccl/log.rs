@@ -224,7 +224,7 @@ fn cuda_dev() -> i32 {
     if let Some(d) = DEVICE.with(Cell::get) {
         return d;
     }
-    let current = crate::memory::state().current;
+    let current = crate::memory::current();
     current
         .and_then(|g| (0..crate::rig().gpus.len()).find(|&d| crate::rig().cuda_index(d) == Some(g)))
         .map_or(0, |d| d as i32)
