@@ -147,3 +147,156 @@ fn watchdog_test_fails_when_the_spin_times_out_first() {
     let took = v["elapsed_s"].as_f64().unwrap();
     assert!((0.5..4.0).contains(&took), "{v}");
 }
+
+/// The three-GPU X399 rig with a directed fault on 0->1 only.
+fn x399_with_fault(fault: &str) -> (common::sysroot::Rig, Value) {
+    let (rig, mut fake) = x399_healthy();
+    let pairs = fake["pairs"].as_array_mut().unwrap();
+    pairs.insert(
+        0,
+        json!({"a": 0, "b": 1, "fault": fault, "directed": true, "topology": "SYS"}),
+    );
+    (rig, fake)
+}
+
+/// Each code cuda.h calls sticky ("the process must be terminated and relaunched"): the pair
+/// that hit it reports it with its code, the worker leaves, and the pairs after it run in a
+/// fresh worker instead of all failing with the same error.
+#[test]
+fn after_every_sticky_code_the_rest_runs_in_a_fresh_worker() {
+    for (code, name) in [
+        (226, "CUDA_ERROR_CONTAINED"),
+        (721, "CUDA_ERROR_TENSOR_MEMORY_LEAK"),
+        (810, "CUDA_ERROR_MPS_CLIENT_TERMINATED"),
+        (911, "CUDA_ERROR_EXTERNAL_DEVICE"),
+    ] {
+        let fault = if code == 226 {
+            "contained".to_string()
+        } else {
+            format!("sticky-{code}")
+        };
+        let (rig, fake) = x399_with_fault(&fault);
+        let r = run_gpu("p2p", &rig, &fake, &["--timeout", "10"]);
+        let p2p = &r.report["facts"]["gpu"]["p2p"];
+        let tests = p2p["tests"].as_array().unwrap();
+        let bad = tests
+            .iter()
+            .find(|t| t["from"] == 0 && t["to"] == 1)
+            .unwrap();
+        let cause = bad["paths"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find_map(|p| p.get("cause"))
+            .unwrap_or_else(|| panic!("{code}: no cause in {bad}"));
+        assert_eq!(
+            (cause["code"].as_i64(), cause["sticky"].as_bool()),
+            (Some(code), Some(true)),
+            "{cause}"
+        );
+        assert_eq!(cause["name"], name, "{cause}");
+        // The other five directions ran, in another worker, and verified.
+        let others: Vec<&Value> = tests
+            .iter()
+            .filter(|t| !(t["from"] == 0 && t["to"] == 1))
+            .collect();
+        assert_eq!(others.len(), 5);
+        for t in &others {
+            assert_eq!(t["status"], "tested", "{code}: {t}");
+            assert!(
+                t["paths"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|p| p["verdict"] == "ok"),
+                "{code}: {t}"
+            );
+        }
+        let workers = r.report["facts"]["gpu"]["workers"].as_array().unwrap();
+        assert!(workers.len() >= 2, "{code}: {workers:?}");
+        assert!(
+            summary(&r.report).contains(&"error p2p-error".to_string()),
+            "{code}: {:?}",
+            summary(&r.report)
+        );
+        assert!(
+            findings(&r.report, "worker-crashed").is_empty(),
+            "leaving on purpose is no crash"
+        );
+    }
+}
+
+/// A CUresult the 12.9 bindings do not know (36, CUDA_ERROR_CALL_REQUIRES_NEWER_DRIVER of CUDA
+/// 13.0): read as a raw integer, reported as "CUDA error 36", no undefined behaviour, no crash.
+#[test]
+fn an_unknown_cuda_code_is_reported_by_number() {
+    let (rig, fake) = x399_with_fault("unknown-code");
+    let r = run_gpu("p2p", &rig, &fake, &["--timeout", "10"]);
+    let tests = r.report["facts"]["gpu"]["p2p"]["tests"].as_array().unwrap();
+    let bad = tests
+        .iter()
+        .find(|t| t["from"] == 0 && t["to"] == 1)
+        .unwrap();
+    let cause = bad["paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|p| p.get("cause"))
+        .unwrap_or_else(|| panic!("no cause in {bad}"));
+    assert_eq!(cause["code"], 36);
+    assert!(cause.get("name").is_none(), "{cause}");
+    assert!(text(bad).contains("CUDA error 36"), "{bad}");
+    assert!(findings(&r.report, "worker-crashed").is_empty());
+    assert_eq!(
+        r.report["facts"]["gpu"]["workers"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1,
+        "not sticky"
+    );
+}
+
+/// A copy that fails while the spin kernel holds the stream (its latch closed): the latch is
+/// released and the streams drained before the buffers are freed, so the error costs
+/// milliseconds. Left closed, every free waits out the spin's 10 s timeout.
+#[test]
+fn a_failure_while_the_latch_is_closed_releases_it() {
+    let name = "NVIDIA GeForce RTX 3090";
+    let fake = json!({"gpus": [gpu(name, "0000:03:00.0", 0), gpu(name, "0000:05:00.0", 1)],
+        "pairs": [{"a": 0, "b": 1, "topology": "PXB", "fault": "unknown-code"}]});
+    let r = run_gpu(
+        "bandwidth",
+        &load_rig("x99-2x3090-plx"),
+        &fake,
+        &["--timeout", "30", "--size", "1M", "--samples", "1"],
+    );
+    assert!(r.took < Duration::from_secs(9), "took {:?}", r.took);
+    let m = r.report["facts"]["gpu"]["bandwidth"]["measurements"]
+        .as_array()
+        .unwrap();
+    let p2p: Vec<&Value> = m.iter().filter(|x| x["kind"] == "p2p").collect();
+    assert!(
+        !p2p.is_empty() && p2p.iter().all(|x| x["status"] == "failed"),
+        "{p2p:?}"
+    );
+    assert!(text(p2p[0]).contains("CUDA error 36"), "{}", p2p[0]);
+    // The other phases still measured.
+    assert!(m
+        .iter()
+        .any(|x| x["kind"] == "h2d" && x["status"] == "measured"));
+}
+
+/// The PTX JIT compiler library missing (CUDA_ERROR_JIT_COMPILER_NOT_FOUND): its own fix, not
+/// "update your driver".
+#[test]
+fn a_missing_jit_compiler_gets_its_own_fix() {
+    let name = "NVIDIA GeForce RTX 3090";
+    let fake = json!({"faults": {"module_load": "no-jit-compiler"},
+        "gpus": [gpu(name, "0000:0b:00.0", 0), gpu(name, "0000:0c:00.0", 1)]});
+    let r = run_gpu("p2p", &load_rig("x570-2x3090-r535"), &fake, &[]);
+    let f = text(findings(&r.report, "gpu-copy-failed")[0]);
+    assert!(f.contains("CUDA_ERROR_JIT_COMPILER_NOT_FOUND"), "{f}");
+    assert!(f.contains("libnvidia-ptxjitcompiler"), "{f}");
+    assert!(!f.contains("update the driver"), "{f}");
+}

@@ -774,8 +774,12 @@ pub unsafe extern "C" fn cuModuleLoadData(
         if !text.contains(".version") || !text.contains(".target") {
             return Err(INVALID_PTX);
         }
-        if rig().faults.module_load.as_deref() == Some("unsupported-ptx") {
-            return Err(UNSUPPORTED_PTX_VERSION);
+        match rig().faults.module_load.as_deref() {
+            Some("unsupported-ptx") => return Err(UNSUPPORTED_PTX_VERSION),
+            // cuda.h: CUDA_ERROR_JIT_COMPILER_NOT_FOUND, "the PTX JIT compiler library was not
+            // found" (libnvidia-ptxjitcompiler.so.1 missing, e.g. a container without it).
+            Some("no-jit-compiler") => return Err(221),
+            _ => {}
         }
         let entries = parse_entries(&text).ok_or(INVALID_PTX)?;
         let h = s.handle();

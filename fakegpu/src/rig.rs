@@ -170,6 +170,7 @@ pub struct Faults {
     pub nvml_init: Option<String>,
     /// cuModuleLoadData: "unsupported-ptx" (CUDA_ERROR_UNSUPPORTED_PTX_VERSION, a driver too
     /// old for the PTX ISA version).
+    /// "no-jit-compiler": CUDA_ERROR_JIT_COMPILER_NOT_FOUND (221), the PTX JIT library missing.
     pub module_load: Option<String>,
 }
 
