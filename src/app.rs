@@ -87,13 +87,13 @@ fn try_run(cli: &Cli) -> Result<u8> {
         Command::Host => ("host", probe_host(&g.sysroot)?),
         Command::Diagnose { file } => ("diagnose", load(file)?),
     };
-    let facts = if g.redact {
-        report::redact(&facts)
-    } else {
-        facts
-    };
+    // The rules judge the real facts; redaction is applied to the finished report.
     let findings = rules::diagnose(&facts, &kb);
-    let report = Report::new(command, facts, findings);
+    let mut report = Report::new(command, facts, findings);
+    if g.redact {
+        let secrets = report::Secrets::of(&report, |v| std::env::var(v).ok());
+        report = report::redact(&report, &secrets).map_err(anyhow::Error::msg)?;
+    }
     emit(&report, cli)?;
     if let Some(i) = &report.facts.collected.interrupted {
         // As shells expect of a process stopped by a signal: 128 + its number.

@@ -289,6 +289,51 @@ fn redact_hides_identity_but_keeps_the_diagnosis() {
     assert_eq!(summary(&report)[0], "error driver-known-bad");
 }
 
+/// Host names that are also words of the report's vocabulary, or that a rule reads (DMA, 545),
+/// short ones, and addresses in NCCL variables: redacted, and the diagnosis is the real one.
+#[test]
+fn redact_never_fails_open_nor_changes_the_diagnosis() {
+    let base = load_rig("x399-3x3090-r545");
+    let plain = {
+        let dir = sysroot_of(&base);
+        summary(&host_json(dir.path(), &[]).1)
+    };
+    for host in ["local", "read", "p2p", "test", "DMA", "545", "ab", "x"] {
+        let dir = sysroot_of(&base);
+        std::fs::write(
+            dir.path().join("proc/sys/kernel/hostname"),
+            format!("{host}\n"),
+        )
+        .unwrap();
+        let out = rigdoctor()
+            .args(["host", "--json", "--redact", "--sysroot"])
+            .arg(dir.path())
+            .env("HOME", "/srv/users/alice")
+            .env("USER", "alice")
+            .env("NCCL_COMM_ID", "192.168.7.20:29500")
+            .env("NCCL_SOCKET_IFNAME", "=enp5s0")
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{host}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let s = String::from_utf8(out.stdout).unwrap();
+        let r: serde_json::Value = serde_json::from_str(&s).unwrap();
+        assert_eq!(
+            summary(&r),
+            plain,
+            "{host}: redaction changed the diagnosis"
+        );
+        assert_eq!(r["facts"]["host"]["hostname"], "[redacted]", "{host}");
+        for secret in ["192.168.7.20", "/srv/users/alice", "alice"] {
+            assert!(!s.contains(secret), "{host}: {secret} leaked");
+        }
+    }
+}
+
 #[test]
 fn colour_only_when_asked_or_on_a_terminal() {
     let dir = sysroot_of(&load_rig("x399-3x3090-r545"));

@@ -10,7 +10,7 @@ mod summary;
 mod text;
 
 pub use json::{load_facts, MAX_REPORT_BYTES};
-pub use redact::redact;
+pub use redact::{redact, Secrets};
 
 use crate::facts::Facts;
 use crate::finding::{Finding, Severity};
