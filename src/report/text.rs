@@ -115,8 +115,27 @@ fn write_table(out: &mut String, p: &Paint, rows: &[[String; 7]]) {
     write_grid(out, p, &header, &rows);
 }
 
-/// Columns padded to their widest cell; the header dimmed.
+/// The longest cell shown; longer ones (a hostile report) are cut with an ellipsis.
+const MAX_CELL: usize = 120;
+
+fn clip(c: &str) -> String {
+    if c.chars().count() <= MAX_CELL {
+        return c.to_string();
+    }
+    let mut s: String = c.chars().take(MAX_CELL - 1).collect();
+    s.push('…');
+    s
+}
+
+/// Columns padded to their widest cell; the header dimmed. Padding is written by hand: the
+/// formatter's `{:<w$}` panics on widths above 65535.
 fn write_grid(out: &mut String, p: &Paint, header: &[String], rows: &[Vec<String>]) {
+    let header: Vec<String> = header.iter().map(|c| clip(c)).collect();
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| clip(c)).collect())
+        .collect();
+    let (header, rows) = (&header[..], &rows[..]);
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for r in rows {
         for (w, cell) in widths.iter_mut().zip(r) {
@@ -127,7 +146,14 @@ fn write_grid(out: &mut String, p: &Paint, header: &[String], rows: &[Vec<String
         let padded: Vec<String> = cells
             .iter()
             .zip(&widths)
-            .map(|(c, &w)| format!("{c:<w$}"))
+            .map(|(c, &w)| {
+                let mut cell = c.clone();
+                cell.extend(std::iter::repeat_n(
+                    ' ',
+                    w.saturating_sub(c.chars().count()),
+                ));
+                cell
+            })
             .collect();
         format!("  {}", padded.join("  ").trim_end())
     };
@@ -221,4 +247,28 @@ fn write_finding(out: &mut String, p: &Paint, f: &Finding) {
         let _ = writeln!(out, "   {} {}", p.dim("= see:"), p.dim(&f.refs.join(" ")));
     }
     out.push('\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_huge_cell_is_cut_not_a_panic() {
+        let mut out = String::new();
+        let p = Paint { color: false };
+        let big = "x".repeat(70_000);
+        write_grid(
+            &mut out,
+            &p,
+            &["A".into(), "B".into()],
+            &[vec![big, "y".into()]],
+        );
+        assert!(
+            out.lines().all(|l| l.chars().count() < 200),
+            "{}",
+            out.len()
+        );
+        assert!(out.contains('…'));
+    }
 }
