@@ -225,6 +225,22 @@ fn probe_machine(g: &GlobalArgs, battery: Battery) -> Result<Facts> {
         let mut bar = progress::Bar::new(quiet);
         let mut gpu = probe::gpu::collect(deadline, &plan, &mut |r| bar.step(r));
         bar.finish();
+        // --devices naming a GPU CUDA does not have is a usage error, not a diagnosis.
+        if let (Some(want), Some(inv)) = (&g.devices, gpu.cuda.known()) {
+            let count = inv.devices.len() as i32;
+            if let Some(bad) = want.0.iter().find(|&&d| d < 0 || d >= count) {
+                let list: Vec<String> = inv
+                    .devices
+                    .iter()
+                    .map(|d| format!("{}: {} ({})", d.ordinal, d.name, d.bus_id))
+                    .collect();
+                bail!(
+                    "--devices {bad}: CUDA sees {count} device(s){}{}",
+                    if list.is_empty() { "" } else { ": " },
+                    list.join(", ")
+                );
+            }
+        }
         if let (Some(bw), Probed::Known(topo)) = (gpu.bandwidth.as_mut(), &facts.pci) {
             bw.aer_after = probe::pci::reread_aer(&Sysroot::new(&g.sysroot), topo);
         }

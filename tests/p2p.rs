@@ -300,13 +300,26 @@ fn devices_select_the_pairs_and_bad_ordinals_are_explained() {
         [(2, 1, "tested".to_string()), (1, 2, "tested".to_string())]
     );
     shows(&r, "        GPU2    GPU1");
-    let r = p2p(&rig, &fake, &["--devices", "0,7"]);
+    // A device CUDA does not have is a usage error (exit 2, one line naming the devices), never
+    // "no problems found".
+    let root = sysroot_of(&rig);
+    let rig_file = root.path().join("fake-rig.json");
+    std::fs::write(&rig_file, fake.to_string()).unwrap();
+    let out = rigdoctor()
+        .args(["p2p", "--gpu", "--devices", "0,7", "--sysroot"])
+        .arg(root.path())
+        .env("LD_LIBRARY_PATH", fake_driver_dir())
+        .env("FAKEGPU_RIG", &rig_file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        r.text
-            .contains("P2P not tested: --devices: there is no CUDA device 7 (CUDA sees 3: 0..2)"),
-        "{}",
-        r.text
+        err.contains("--devices 7: CUDA sees 3 device(s): 0: NVIDIA GeForce RTX 3090"),
+        "{err}"
     );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(out.stdout.is_empty());
 }
 
 #[test]
