@@ -267,7 +267,10 @@ fn load(file: &Path) -> Result<Facts> {
     let read = if file.as_os_str() == "-" {
         std::io::stdin().take(limit).read_to_end(&mut bytes)
     } else {
-        std::fs::File::open(file).and_then(|f| f.take(limit).read_to_end(&mut bytes))
+        crate::sysroot::read_regular(file, limit).map(|b| {
+            bytes = b;
+            bytes.len()
+        })
     };
     read.with_context(|| format!("{}: cannot read", file.display()))?;
     report::load_facts(&bytes).with_context(|| format!("{}", file.display()))

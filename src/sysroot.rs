@@ -30,11 +30,36 @@ impl Sysroot {
         self.path(abs).symlink_metadata().is_ok()
     }
 
+    /// Where `abs` really is, when it stays inside the tree: a symlink that leaves a
+    /// `--sysroot` tree (`proc/cmdline -> /etc/shadow`) is never followed. The live root `/`
+    /// contains everything.
+    fn confined(&self, abs: &str) -> Result<PathBuf, Probed<()>> {
+        let p = self.path(abs);
+        if self.root == Path::new("/") {
+            return Ok(p);
+        }
+        let real = std::fs::canonicalize(&p).map_err(|e| io_unknown(abs, &e))?;
+        let root = std::fs::canonicalize(&self.root).map_err(|e| io_unknown(abs, &e))?;
+        if real.starts_with(&root) {
+            Ok(real)
+        } else {
+            Err(Probed::unknown(
+                Why::Absent,
+                format!("{abs}: outside the tree"),
+            ))
+        }
+    }
+
     pub fn read_bytes(&self, abs: &str) -> Probed<Vec<u8>> {
-        let open = std::fs::File::open(self.path(abs));
-        let mut buf = Vec::new();
-        match open.and_then(|f| f.take(MAX_READ).read_to_end(&mut buf)) {
-            Ok(_) => Probed::Known(buf),
+        let path = match self.confined(abs) {
+            Ok(p) => p,
+            Err(u) => return u.retype(),
+        };
+        match read_regular(&path, MAX_READ) {
+            Ok(buf) => Probed::Known(buf),
+            Err(e) if e.kind() == ErrorKind::InvalidInput => {
+                Probed::unknown(Why::IoError, format!("{abs}: {e}"))
+            }
             Err(e) => io_unknown(abs, &e),
         }
     }
@@ -66,7 +91,11 @@ impl Sysroot {
 
     /// Entry names of a directory, sorted.
     pub fn list_dir(&self, abs: &str) -> Probed<Vec<String>> {
-        match std::fs::read_dir(self.path(abs)) {
+        let path = match self.confined(abs) {
+            Ok(p) => p,
+            Err(u) => return u.retype(),
+        };
+        match std::fs::read_dir(path) {
             Ok(rd) => {
                 let mut names: Vec<String> = rd
                     .filter_map(|e| e.ok())
@@ -78,6 +107,25 @@ impl Sysroot {
             Err(e) => io_unknown(abs, &e),
         }
     }
+}
+
+/// Up to `limit` bytes of a regular file. Opened non-blocking and checked before reading, so
+/// a FIFO, a device or a socket is refused instead of blocking rigdoctor forever.
+pub fn read_regular(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    if !f.metadata()?.file_type().is_file() {
+        return Err(std::io::Error::new(
+            ErrorKind::InvalidInput,
+            "not a regular file (a FIFO, device or socket is never read)",
+        ));
+    }
+    let mut buf = Vec::new();
+    f.take(limit).read_to_end(&mut buf)?;
+    Ok(buf)
 }
 
 fn io_unknown<T>(abs: &str, e: &std::io::Error) -> Probed<T> {
@@ -120,6 +168,19 @@ mod tests {
         assert_eq!(
             s.read_parsed("/sys/w", |t| t.parse::<u32>().ok()),
             Probed::Known(16)
+        );
+        // A link out of the tree is not followed; a FIFO is refused, not waited on.
+        std::fs::create_dir_all(dir.path().join("proc")).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", dir.path().join("proc/cmdline")).unwrap();
+        assert!(
+            matches!(s.read_attr("/proc/cmdline"), Probed::Unknown { detail, .. } if detail.contains("outside the tree"))
+        );
+        let fifo =
+            std::ffi::CString::new(dir.path().join("proc/mounts").to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        assert!(
+            matches!(s.read_attr("/proc/mounts"), Probed::Unknown { detail, .. } if detail.contains("not a regular file"))
         );
         assert!(matches!(
             s.read_parsed("/sys/w", |t| t.parse::<bool>().ok()),

@@ -480,3 +480,39 @@ fn strings_from_the_machine_cannot_drive_the_terminal() {
         );
     }
 }
+
+#[test]
+fn a_fifo_as_diagnose_input_is_refused_not_waited_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("report.json");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let t = std::time::Instant::now();
+    let out = rigdoctor()
+        .args(["diagnose"])
+        .arg(&fifo)
+        .timeout(std::time::Duration::from_secs(10))
+        .output()
+        .unwrap();
+    assert!(t.elapsed() < std::time::Duration::from_secs(5));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a regular file"));
+}
+
+#[test]
+fn a_sysroot_link_out_of_the_tree_is_not_followed() {
+    let root = sysroot_of(&load_rig("x570-2x3090-r535"));
+    let secret = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(secret.path(), "BOOT_IMAGE=/secret-token-4242").unwrap();
+    let cmdline = root.path().join("proc/cmdline");
+    std::fs::remove_file(&cmdline).unwrap();
+    std::os::unix::fs::symlink(secret.path(), &cmdline).unwrap();
+    let (_, r) = host_json(root.path(), &[]);
+    assert!(
+        !r.to_string().contains("secret-token-4242"),
+        "the file outside was copied in"
+    );
+    assert!(text(&r["facts"]["host"]["cmdline"]).contains("outside the tree"));
+    assert!(!findings(&r, "not-checked").is_empty());
+}
