@@ -516,3 +516,38 @@ fn a_sysroot_link_out_of_the_tree_is_not_followed() {
     assert!(text(&r["facts"]["host"]["cmdline"]).contains("outside the tree"));
     assert!(!findings(&r, "not-checked").is_empty());
 }
+
+#[test]
+fn markdown_neutralises_html_fences_and_headings_from_the_machine() {
+    let root = sysroot_of(&load_rig("x399-3x3090-r545"));
+    let evil = "#pwn</details><img src=x onerror=alert(1)>```";
+    std::fs::write(
+        root.path().join("proc/sys/kernel/hostname"),
+        format!("{evil}\n"),
+    )
+    .unwrap();
+    let out = rigdoctor()
+        .args(["host", "--format", "markdown", "--sysroot"])
+        .arg(root.path())
+        .output()
+        .unwrap();
+    let md = String::from_utf8_lossy(&out.stdout);
+    // Before the JSON block (inside its fence, text is code and renders as such).
+    let prose = &md[..md.find("<details>").unwrap()];
+    assert!(
+        !prose.contains("<img") && !prose.contains("</details>"),
+        "{prose}"
+    );
+    assert!(!prose.contains("```"), "{prose}");
+    assert!(md.lines().all(|l| !l.starts_with("#pwn")), "{md}");
+    // The JSON block still holds the real report, behind a fence its content cannot close.
+    let start = md.find("json\n{").unwrap() + 5;
+    let fence_len = md[..start - 5]
+        .chars()
+        .rev()
+        .take_while(|&c| c == '`')
+        .count();
+    let end = md[start..].find(&"`".repeat(fence_len)).unwrap() + start;
+    let v: serde_json::Value = serde_json::from_str(&md[start..end]).unwrap();
+    assert_eq!(v["facts"]["host"]["hostname"], evil);
+}

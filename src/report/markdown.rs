@@ -7,7 +7,40 @@ use std::fmt::Write;
 
 /// Table cells cannot hold a bare `|` or a newline.
 fn cell(s: &str) -> String {
-    s.replace('|', "\\|").replace('\n', " ")
+    text(s).replace('|', "\\|")
+}
+
+/// Text from the machine or a report, neutralised for markdown: no raw HTML (`<details>`,
+/// `<img>`), no code spans or fences, no line that starts a heading, quote or list.
+fn text(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for (i, c) in s.replace('\n', " ").chars().enumerate() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '`' => out.push_str("\\`"),
+            '#' | '+' | '-' | '*' | '=' | '_' | '[' | '!' if i == 0 => {
+                out.push('\\');
+                out.push(c);
+            }
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// Our own fix lines keep their code spans; only HTML is neutralised (they may quote paths).
+fn fix_text(s: &str) -> String {
+    s.replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('\n', " ")
+}
+
+/// A code fence longer than any run of backticks in `body`, so the body cannot close it.
+fn fence_for(body: &str) -> String {
+    let longest = body.split(|c| c != '`').map(str::len).max().unwrap_or(0);
+    "`".repeat(longest.max(2) + 1)
 }
 
 fn write_grid(out: &mut String, rows: &[Vec<String>]) {
@@ -75,7 +108,7 @@ pub fn render(report: &Report) -> String {
         out,
         "## rigdoctor {}: {icon} {}\n",
         report.command,
-        report.verdict()
+        text(&report.verdict())
     );
     let _ = writeln!(out, "| | |\n|---|---|");
     for (label, value) in machine_rows(f) {
@@ -83,7 +116,7 @@ pub fn render(report: &Report) -> String {
     }
     out.push('\n');
     if let Some(why) = no_gpu_reason(f) {
-        let _ = writeln!(out, "GPUs: {why}\n");
+        let _ = writeln!(out, "GPUs: {}\n", text(&why));
     } else {
         let _ = writeln!(out, "| {} |", GPU_HEADER.join(" | "));
         let _ = writeln!(out, "|{}", "---|".repeat(GPU_HEADER.len()));
@@ -103,19 +136,19 @@ pub fn render(report: &Report) -> String {
             out,
             "#### {} `{}`: {}\n",
             finding.severity.label(),
-            finding.id,
-            finding.title
+            text(&finding.id),
+            text(&finding.title)
         );
         if !finding.gpus.is_empty() {
-            let _ = writeln!(out, "GPUs: {}\n", finding.gpus.join(", "));
+            let _ = writeln!(out, "GPUs: {}\n", text(&finding.gpus.join(", ")));
         }
         for e in &finding.evidence {
-            let _ = writeln!(out, "- {e}");
+            let _ = writeln!(out, "- {}", text(e));
         }
         if !finding.fix.is_empty() {
             let _ = writeln!(out, "\n**Fix**\n");
             for fix in &finding.fix {
-                let _ = writeln!(out, "- {fix}");
+                let _ = writeln!(out, "- {}", fix_text(fix));
             }
         }
         if !finding.refs.is_empty() {
@@ -123,10 +156,11 @@ pub fn render(report: &Report) -> String {
         }
         out.push('\n');
     }
+    let body = json::render(report);
+    let fence = fence_for(&body);
     let _ = writeln!(
         out,
-        "<details><summary>Full JSON report (re-check with <code>rigdoctor diagnose report.json</code>)</summary>\n\n```json\n{}```\n</details>",
-        json::render(report)
+        "<details><summary>Full JSON report (re-check with <code>rigdoctor diagnose report.json</code>)</summary>\n\n{fence}json\n{body}{fence}\n</details>"
     );
     out
 }
