@@ -442,3 +442,24 @@ fn not_checked_fires_for_an_unreadable_bus_and_cmdline() {
     let whole = sysroot_of(&load_rig("x399-3x3090-r545"));
     assert!(quiet(&host_json(whole.path(), &[]).1, "not-checked"));
 }
+
+#[test]
+fn a_bridge_that_stopped_answering_is_not_checked_not_healthy() {
+    let dir = sysroot_of(&load_rig("x399-3x3090-r545"));
+    let (_, before) = host_json(dir.path(), &[]);
+    let bdf = before["facts"]["pci"]["bridges"][0]["bdf"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // What a device that fell off the bus returns for every read.
+    let config = dir.path().join(format!("sys/bus/pci/devices/{bdf}/config"));
+    std::fs::write(&config, vec![0xFFu8; 4096]).unwrap();
+    let (_, r) = host_json(dir.path(), &[]);
+    let f = findings(&r, "not-checked");
+    assert_eq!(f.len(), 1, "{:?}", ids(&r));
+    let t = text(f[0]);
+    assert!(
+        t.contains(&format!("bridge {bdf}")) && t.contains("does not respond"),
+        "{t}"
+    );
+}

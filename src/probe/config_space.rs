@@ -47,24 +47,38 @@ fn find_cap(c: &[u8], id: u8) -> Option<usize> {
     None
 }
 
-/// Offset of an extended capability, following the list from 0x100.
-fn find_ext_cap(c: &[u8], id: u16) -> Option<usize> {
+/// Offset of an extended capability, following the list from 0x100: `Ok(None)` at the list's
+/// proper end, `Err` when the list is broken (a loop, a pointer out of range, all ones), which
+/// is "not checked", never "no such capability".
+fn find_ext_cap(c: &[u8], id: u16) -> Result<Option<usize>, String> {
     let mut p = EXT_CAP_START;
     // 960 = (4096 - 256) / 4: more entries than the extended space can hold.
     for _ in 0..960 {
-        let header = u32_at(c, p)?;
-        if header == 0 || header == 0xFFFF_FFFF {
-            return None;
+        let Some(header) = u32_at(c, p) else {
+            return Err(format!(
+                "extended capability pointer {p:#x} beyond the {} bytes read",
+                c.len()
+            ));
+        };
+        if header == 0 {
+            return Ok(None);
+        }
+        if header == 0xFFFF_FFFF {
+            return Err(format!("extended capability at {p:#x} reads all ones"));
         }
         if header as u16 == id {
-            return Some(p);
+            return Ok(Some(p));
         }
-        p = ((header >> 20) & 0xFFC) as usize;
-        if p < EXT_CAP_START {
-            return None;
+        let next = ((header >> 20) & 0xFFC) as usize;
+        if next == 0 {
+            return Ok(None);
         }
+        if next < EXT_CAP_START {
+            return Err(format!("extended capability pointer {next:#x} below 0x100"));
+        }
+        p = next;
     }
-    None
+    Err("the extended capability list loops".into())
 }
 
 fn port_type_name(t: u16) -> String {
@@ -103,6 +117,13 @@ pub fn decode_bridge_config(bdf: &str, c: &[u8]) -> Probed<BridgeConfig> {
             ),
         );
     }
+    // A device that stopped answering (fell off the bus, powered down) reads all ones.
+    if c.iter().take(64).all(|&b| b == 0xFF) {
+        return Probed::unknown(
+            Why::IoError,
+            format!("{bdf}: config space reads all 0xFF: the device does not respond"),
+        );
+    }
     let port_type = match find_cap(c, CAP_ID_EXP).and_then(|p| u16_at(c, p + EXP_FLAGS)) {
         Some(flags) => Probed::Known(port_type_name((flags >> 4) & 0xF)),
         None => Probed::unknown(Why::Absent, format!("{bdf} has no PCI Express capability")),
@@ -119,14 +140,17 @@ pub fn decode_bridge_config(bdf: &str, c: &[u8]) -> Probed<BridgeConfig> {
         let vendor = u16_at(c, 0).unwrap_or(0);
         let device = u16_at(c, 2).unwrap_or(0);
         let pch = intel_pch_acs_layout(vendor, device, port_type.known().map(String::as_str));
-        Probed::Known(find_ext_cap(c, EXT_CAP_ID_ACS).and_then(|p| {
-            Some(Acs {
-                offset: p as u16,
-                capability: u16_at(c, p + 4)?,
-                control: u16_at(c, if pch { p + 8 } else { p + 6 })?,
-                intel_pch_layout: pch,
-            })
-        }))
+        match find_ext_cap(c, EXT_CAP_ID_ACS) {
+            Ok(found) => Probed::Known(found.and_then(|p| {
+                Some(Acs {
+                    offset: p as u16,
+                    capability: u16_at(c, p + 4)?,
+                    control: u16_at(c, if pch { p + 8 } else { p + 6 })?,
+                    intel_pch_layout: pch,
+                })
+            })),
+            Err(why) => Probed::unknown(Why::Unparsable, format!("{bdf}: {why}")),
+        }
     };
     Probed::Known(BridgeConfig {
         vendor_id: u16_at(c, 0).unwrap_or(0),
@@ -218,9 +242,22 @@ mod tests {
         c[0x61] = 0x60;
         c[0x60] = 0x05;
         let cfg = decode_bridge_config("b", &c);
-        assert_eq!(cfg.known().unwrap().acs, Probed::Known(None));
-        for len in [65, 70, 255, 257, 300] {
-            let _ = decode_bridge_config("b", &vec![0xFF; len]);
+        // A loop is "not checked", never "no ACS".
+        assert!(matches!(
+            &cfg.known().unwrap().acs,
+            Probed::Unknown { unknown: Why::Unparsable, detail, .. } if detail.contains("loops")
+        ));
+        for len in [65, 70, 255, 257, 300, 4096] {
+            let d = decode_bridge_config("b", &vec![0xFF; len]);
+            assert!(
+                matches!(&d, Probed::Unknown { detail, .. } if detail.contains("does not respond")),
+                "{len}: {d:?}"
+            );
         }
+        // A pointer past what was read is not checked either.
+        let mut short = bridge_config(None);
+        short[0x100..0x104].copy_from_slice(&(0x0001u32 | 0xFF0 << 20).to_le_bytes());
+        let d = decode_bridge_config("b", &short[..0x200]);
+        assert!(matches!(d.known().unwrap().acs, Probed::Unknown { .. }));
     }
 }

@@ -1,7 +1,7 @@
 //! Unknown is never healthy: a fact the rules need that could not be read is said as such, so
 //! a run that could not look never ends in "no problems found".
 
-use crate::facts::Facts;
+use crate::facts::{Facts, Probed, Why};
 use crate::finding::{Finding, Severity};
 use crate::knowledge::Knowledge;
 
@@ -33,6 +33,30 @@ pub fn not_checked(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
         "/dev/shm (/proc/mounts)",
         "the size of NCCL's shared-memory transport",
     );
+    // A bridge between GPUs whose config space reads all ones (not responding) or whose
+    // capability list is broken: its ACS was not checked (root-only reads are acs-not-checked).
+    if let Some(topo) = facts.pci.known() {
+        for b in &topo.bridges {
+            let why = match &b.config {
+                Probed::Unknown { unknown, .. } if *unknown != Why::NeedsRoot => {
+                    b.config.why_unknown()
+                }
+                Probed::Known(c) => match &c.acs {
+                    Probed::Unknown {
+                        unknown: Why::Unparsable | Why::IoError,
+                        ..
+                    } => c.acs.why_unknown(),
+                    _ => None,
+                },
+                _ => None,
+            };
+            say(
+                why,
+                &format!("the config space of bridge {}", b.bdf),
+                "its ACS (P2P redirect) and port type",
+            );
+        }
+    }
     let nvml_version = facts
         .gpu
         .as_ref()
