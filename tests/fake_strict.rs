@@ -159,6 +159,22 @@ fn x399_with_fault(fault: &str) -> (common::sysroot::Rig, Value) {
     (rig, fake)
 }
 
+/// The 0->1 pair test of a P2P report and the CUDA failure (`cause`) of its first failed path.
+fn first_cause(report: &Value) -> (&Value, &Value) {
+    let tests = report["facts"]["gpu"]["p2p"]["tests"].as_array().unwrap();
+    let bad = tests
+        .iter()
+        .find(|t| t["from"] == 0 && t["to"] == 1)
+        .unwrap();
+    let cause = bad["paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|p| p.get("cause"))
+        .unwrap_or_else(|| panic!("no cause in {bad}"));
+    (bad, cause)
+}
+
 /// Each code cuda.h calls sticky ("the process must be terminated and relaunched"): the pair
 /// that hit it reports it with its code, the worker leaves, and the pairs after it run in a
 /// fresh worker instead of all failing with the same error.
@@ -179,16 +195,7 @@ fn after_every_sticky_code_the_rest_runs_in_a_fresh_worker() {
         let r = run_gpu("p2p", &rig, &fake, &["--timeout", "10"]);
         let p2p = &r.report["facts"]["gpu"]["p2p"];
         let tests = p2p["tests"].as_array().unwrap();
-        let bad = tests
-            .iter()
-            .find(|t| t["from"] == 0 && t["to"] == 1)
-            .unwrap();
-        let cause = bad["paths"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find_map(|p| p.get("cause"))
-            .unwrap_or_else(|| panic!("{code}: no cause in {bad}"));
+        let (_, cause) = first_cause(&r.report);
         assert_eq!(
             (cause["code"].as_i64(), cause["sticky"].as_bool()),
             (Some(code), Some(true)),
@@ -232,17 +239,7 @@ fn after_every_sticky_code_the_rest_runs_in_a_fresh_worker() {
 fn an_unknown_cuda_code_is_reported_by_number() {
     let (rig, fake) = x399_with_fault("unknown-code");
     let r = run_gpu("p2p", &rig, &fake, &["--timeout", "10"]);
-    let tests = r.report["facts"]["gpu"]["p2p"]["tests"].as_array().unwrap();
-    let bad = tests
-        .iter()
-        .find(|t| t["from"] == 0 && t["to"] == 1)
-        .unwrap();
-    let cause = bad["paths"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find_map(|p| p.get("cause"))
-        .unwrap_or_else(|| panic!("no cause in {bad}"));
+    let (bad, cause) = first_cause(&r.report);
     assert_eq!(cause["code"], 36);
     assert!(cause.get("name").is_none(), "{cause}");
     assert!(text(bad).contains("CUDA error 36"), "{bad}");

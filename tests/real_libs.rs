@@ -490,18 +490,12 @@ fn nvml_symbols() -> BTreeSet<String> {
 
 /// NCCL functions: the list above and any ncclX rigdoctor's source names in code or strings
 /// (not the ncclResult type its messages mention).
-/// ncclResult_t's enumerators, from nccl.h.
-const NCCL_RESULTS: [&str; 9] = [
-    "ncclSuccess",
-    "ncclUnhandledCudaError",
-    "ncclSystemError",
-    "ncclInternalError",
-    "ncclInvalidArgument",
-    "ncclInvalidUsage",
-    "ncclRemoteError",
-    "ncclInProgress",
-    "ncclNumResults",
-];
+/// ncclResult_t's enumerators (nccl.h): rigdoctor's own table of them, plus the count.
+fn nccl_results() -> Vec<&'static str> {
+    let mut v = rigdoctor::worker::nccl::RESULT_NAMES.to_vec();
+    v.push("ncclNumResults");
+    v
+}
 
 fn nccl_symbols() -> BTreeSet<String> {
     let mut syms: BTreeSet<String> = NCCL_FUNCTIONS.iter().map(|s| s.to_string()).collect();
@@ -515,7 +509,7 @@ fn nccl_symbols() -> BTreeSet<String> {
             // ncclResult_t's enumerators (nccl.h) are names in rigdoctor's table, not functions.
             syms.extend(
                 names.into_iter().filter(|n| {
-                    !n.starts_with("ncclResult") && !NCCL_RESULTS.contains(&n.as_str())
+                    !n.starts_with("ncclResult") && !nccl_results().contains(&n.as_str())
                 }),
             );
         }

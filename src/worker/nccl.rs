@@ -77,7 +77,8 @@ type AsyncError = unsafe extern "C" fn(*mut c_void, *mut c_int) -> c_int;
 
 /// ncclResult_t (nccl.h).
 const NCCL_IN_PROGRESS: c_int = 7;
-const RESULT_NAMES: [&str; 8] = [
+/// ncclResult_t's names, by value (nccl.h).
+pub const RESULT_NAMES: [&str; 8] = [
     "ncclSuccess",
     "ncclUnhandledCudaError",
     "ncclSystemError",
