@@ -296,6 +296,12 @@ fn parse_devices(s: &str) -> Result<DeviceList, String> {
     let mut out: Vec<i32> = Vec::new();
     for part in s.split(',') {
         match part.trim().parse::<i32>() {
+            Ok(d) if d >= crate::facts::MAX_DEVICES as i32 => {
+                return Err(format!(
+                    "{d}: rigdoctor handles devices 0..{} of one machine",
+                    crate::facts::MAX_DEVICES
+                ))
+            }
             Ok(d) if d >= 0 => {
                 if !out.contains(&d) {
                     out.push(d);

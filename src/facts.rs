@@ -6,6 +6,7 @@
 
 mod bandwidth;
 mod failure;
+pub mod float;
 mod nccl;
 mod p2p;
 mod worker;
@@ -17,6 +18,10 @@ pub use p2p::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 pub use worker::*;
+
+/// The most GPUs one machine's report may hold (CUDA ordinals 0..64): every matrix a report
+/// renders or a rule walks is at most this squared.
+pub const MAX_DEVICES: usize = 64;
 
 /// Why a fact is unknown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -193,6 +198,12 @@ pub struct GpuRuntime {
     /// Every worker process the GPU steps used, and how each ended.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub workers: Vec<WorkerRecord>,
+    /// The resource limits the workers inherited (rigdoctor's own), when the steps ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<ProcessLimits>,
+    /// How long one step could take before it was called hung (--timeout), seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_deadline_s: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -419,6 +430,16 @@ pub struct PciTopology {
     pub gpus: Vec<GpuPci>,
     /// Every bridge on a GPU's path to its root complex, in bus order.
     pub bridges: Vec<Bridge>,
+    /// Functions whose vendor or class could not be read: any of them may be a GPU.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unidentified: Vec<Unidentified>,
+}
+
+/// A PCI function that could not be identified, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Unidentified {
+    pub bdf: String,
+    pub detail: String,
 }
 
 impl PciTopology {

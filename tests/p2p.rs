@@ -446,3 +446,161 @@ fn a_hang_in_peer_access_enable_is_named() {
     let f = text(findings(&r.report, "p2p-hang")[0]);
     assert!(f.contains("GPU 0 (0000:0b:00.0) -> GPU 1 (0000:0c:00.0): no answer from the peer-access enable (cuCtxEnablePeerAccess in GPU 1's context for GPU 0) within 1 s"), "{f}");
 }
+
+/// Feed `diagnose` the report `r` after `edit`; its exit code, stderr and how long it took.
+fn diagnose_edited(r: &Value, edit: impl FnOnce(&mut Value)) -> (Option<i32>, String, Duration) {
+    let mut v = r.clone();
+    edit(&mut v);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("edited.json");
+    std::fs::write(&file, v.to_string()).unwrap();
+    let t = std::time::Instant::now();
+    let out = rigdoctor().arg("diagnose").arg(&file).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        t.elapsed(),
+    )
+}
+
+#[test]
+fn a_report_is_checked_against_its_inventory_before_rendering() {
+    let (rig, fake) = rtx4090_early_driver();
+    let r = p2p(&rig, &fake, &[]).report;
+    // The report as written reads back.
+    assert_eq!(diagnose_edited(&r, |_| {}).0, Some(1));
+    // 10,000 ordinals once took a minute and 12 GB: now one line, at once.
+    let (code, err, took) = diagnose_edited(&r, |v| {
+        v["facts"]["gpu"]["p2p"]["devices"] = json!((0..10_000).collect::<Vec<i32>>())
+    });
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("gpu.p2p.devices has 10000 entries"), "{err}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    type Edit = fn(&mut Value);
+    let bad: [(&str, Edit); 5] = [
+        ("device 7 is not in the inventory", |v| {
+            v["facts"]["gpu"]["p2p"]["devices"] = json!([0, 7])
+        }),
+        ("device -1 is not in the inventory", |v| {
+            v["facts"]["gpu"]["p2p"]["tests"][0]["to"] = json!(-1)
+        }),
+        ("listed twice", |v| {
+            v["facts"]["gpu"]["p2p"]["devices"] = json!([1, 1])
+        }),
+        ("has ordinal 5", |v| {
+            v["facts"]["gpu"]["cuda"]["devices"][1]["ordinal"] = json!(5)
+        }),
+        ("is not a number", |v| {
+            v["facts"]["gpu"]["p2p"]["deadline_s"] = json!("nan")
+        }),
+    ];
+    for (what, edit) in bad {
+        let (code, err, _) = diagnose_edited(&r, edit);
+        assert_eq!(code, Some(2), "{what}: {err}");
+        assert!(
+            err.contains(what) && err.lines().count() == 1,
+            "{what}: {err}"
+        );
+    }
+    // An infinite time is a value rigdoctor can write: it reads back.
+    let (code, err, _) = diagnose_edited(&r, |v| {
+        v["facts"]["gpu"]["p2p"]["tests"][0]["elapsed_ms"] = json!("inf")
+    });
+    assert_eq!(code, Some(1), "{err}");
+}
+
+#[test]
+fn a_timeout_too_short_is_said_not_blamed_on_the_gpu() {
+    let (rig, fake) = rtx4090_early_driver();
+    let fake = json!({"driver_version": fake["driver_version"], "cuda_version": fake["cuda_version"],
+        "gpus": fake["gpus"], "pairs": [{"a": 0, "b": 1, "topology": "SYS"}]});
+    // The fake answers in milliseconds, but 1 ms is shorter than a step's own bookkeeping.
+    let r = p2p(&rig, &fake, &["--timeout", "0.001"]);
+    let got = summary(&r.report);
+    assert!(
+        got.contains(&"warn timeout-too-short".to_string()),
+        "{got:?}"
+    );
+    for blame in ["gpu-copy-failed", "p2p-hang", "cuda-unavailable"] {
+        assert!(!got.iter().any(|i| i.ends_with(blame)), "{got:?}");
+    }
+    shows(&r, "--timeout 0.001 s is too short");
+    // At an ordinary deadline the same rig is quiet about it.
+    let r = p2p(&rig, &fake, &["--timeout", "5"]);
+    assert!(
+        !summary(&r.report)
+            .iter()
+            .any(|i| i.ends_with("timeout-too-short")),
+        "{:?}",
+        summary(&r.report)
+    );
+}
+
+/// `rigdoctor p2p --gpu` under a virtual-memory limit (`ulimit -v`), as a shell would set it.
+fn p2p_under_address_limit(rig: &Rig, fake: &Value, bytes: u64) -> Value {
+    use std::os::unix::process::CommandExt;
+    let root = sysroot_of(rig);
+    let rig_file = root.path().join("fake-rig.json");
+    std::fs::write(&rig_file, fake.to_string()).unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_rigdoctor"));
+    cmd.args(["p2p", "--gpu", "--json", "--sysroot"])
+        .arg(root.path())
+        .env("LD_LIBRARY_PATH", fake_driver_dir())
+        .env("FAKEGPU_RIG", &rig_file);
+    // SAFETY: setrlimit is async-signal-safe; it only lowers this child's own limit.
+    unsafe {
+        cmd.pre_exec(move || {
+            let r = libc::rlimit {
+                rlim_cur: bytes,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &r) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn an_address_space_limit_is_named_not_the_gpu() {
+    let (rig, fake) = rtx4090_early_driver();
+    let fake = json!({"driver_version": fake["driver_version"], "cuda_version": fake["cuda_version"],
+        "gpus": fake["gpus"], "pairs": [{"a": 0, "b": 1, "topology": "SYS"}]});
+    // 4 GiB: rigdoctor runs, CUDA's address-space reservation (the fake's: 64 GiB) does not.
+    let r = p2p_under_address_limit(&rig, &fake, 4 << 30);
+    let got = summary(&r);
+    assert!(
+        got.contains(&"error address-space-limited".to_string()),
+        "{got:?}"
+    );
+    for blame in [
+        "gpu-copy-failed",
+        "p2p-error",
+        "p2p-hang",
+        "cuda-unavailable",
+    ] {
+        assert!(!got.iter().any(|i| i.ends_with(blame)), "{got:?}");
+    }
+    assert_eq!(r["facts"]["gpu"]["limits"]["address_space"], 4u64 << 30);
+    // A limit CUDA fits under is still said: a training job maps far more.
+    let r = p2p_under_address_limit(&rig, &fake, 200 << 30);
+    let got = summary(&r);
+    assert!(
+        got.contains(&"warn address-space-limited".to_string()),
+        "{got:?}"
+    );
+    assert!(!got.iter().any(|i| i.starts_with("error")), "{got:?}");
+    // Without a limit, nothing is said.
+    let r = p2p(&rig, &fake, &[]).report;
+    assert!(
+        !summary(&r)
+            .iter()
+            .any(|i| i.ends_with("address-space-limited")),
+        "{:?}",
+        summary(&r)
+    );
+}

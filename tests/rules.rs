@@ -463,3 +463,59 @@ fn a_bridge_that_stopped_answering_is_not_checked_not_healthy() {
         "{t}"
     );
 }
+
+#[test]
+fn a_gpu_whose_vendor_or_class_cannot_be_read_is_found_or_said() {
+    let rig = load_rig("x399-3x3090-r545");
+    let bdf = rig.gpu[0].bdf.clone();
+    let dir = sysroot_of(&rig);
+    let dev = dir.path().join(format!("sys/bus/pci/devices/{bdf}"));
+    std::fs::remove_file(dev.join("vendor")).unwrap();
+    std::fs::remove_file(dev.join("class")).unwrap();
+    // The config space header (readable by any user) still names it: the GPU is kept.
+    let (_, r) = host_json(dir.path(), &[]);
+    let gpus = r["facts"]["pci"]["gpus"].as_array().unwrap();
+    assert!(gpus.iter().any(|g| g["bdf"] == bdf.as_str()), "{gpus:?}");
+    assert!(quiet(&r, "not-checked"));
+    // With the header unreadable too, it is neither dropped silently nor a pass.
+    std::fs::remove_file(dev.join("config")).unwrap();
+    let (_, r) = host_json(dir.path(), &[]);
+    let f = findings(&r, "not-checked");
+    assert_eq!(f.len(), 1, "{:?}", ids(&r));
+    let t = text(f[0]);
+    assert!(
+        t.contains(&format!("PCI device {bdf} not read")) && t.contains("whether it is a GPU"),
+        "{t}"
+    );
+    // A device that stopped answering is said as such.
+    std::fs::write(dev.join("config"), vec![0xFFu8; 256]).unwrap();
+    let (_, r) = host_json(dir.path(), &[]);
+    assert!(text(findings(&r, "not-checked")[0]).contains("does not respond"));
+}
+
+#[test]
+fn a_link_speed_of_inf_is_unparsable_and_the_report_reads_back() {
+    let rig = load_rig("x399-3x3090-r545");
+    let bdf = rig.gpu[0].bdf.clone();
+    let dir = sysroot_of(&rig);
+    let dev = dir.path().join(format!("sys/bus/pci/devices/{bdf}"));
+    std::fs::write(dev.join("current_link_speed"), "inf GT/s PCIe\n").unwrap();
+    std::fs::write(dev.join("max_link_speed"), "NaN GT/s PCIe\n").unwrap();
+    let out = rigdoctor()
+        .args(["host", "--json", "--sysroot"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let g = &report["facts"]["pci"]["gpus"][0]["link"];
+    assert_eq!(g["current_speed_gts"]["unknown"], "unparsable", "{g}");
+    let file = dir.path().join("report.json");
+    std::fs::write(&file, &out.stdout).unwrap();
+    let back = rigdoctor().arg("diagnose").arg(&file).output().unwrap();
+    assert_ne!(
+        back.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&back.stderr)
+    );
+}

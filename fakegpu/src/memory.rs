@@ -262,7 +262,34 @@ pub unsafe extern "C" fn cuDevicePrimaryCtxRetain(ctx: *mut *mut c_void, dev: c_
     if ctx.is_null() {
         return INVALID_VALUE;
     }
+    if !uva_reserved() {
+        return OUT_OF_MEMORY;
+    }
     ret(gpu_index(dev).map(|g| *ctx = ctx_handle(g)))
+}
+
+/// What the real driver does when the first context is created: reserve virtual address space
+/// for the Unified Virtual Addressing range; under a tight RLIMIT_AS (`ulimit -v`) that fails
+/// and context creation returns CUDA_ERROR_OUT_OF_MEMORY (NVIDIA MPS documentation, "Clients
+/// may fail to start, returning ERROR_OUT_OF_MEMORY when the first CUDA context is created":
+/// https://docs.nvidia.com/deploy/topics/topic_5_4.html). The fake reserves 64 GiB, PROT_NONE
+/// and unbacked (the real range is larger), once per process, and keeps it.
+fn uva_reserved() -> bool {
+    static RESERVED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *RESERVED.get_or_init(|| {
+        // SAFETY: an anonymous PROT_NONE mapping touches no existing memory.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                64 << 30,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        p != libc::MAP_FAILED
+    })
 }
 
 #[no_mangle]

@@ -91,9 +91,13 @@ pub struct BandwidthConfig {
 /// min / median / max over the samples, and the samples.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
+    #[serde(with = "super::float")]
     pub median: f64,
+    #[serde(with = "super::float")]
     pub min: f64,
+    #[serde(with = "super::float")]
     pub max: f64,
+    #[serde(with = "super::float::seq")]
     pub samples: Vec<f64>,
 }
 
@@ -251,6 +255,7 @@ pub struct BandwidthFacts {
     #[serde(default)]
     pub interrupted: bool,
     /// Wall-clock seconds of the GPU part (worker start to last step).
+    #[serde(with = "super::float")]
     pub wall_s: f64,
 }
 

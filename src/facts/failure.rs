@@ -82,7 +82,11 @@ pub enum StepError {
     Invalid { message: String },
     /// The worker gave up waiting itself (before the parent's deadline), cleaned up (NCCL:
     /// communicators aborted) and reported: a hang, seen from inside.
-    TimedOut { what: String, after_s: f64 },
+    TimedOut {
+        what: String,
+        #[serde(with = "super::float")]
+        after_s: f64,
+    },
 }
 
 impl StepError {

@@ -22,6 +22,7 @@ pub struct NcclFacts {
     /// `NCCL INFO Channel ...` lines of NCCL_DEBUG=INFO: the transport per channel and peer.
     pub channels: Vec<NcclChannel>,
     /// How long a size could take before it was called hung.
+    #[serde(with = "super::float")]
     pub deadline_s: f64,
     /// ncclCommInitAll failed after the library was loaded (its version is then known).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -60,8 +61,11 @@ pub enum AllReduceOutcome {
     /// Timed and checked: microseconds per all-reduce, algbw = bytes / time, busbw = algbw x
     /// 2(n-1)/n (nccl-tests), GB = 1e9 bytes; `wrong` elements per rank.
     Measured {
+        #[serde(with = "super::float")]
         time_us: f64,
+        #[serde(with = "super::float")]
         algbw_gbps: f64,
+        #[serde(with = "super::float")]
         busbw_gbps: f64,
         wrong: Vec<u64>,
     },

@@ -36,6 +36,7 @@ pub struct P2pFacts {
     /// Bytes moved per transfer.
     pub bytes: u64,
     /// How long one pair could take before it was called hung (--timeout).
+    #[serde(with = "super::float")]
     pub deadline_s: f64,
     /// What CUDA grants, per ordered pair of `devices`.
     pub access: Probed<Vec<PeerAccess>>,
@@ -63,6 +64,7 @@ pub struct PeerAccess {
 pub struct PairTest {
     pub from: i32,
     pub to: i32,
+    #[serde(with = "super::float")]
     pub elapsed_ms: f64,
     #[serde(flatten)]
     pub outcome: PairOutcome,

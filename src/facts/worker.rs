@@ -19,6 +19,16 @@ pub struct WorkerRecord {
     pub log_tail: Vec<String>,
 }
 
+/// Soft resource limits (getrlimit(2)) of the process that started the workers, which they
+/// inherit; `None` is unlimited.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessLimits {
+    /// RLIMIT_AS (`ulimit -v`), bytes of virtual address space.
+    pub address_space: Option<u64>,
+    /// RLIMIT_DATA (`ulimit -d`), bytes of data segment and private mappings.
+    pub data: Option<u64>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "kebab-case")]
 pub enum WorkerExit {
@@ -31,7 +41,11 @@ pub enum WorkerExit {
     KilledAfterHang { unkillable: bool },
     /// It had finished every step but did not exit within the deadline (a library's teardown
     /// hung); rigdoctor killed it.
-    HungOnExit { waited_s: f64, unkillable: bool },
+    HungOnExit {
+        #[serde(with = "super::float")]
+        waited_s: f64,
+        unkillable: bool,
+    },
     /// The run was interrupted; rigdoctor stopped it.
     Interrupted,
     /// It could not be started.

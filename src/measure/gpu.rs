@@ -198,6 +198,7 @@ pub struct AllReduceResult {
     pub bytes: u64,
     pub iters: u32,
     /// Milliseconds of the timed iterations, the slowest rank's events.
+    #[serde(with = "crate::facts::float")]
     pub ms: f64,
     /// Elements not equal to the expected sum, per rank.
     pub wrong: Vec<u64>,
@@ -207,6 +208,7 @@ pub struct AllReduceResult {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SpinAnswer {
     pub device: i32,
+    #[serde(with = "crate::facts::float")]
     pub waited_ms: f64,
 }
 
@@ -287,6 +289,7 @@ pub struct LaneResult {
     pub from: Option<i32>,
     pub to: Option<i32>,
     /// Milliseconds per sample (between the events around the timed copies).
+    #[serde(with = "crate::facts::float::seq")]
     pub samples_ms: Vec<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mismatch: Option<Mismatch>,

@@ -2,7 +2,8 @@
 
 use super::config_space::decode_bridge_config;
 use crate::facts::{
-    Aer, Bridge, GpuPci, IommuGroup, Link, NvidiaDriver, PciPath, PciTopology, Probed, Why,
+    Aer, Bridge, GpuPci, IommuGroup, Link, NvidiaDriver, PciPath, PciTopology, Probed,
+    Unidentified, Why,
 };
 use crate::sysroot::{file_name, Sysroot};
 use std::collections::BTreeMap;
@@ -30,11 +31,17 @@ pub fn probe(root: &Sysroot, driver: &NvidiaDriver) -> Probed<PciTopology> {
     };
     let pci_ids = read_pci_ids_nvidia(root);
     let mut gpus = Vec::new();
+    let mut unidentified = Vec::new();
     for bdf in names {
         let dir = format!("{DEVICES}/{bdf}");
         let hex = |attr: &str| root.read_parsed(&format!("{dir}/{attr}"), parse_hex);
-        let (Probed::Known(vendor), Probed::Known(class)) = (hex("vendor"), hex("class")) else {
-            continue;
+        let (vendor, class) = match identify(root, &dir, hex("vendor"), hex("class")) {
+            Ok(id) => id,
+            Err(detail) => {
+                // Not known to be a GPU, not known not to be one: said, never dropped.
+                unidentified.push(Unidentified { bdf, detail });
+                continue;
+            }
         };
         if vendor != u32::from(NVIDIA_VENDOR) || class >> 16 != DISPLAY_CLASS {
             continue;
@@ -85,7 +92,50 @@ pub fn probe(root: &Sysroot, driver: &NvidiaDriver) -> Probed<PciTopology> {
             }
         })
         .collect();
-    Probed::Known(PciTopology { gpus, bridges })
+    Probed::Known(PciTopology {
+        gpus,
+        bridges,
+        unidentified,
+    })
+}
+
+/// Vendor and class of a function: the sysfs attributes, else the same fields of the config
+/// space header (vendor at 0x00, class code at 0x09..0x0B, in the 64 bytes any user may read;
+/// PCI Local Bus Spec 3.0, 6.2.1). Err says why neither could be read.
+fn identify(
+    root: &Sysroot,
+    dir: &str,
+    vendor: Probed<u32>,
+    class: Probed<u32>,
+) -> Result<(u32, u32), String> {
+    if let (Probed::Known(v), Probed::Known(c)) = (&vendor, &class) {
+        return Ok((*v, *c));
+    }
+    let why = [&vendor, &class]
+        .iter()
+        .filter_map(|p| p.why_unknown())
+        .collect::<Vec<_>>()
+        .join("; ");
+    match root.read_bytes(&format!("{dir}/config")) {
+        Probed::Known(c) if c.len() >= 12 => {
+            let v = u32::from(u16::from_le_bytes([c[0], c[1]]));
+            if v == 0xFFFF {
+                return Err(format!(
+                    "{why}; config space reads all 0xFF: the device does not respond"
+                ));
+            }
+            let cls = u32::from(c[9]) | u32::from(c[10]) << 8 | u32::from(c[11]) << 16;
+            Ok((
+                vendor.known().copied().unwrap_or(v),
+                class.known().copied().unwrap_or(cls),
+            ))
+        }
+        Probed::Known(c) => Err(format!("{why}; config space is {} bytes", c.len())),
+        other => Err(format!(
+            "{why}; {}",
+            other.why_unknown().unwrap_or_default()
+        )),
+    }
 }
 
 fn parse_hex(s: &str) -> Option<u32> {
@@ -227,7 +277,8 @@ pub fn parse_link_speed(s: &str) -> Option<f64> {
         .next()?
         .parse::<f64>()
         .ok()
-        .filter(|v| *v > 0.0)
+        // "inf" and "NaN" parse as f64 but are no link speed.
+        .filter(|v| v.is_finite() && *v > 0.0)
 }
 
 /// Size of BAR `index` from sysfs `resource` ("0xstart 0xend 0xflags" per line); 0 when unset.

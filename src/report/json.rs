@@ -46,5 +46,7 @@ pub fn load_facts(bytes: &[u8]) -> Result<Facts> {
     }
     let saved: SavedReport =
         serde_json::from_slice(bytes).context("report facts do not match the schema")?;
+    super::validate(&saved.facts)
+        .map_err(|e| anyhow::anyhow!("not a report rigdoctor wrote: {e}"))?;
     Ok(saved.facts)
 }

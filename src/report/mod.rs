@@ -8,9 +8,11 @@ mod p2p_matrix;
 mod redact;
 mod summary;
 mod text;
+mod validate;
 
 pub use json::{load_facts, MAX_REPORT_BYTES};
 pub use redact::{redact, Secrets};
+pub use validate::validate;
 
 use crate::facts::Facts;
 use crate::finding::{Finding, Severity};

@@ -3,8 +3,8 @@
 //! Runs on the finished report (facts and findings), after the rules, so a host named `DMA` or
 //! `545` cannot change the diagnosis. It walks the report as a JSON tree field by field, so
 //! every string is covered, including ones later probes add: the host name (its own field
-//! whatever its length; elsewhere as a whole word), UUIDs and `UUID=`/`PARTUUID=` values, MAC
-//! and IPv4 addresses, the user's name and home directory, `/home/<user>` and `/Users/<user>`
+//! whatever its length; elsewhere as a whole word), UUIDs and `UUID=`/`PARTUUID=` values, MAC,
+//! IPv4 and IPv6 addresses, the user's name and home directory, `/home/<user>` and `/Users/<user>`
 //! paths, and fields named like serial numbers. It fails closed: if the tree cannot be made,
 //! read back, or still holds a secret it knew of, there is an error and nothing is written.
 
@@ -159,6 +159,7 @@ pub fn redact_str(x: &str, s: &Secrets) -> String {
         out = replace_words(&out, u);
     }
     out = redact_macs(&out);
+    out = redact_ipv6(&out);
     redact_ipv4(&out)
 }
 
@@ -281,6 +282,39 @@ fn redact_macs(s: &str) -> String {
     out
 }
 
+/// IPv6 addresses standing alone ("fe80::1", "2001:db8::8a2e:370:7334", "::ffff:10.1.2.3"):
+/// a run of hex digits, colons and dots, not inside a longer name, that std parses as one.
+/// Bus ids ("0000:41:00.0") and times ("01:20:31") are no IPv6 address and stay.
+fn redact_ipv6(s: &str) -> String {
+    let is_run = |c: char| c.is_ascii_hexdigit() || c == ':' || c == '.';
+    let is_name = |c: char| c.is_alphanumeric() || c == '_';
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    let mut prev: Option<char> = None;
+    while let Some(start) = rest.find(is_run) {
+        let (head, tail) = rest.split_at(start);
+        out.push_str(head);
+        let before = head.chars().next_back().or(if head.is_empty() { prev } else { None });
+        let len = tail.find(|c: char| !is_run(c)).unwrap_or(tail.len());
+        let (run, after) = tail.split_at(len);
+        // A trailing dot ends a sentence, not the address.
+        let addr = run.trim_end_matches('.');
+        let standalone = before.is_none_or(|c| !is_name(c))
+            && after.chars().next().is_none_or(|c| !is_name(c));
+        if standalone && addr.matches(':').count() >= 2 && addr.parse::<std::net::Ipv6Addr>().is_ok()
+        {
+            out.push_str(MARK);
+            out.push_str(&run[addr.len()..]);
+        } else {
+            out.push_str(run);
+        }
+        prev = run.chars().next_back();
+        rest = after;
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Four dot-separated numbers 0-255 standing alone (not part of a longer dotted version).
 fn redact_ipv4(s: &str) -> String {
     let b = s.as_bytes();
@@ -360,6 +394,14 @@ mod tests {
             "NCCL_COMM_ID=[redacted]:5000"
         );
         assert_eq!(redact_str("mac 3c:ec:ef:01:02:03.", &s), "mac [redacted].");
+        for (v6, want) in [
+            ("NCCL_COMM_ID=[fe80::1%eth0]:5000", "NCCL_COMM_ID=[[redacted]%eth0]:5000"),
+            ("addr 2001:db8::8a2e:370:7334.", "addr [redacted]."),
+            ("::ffff:10.1.2.3", MARK),
+            ("::1", MARK),
+        ] {
+            assert_eq!(redact_str(v6, &s), want);
+        }
         // Versions, bus ids, link speeds and words that merely contain the name stay.
         for keep in [
             "535.129.03",
@@ -368,6 +410,9 @@ mod tests {
             "Gen4 x16",
             "tr-rig2",
             "1.2.3.4.5",
+            "01:20:31",
+            "std::net::Ipv6Addr",
+            "cafe::beefy",
         ] {
             assert_eq!(redact_str(keep, &s), keep);
         }

@@ -106,7 +106,8 @@ pub fn cuda_unavailable(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
     let Some((why, d)) = detail(&rt.cuda) else {
         return Vec::new();
     };
-    if !mismatch_evidence(facts, rt).is_empty() {
+    if !mismatch_evidence(facts, rt).is_empty() || super::host_limits::explains_gpu_failures(facts)
+    {
         return Vec::new();
     }
     let title = match why {

@@ -10,6 +10,7 @@ mod bar;
 mod driver;
 mod env;
 mod gpu;
+mod host_limits;
 mod iommu;
 mod link;
 mod nccl;
@@ -69,6 +70,8 @@ const RULES: &[(&str, Rule)] = &[
     ("not-checked", unread::not_checked),
     ("worker-crashed", worker::crashed),
     ("worker-exit-failed", worker::exit_failed),
+    ("timeout-too-short", host_limits::timeout_too_short),
+    ("address-space-limited", host_limits::address_space_limited),
 ];
 
 /// The ids this version can emit.

@@ -85,6 +85,9 @@ fn hang_or_error(facts: &Facts, kb: &Knowledge, which: &str) -> Vec<Finding> {
     let Some(n) = nccl(facts) else {
         return Vec::new();
     };
+    if super::host_limits::explains_gpu_failures(facts) {
+        return Vec::new();
+    }
     let mut out = Vec::new();
     let lib = n
         .library

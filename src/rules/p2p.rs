@@ -337,6 +337,9 @@ fn local_ok(facts: &Facts, d: i32) -> bool {
 /// A GPU fails copies within itself: the kernel cannot be loaded (driver JIT), or the GPU's
 /// memory or the GPU is faulty.
 pub fn gpu_copy_failed(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
+    if super::host_limits::explains_gpu_failures(facts) {
+        return Vec::new();
+    }
     let bad: Vec<&PairTest> = local_tests(facts)
         .iter()
         .filter(|t| !local_ok(facts, t.from))
@@ -476,6 +479,9 @@ pub fn copy_corrupt(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
 }
 
 pub fn hang(facts: &Facts, kb: &Knowledge) -> Vec<Finding> {
+    if super::host_limits::deadline_too_short(facts).is_some() {
+        return Vec::new();
+    }
     let hung: Vec<&PairTest> = tests(facts)
         .iter()
         .filter(|t| local_ok(facts, t.from) && local_ok(facts, t.to))

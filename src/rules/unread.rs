@@ -36,6 +36,13 @@ pub fn not_checked(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
     // A bridge between GPUs whose config space reads all ones (not responding) or whose
     // capability list is broken: its ACS was not checked (root-only reads are acs-not-checked).
     if let Some(topo) = facts.pci.known() {
+        for u in &topo.unidentified {
+            say(
+                Some(u.detail.clone()),
+                &format!("the vendor and class of PCI device {}", u.bdf),
+                "whether it is a GPU, and if it is, its path, IOMMU group, ACS, link, AER and BAR1",
+            );
+        }
         for b in &topo.bridges {
             let why = match &b.config {
                 Probed::Unknown { unknown, .. } if *unknown != Why::NeedsRoot => {

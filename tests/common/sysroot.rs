@@ -344,7 +344,9 @@ pub fn build(rig: &Rig, root: &Path) {
 
     let mut group = 0u32;
     let mut add_device =
-        |dev: Dev, vendor: u16, device: u16, class: u32, config: Vec<u8>| -> String {
+        |dev: Dev, vendor: u16, device: u16, class: u32, mut config: Vec<u8>| -> String {
+            // The class code is also in the header (prog-if 0x09, subclass 0x0A, class 0x0B).
+            config[9..12].copy_from_slice(&class.to_le_bytes()[..3]);
             let dir = device_dir(rig, dev.bdf, dev.parent);
             write(root, &format!("{dir}/vendor"), format!("0x{vendor:04x}\n"));
             write(root, &format!("{dir}/device"), format!("0x{device:04x}\n"));

@@ -54,6 +54,25 @@ pub fn not_started(why: &str) -> GpuRuntime {
         bandwidth: None,
         nccl: None,
         workers: Vec::new(),
+        limits: None,
+        step_deadline_s: None,
+    }
+}
+
+/// This process's soft limits, which every worker inherits (reading them changes nothing).
+fn process_limits() -> crate::facts::ProcessLimits {
+    let soft = |resource| {
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes one rlimit struct we own.
+        let ok = unsafe { libc::getrlimit(resource, &mut r) } == 0;
+        (ok && r.rlim_cur != libc::RLIM_INFINITY).then_some(r.rlim_cur)
+    };
+    crate::facts::ProcessLimits {
+        address_space: soft(libc::RLIMIT_AS),
+        data: soft(libc::RLIMIT_DATA),
     }
 }
 
@@ -76,6 +95,8 @@ pub fn collect(
                 bandwidth: None,
                 nccl: None,
                 workers: Vec::new(),
+                limits: Some(process_limits()),
+                step_deadline_s: Some(step_deadline.as_secs_f64()),
             };
         }
     };
@@ -185,6 +206,8 @@ pub fn collect(
         bandwidth,
         nccl,
         workers: run.workers,
+        limits: Some(process_limits()),
+        step_deadline_s: Some(step_deadline.as_secs_f64()),
     }
 }
 
