@@ -551,3 +551,128 @@ fn markdown_neutralises_html_fences_and_headings_from_the_machine() {
     let v: serde_json::Value = serde_json::from_str(&md[start..end]).unwrap();
     assert_eq!(v["facts"]["host"]["hostname"], evil);
 }
+
+/// Every entry under `root`: path, kind, permissions, size, modification time and content.
+fn snapshot(root: &std::path::Path) -> Vec<(String, String)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        let body = if m.is_file() {
+            format!("{:?}", std::fs::read(&p).unwrap())
+        } else if m.file_type().is_symlink() {
+            format!("-> {:?}", std::fs::read_link(&p).unwrap())
+        } else {
+            let mut kids: Vec<_> = std::fs::read_dir(&p)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            kids.sort();
+            stack.extend(kids);
+            String::new()
+        };
+        out.push((
+            p.display().to_string(),
+            format!("{:o} {} {} {body}", m.mode(), m.len(), m.mtime_nsec()),
+        ));
+    }
+    out.sort();
+    out
+}
+
+/// README: "rigdoctor only reads". The tree it diagnoses is byte-for-byte and time-for-time
+/// the same afterwards, and no code outside the two places that write rigdoctor's own files
+/// (`-o`, and NCCL's log in a private directory) calls a writing API.
+#[test]
+fn rigdoctor_only_reads() {
+    let dir = sysroot_of(&load_rig("x399-3x3090-r545"));
+    let before = snapshot(dir.path());
+    for format in ["text", "json", "markdown"] {
+        let out = rigdoctor()
+            .args(["host", "--redact", "--format", format, "--sysroot"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(matches!(out.status.code(), Some(0 | 1)), "{out:?}");
+    }
+    assert_eq!(before, snapshot(dir.path()));
+
+    let writers = [
+        "fs::write(",
+        "File::create(",
+        ".write(true)",
+        ".append(true)",
+        "remove_file(",
+        "remove_dir",
+        "create_dir",
+        "DirBuilder",
+        "set_permissions(",
+        "fs::rename(",
+        "libc::ioctl",
+        "libc::pwrite",
+        "libc::mmap",
+    ];
+    let allowed = ["src/output.rs", "src/probe/gpu/nccl_log.rs"];
+    let mut stack = vec![std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src")];
+    let mut found = Vec::new();
+    while let Some(p) = stack.pop() {
+        if p.is_dir() {
+            stack.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+            continue;
+        }
+        let rel = p
+            .strip_prefix(env!("CARGO_MANIFEST_DIR"))
+            .unwrap()
+            .display()
+            .to_string();
+        let src = std::fs::read_to_string(&p).unwrap();
+        // Unit tests build their own fixtures.
+        let code = src.split("#[cfg(test)]").next().unwrap_or("");
+        for w in writers {
+            if code.contains(w) && !allowed.contains(&rel.as_str()) {
+                found.push(format!("{rel}: {w}"));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "writing calls outside the allowed files: {found:?}"
+    );
+}
+
+/// Colour sequences take no column: with colour forced, the text report is the uncoloured one
+/// plus escape sequences, so every label, table and matrix stays aligned.
+#[test]
+fn colour_never_shifts_alignment() {
+    let strip = |s: &str| {
+        let mut out = String::new();
+        let mut it = s.chars().peekable();
+        while let Some(c) = it.next() {
+            if c == '\x1b' && it.peek() == Some(&'[') {
+                for d in it.by_ref() {
+                    if ('\x40'..='\x7e').contains(&d) && d != '[' {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    };
+    for rig in ["x399-3x3090-r545", "x99-2x3090-plx"] {
+        let file = format!("{}/tests/reports/{rig}.json", env!("CARGO_MANIFEST_DIR"));
+        let render = |color: &str| {
+            let out = rigdoctor()
+                .args(["diagnose", "--color", color, &file])
+                .output()
+                .unwrap();
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let (coloured, plain) = (render("always"), render("never"));
+        assert!(coloured.contains('\x1b'), "{rig}: no colour");
+        assert_eq!(strip(&coloured), plain, "{rig}");
+        assert!(plain.contains("  System        "), "{plain}");
+    }
+}

@@ -128,7 +128,7 @@ pub fn escape_line(s: &str) -> String {
     for c in s.chars() {
         if c == '\x1b' {
             out.push_str("\\x1b");
-        } else if c.is_control() {
+        } else if c.is_control() || is_bidi_control(c) {
             out.extend(c.escape_default());
         } else {
             out.push(c);
@@ -137,11 +137,19 @@ pub fn escape_line(s: &str) -> String {
     out
 }
 
+/// The Unicode bidirectional embedding, override and isolate controls (U+202A-U+202E,
+/// U+2066-U+2069): they reorder how a line is displayed ("Trojan Source", CVE-2021-42574).
+pub fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
 /// Every string in `v`, escaped with [`escape_line`] (keys too: they can be sysfs names).
 fn escape_strings(v: &mut serde_json::Value) {
     use serde_json::Value;
     match v {
-        Value::String(s) if s.chars().any(char::is_control) => *s = escape_line(s),
+        Value::String(s) if s.chars().any(|c| c.is_control() || is_bidi_control(c)) => {
+            *s = escape_line(s)
+        }
         Value::Array(a) => a.iter_mut().for_each(escape_strings),
         Value::Object(o) => {
             let entries: Vec<(String, Value)> = std::mem::take(o).into_iter().collect();

@@ -294,14 +294,19 @@ fn redact_ipv6(s: &str) -> String {
     while let Some(start) = rest.find(is_run) {
         let (head, tail) = rest.split_at(start);
         out.push_str(head);
-        let before = head.chars().next_back().or(if head.is_empty() { prev } else { None });
+        let before = head
+            .chars()
+            .next_back()
+            .or(if head.is_empty() { prev } else { None });
         let len = tail.find(|c: char| !is_run(c)).unwrap_or(tail.len());
         let (run, after) = tail.split_at(len);
         // A trailing dot ends a sentence, not the address.
         let addr = run.trim_end_matches('.');
-        let standalone = before.is_none_or(|c| !is_name(c))
-            && after.chars().next().is_none_or(|c| !is_name(c));
-        if standalone && addr.matches(':').count() >= 2 && addr.parse::<std::net::Ipv6Addr>().is_ok()
+        let standalone =
+            before.is_none_or(|c| !is_name(c)) && after.chars().next().is_none_or(|c| !is_name(c));
+        if standalone
+            && addr.matches(':').count() >= 2
+            && addr.parse::<std::net::Ipv6Addr>().is_ok()
         {
             out.push_str(MARK);
             out.push_str(&run[addr.len()..]);
@@ -395,7 +400,10 @@ mod tests {
         );
         assert_eq!(redact_str("mac 3c:ec:ef:01:02:03.", &s), "mac [redacted].");
         for (v6, want) in [
-            ("NCCL_COMM_ID=[fe80::1%eth0]:5000", "NCCL_COMM_ID=[[redacted]%eth0]:5000"),
+            (
+                "NCCL_COMM_ID=[fe80::1%eth0]:5000",
+                "NCCL_COMM_ID=[[redacted]%eth0]:5000",
+            ),
             ("addr 2001:db8::8a2e:370:7334.", "addr [redacted]."),
             ("::ffff:10.1.2.3", MARK),
             ("::1", MARK),

@@ -63,7 +63,7 @@ pub fn render(report: &Report, color: bool) -> String {
     );
 
     for (label, value) in machine_rows(f) {
-        let _ = writeln!(out, "  {:<14}{value}", p.dim(label));
+        let _ = writeln!(out, "  {}{value}", pad(&p.dim(label), 14));
     }
     out.push('\n');
     let rows = gpu_rows(f);
@@ -127,6 +127,37 @@ fn clip(c: &str) -> String {
     s
 }
 
+/// The columns `s` takes on a terminal: colour sequences (ESC [ ... final byte) take none, wide
+/// characters (CJK, most emoji) two (Unicode East Asian Width, via unicode-width).
+pub fn visible_width(s: &str) -> usize {
+    let mut chars = s.chars().peekable();
+    let mut plain = String::new();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' && chars.peek() == Some(&'[') {
+            chars.next();
+            // Parameters and intermediates up to the final byte (0x40..=0x7E).
+            for d in chars.by_ref() {
+                if ('\x40'..='\x7e').contains(&d) {
+                    break;
+                }
+            }
+            continue;
+        }
+        plain.push(c);
+    }
+    unicode_width::UnicodeWidthStr::width(plain.as_str())
+}
+
+/// `s` followed by spaces up to `width` visible columns (never truncated).
+fn pad(s: &str, width: usize) -> String {
+    let mut out = s.to_string();
+    out.extend(std::iter::repeat_n(
+        ' ',
+        width.saturating_sub(visible_width(s)),
+    ));
+    out
+}
+
 /// Columns padded to their widest cell; the header dimmed. Padding is written by hand: the
 /// formatter's `{:<w$}` panics on widths above 65535.
 fn write_grid(out: &mut String, p: &Paint, header: &[String], rows: &[Vec<String>]) {
@@ -136,25 +167,14 @@ fn write_grid(out: &mut String, p: &Paint, header: &[String], rows: &[Vec<String
         .map(|r| r.iter().map(|c| clip(c)).collect())
         .collect();
     let (header, rows) = (&header[..], &rows[..]);
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| visible_width(h)).collect();
     for r in rows {
         for (w, cell) in widths.iter_mut().zip(r) {
-            *w = (*w).max(cell.chars().count());
+            *w = (*w).max(visible_width(cell));
         }
     }
     let line = |cells: &[String]| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, &w)| {
-                let mut cell = c.clone();
-                cell.extend(std::iter::repeat_n(
-                    ' ',
-                    w.saturating_sub(c.chars().count()),
-                ));
-                cell
-            })
-            .collect();
+        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, &w)| pad(c, w)).collect();
         format!("  {}", padded.join("  ").trim_end())
     };
     let _ = writeln!(out, "{}", p.dim(&line(header)));
