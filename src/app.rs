@@ -40,6 +40,19 @@ fn try_run(cli: &Cli) -> Result<u8> {
         };
         crate::output::check_target(out, input)?;
     }
+    if matches!(cli.command, Command::Host | Command::Diagnose { .. }) {
+        // These commands touch no GPU: a GPU option there is a mistake, not a no-op.
+        let flag = if g.devices.is_some() {
+            Some("--devices")
+        } else if g.gpu {
+            Some("--gpu")
+        } else {
+            None
+        };
+        if let Some(flag) = flag {
+            bail!("{flag} applies to the GPU commands (check, p2p, bandwidth, nccl, watchdog-test), not to host or diagnose");
+        }
+    }
     let (command, facts) = match &cli.command {
         Command::Worker => return Ok(crate::worker::main().clamp(0, 255) as u8),
         Command::Check(a) => (
@@ -51,7 +64,8 @@ fn try_run(cli: &Cli) -> Result<u8> {
                     bandwidth: a.bandwidth(),
                     nccl: Some(a.nccl()),
                 },
-            )?,
+            )?
+            .into(),
         ),
         Command::P2p => (
             "p2p",
@@ -61,7 +75,8 @@ fn try_run(cli: &Cli) -> Result<u8> {
                     p2p: true,
                     ..Default::default()
                 },
-            )?,
+            )?
+            .into(),
         ),
         Command::Bandwidth(a) => (
             "bandwidth",
@@ -71,7 +86,8 @@ fn try_run(cli: &Cli) -> Result<u8> {
                     bandwidth: Some(a.config()),
                     ..Default::default()
                 },
-            )?,
+            )?
+            .into(),
         ),
         Command::Nccl(a) => (
             "nccl",
@@ -81,26 +97,48 @@ fn try_run(cli: &Cli) -> Result<u8> {
                     nccl: Some(a.config()),
                     ..Default::default()
                 },
-            )?,
+            )?
+            .into(),
         ),
         Command::WatchdogTest => return watchdog_test(g),
-        Command::Host => ("host", probe_host(&g.sysroot)?),
+        Command::Host => ("host", probe_host(&g.sysroot)?.into()),
         Command::Diagnose { file } => ("diagnose", load(file)?),
+    };
+    let (command, facts, rediagnosed) = match facts {
+        Loaded::Probed(f) => (command.to_string(), f, false),
+        Loaded::Saved { facts, command } => (command, facts, true),
     };
     // The rules judge the real facts; redaction is applied to the finished report.
     let findings = rules::diagnose(&facts, &kb);
-    let mut report = Report::new(command, facts, findings);
+    let mut report = Report::new(&command, facts, findings);
+    if rediagnosed {
+        report.rediagnosed_by = Some("diagnose".into());
+    }
     if g.redact {
         let secrets = report::Secrets::of(&report, |v| std::env::var(v).ok());
         report = report::redact(&report, &secrets).map_err(anyhow::Error::msg)?;
     }
-    emit(&report, cli)?;
-    if let Some(i) = &report.facts.collected.interrupted {
+    let code = match &report.facts.collected.interrupted {
         // As shells expect of a process stopped by a signal: 128 + its number.
-        return Ok((128 + i.signal).clamp(0, 255) as u8);
+        Some(i) => (128 + i.signal).clamp(0, 255) as u8,
+        None if report.findings.iter().any(|f| f.severity >= g.fail_on) => EXIT_FINDINGS,
+        None => EXIT_OK,
+    };
+    report.summarise(code);
+    emit(&report, cli)?;
+    Ok(code)
+}
+
+/// Facts measured by this run, or read back from a saved report (with its command).
+enum Loaded {
+    Probed(Facts),
+    Saved { facts: Facts, command: String },
+}
+
+impl From<Facts> for Loaded {
+    fn from(f: Facts) -> Self {
+        Loaded::Probed(f)
     }
-    let failing = report.findings.iter().any(|f| f.severity >= g.fail_on);
-    Ok(if failing { EXIT_FINDINGS } else { EXIT_OK })
 }
 
 /// What `watchdog-test` saw.
@@ -261,7 +299,7 @@ fn probe_host(sysroot: &Path) -> Result<Facts> {
     ))
 }
 
-fn load(file: &Path) -> Result<Facts> {
+fn load(file: &Path) -> Result<Loaded> {
     let mut bytes = Vec::new();
     let limit = report::MAX_REPORT_BYTES as u64 + 1;
     let read = if file.as_os_str() == "-" {
@@ -273,7 +311,9 @@ fn load(file: &Path) -> Result<Facts> {
         })
     };
     read.with_context(|| format!("{}: cannot read", file.display()))?;
-    report::load_facts(&bytes).with_context(|| format!("{}", file.display()))
+    let (facts, command) =
+        report::load_saved(&bytes).with_context(|| format!("{}", file.display()))?;
+    Ok(Loaded::Saved { facts, command })
 }
 
 fn use_color(choice: ColorChoice) -> bool {
@@ -294,14 +334,16 @@ fn emit(report: &Report, cli: &Cli) -> Result<()> {
     match &g.output {
         Some(path) => {
             crate::output::write_atomic(path, report.render(format, false).as_bytes())?;
-            if format != Format::Text {
-                print(&report.render(Format::Text, use_color(g.color)))?;
-            }
+            // The terminal still gets the text report, whatever the file holds.
+            print(&report.render(Format::Text, use_color(g.color)))?;
             eprintln!("rigdoctor: report written to {}", path.display());
         }
         None => {
             let color = format == Format::Text && use_color(g.color);
             print(&report.render(format, color))?;
+            if format == Format::Text && std::io::stderr().is_terminal() {
+                eprintln!("{}", crate::report::SHARE_HINT);
+            }
         }
     }
     Ok(())

@@ -129,7 +129,7 @@ pub struct CheckArgs {
     #[arg(long)]
     pub quick: bool,
     /// The NCCL library to load (as for `rigdoctor nccl`).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", value_parser = existing_file)]
     pub nccl_lib: Option<PathBuf>,
 }
 
@@ -181,7 +181,7 @@ pub struct NcclArgs {
     pub iters: Option<u32>,
     /// The NCCL library to load (default: libnccl.so.2 on the loader path, then the
     /// nvidia-nccl pip wheel in the active virtualenv/conda env or site-packages).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", value_parser = existing_file)]
     pub nccl_lib: Option<PathBuf>,
 }
 
@@ -268,11 +268,11 @@ pub struct GlobalArgs {
     /// into a container). Without it, --sysroot runs only the host checks.
     #[arg(long, global = true)]
     pub gpu: bool,
-    /// Output format.
-    #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
-    pub format: Format,
+    /// Output format [default: text; with -o, from its extension: .json, .md]
+    #[arg(long, global = true, value_enum)]
+    pub format: Option<Format>,
     /// Short for --format json.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, conflicts_with = "format")]
     pub json: bool,
     /// Write the report to FILE (the terminal still gets the text summary).
     #[arg(short = 'o', long = "output", global = true, value_name = "FILE")]
@@ -313,6 +313,17 @@ fn parse_devices(s: &str) -> Result<DeviceList, String> {
     Ok(DeviceList(out))
 }
 
+/// A library path given on the command line must exist: a typo is a usage error, never a run
+/// that quietly finds no NCCL.
+fn existing_file(s: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(s);
+    match std::fs::metadata(&p) {
+        Ok(m) if m.is_file() => Ok(p),
+        Ok(_) => Err("not a file: give the path of libnccl.so.2".into()),
+        Err(e) => Err(format!("{e}: give the path of libnccl.so.2 (pip's nvidia-nccl wheel has it under nvidia/nccl/lib/)")),
+    }
+}
+
 fn parse_timeout(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v > 0.0 && v <= 3600.0 => Ok(v),
@@ -345,11 +356,23 @@ impl BandwidthArgs {
 }
 
 impl GlobalArgs {
+    /// --json, else --format, else what -o's extension names (`.json`, `.md`), else text.
     pub fn format(&self) -> Format {
         if self.json {
-            Format::Json
-        } else {
-            self.format
+            return Format::Json;
+        }
+        if let Some(f) = self.format {
+            return f;
+        }
+        let ext = self
+            .output
+            .as_ref()
+            .and_then(|p| p.extension())
+            .map(|e| e.to_string_lossy().to_ascii_lowercase());
+        match ext.as_deref() {
+            Some("json") => Format::Json,
+            Some("md" | "markdown") => Format::Markdown,
+            _ => Format::Text,
         }
     }
 }

@@ -79,11 +79,13 @@ fn no_nccl_still_reports_the_rest() {
     let name = "NVIDIA GeForce RTX 3090";
     let fake = json!({"gpus": [gpu(name, "0000:41:00.0", 0), gpu(name, "0000:81:00.0", 1)],
         "pairs": [{"a": 0, "b": 1, "nvlinks": 4}]});
+    // A file that is there but is no library (a missing path is a usage error, exit 2).
+    let not_a_library = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
     let r = run_gpu(
         "check",
         &load_rig("epyc-2x4090-nonroot"),
         &fake,
-        &["--quick", "--nccl-lib", "/nonexistent/libnccl.so.2"],
+        &["--quick", "--nccl-lib", not_a_library],
     );
     let ids = summary(&r.report);
     assert!(ids.contains(&"info nccl-not-found".to_string()), "{ids:?}");

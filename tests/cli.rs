@@ -114,6 +114,26 @@ fn bad_usage_exits_2() {
         .assert()
         .code(2)
         .stderr(predicate::str::contains("not a directory"));
+    // A missing library is a usage error, never a run that quietly finds no NCCL.
+    for cmd in ["nccl", "check"] {
+        rigdoctor()
+            .args([cmd, "--nccl-lib", "/nonexistent/libnccl.so.2"])
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains("give the path of libnccl.so.2"));
+    }
+    // GPU options where no GPU is touched.
+    for args in [
+        &["host", "--devices", "0"][..],
+        &["host", "--gpu"],
+        &["diagnose", "x.json", "--devices", "1"],
+    ] {
+        rigdoctor()
+            .args(args)
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains("applies to the GPU commands"));
+    }
 }
 
 #[test]
@@ -220,7 +240,99 @@ fn diagnose_reads_stdin_and_round_trips() {
     let again: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(again["facts"], live["facts"]);
     assert_eq!(again["findings"], live["findings"]);
-    assert_eq!(again["command"], "diagnose");
+    // The original command is kept; that this is a second judgement is said beside it.
+    assert_eq!(again["command"], "host");
+    assert_eq!(again["rediagnosed_by"], "diagnose");
+    assert_eq!(again["summary"], live["summary"]);
+}
+
+#[test]
+fn the_json_summary_says_counts_verdict_exit_and_what_did_not_run() {
+    let dir = sysroot_of(&load_rig("epyc-2x4090-nonroot"));
+    let (code, r) = host_json(dir.path(), &[]);
+    let s = &r["summary"];
+    assert_eq!(s["exit_code"], code);
+    assert_eq!(s["notes"], r["findings"].as_array().unwrap().len());
+    assert_eq!(
+        (s["errors"].as_u64(), s["warnings"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert!(
+        s["verdict"].as_str().unwrap().contains("acs-not-checked"),
+        "{s}"
+    );
+    assert_eq!(s["interrupted"], false);
+    assert!(
+        s["not_checked"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("acs-not-checked"),
+        "{s}"
+    );
+    // --fail-on info makes the same notes exit 1, and the summary says so.
+    let out = rigdoctor()
+        .args(["host", "--json", "--fail-on", "info", "--sysroot"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (out.status.code(), r["summary"]["exit_code"].as_i64()),
+        (Some(1), Some(1))
+    );
+}
+
+#[test]
+fn the_output_extension_chooses_the_format_and_conflicts_are_refused() {
+    let dir = sysroot_of(&load_rig("x399-3x3090-r545"));
+    let out_dir = tempfile::tempdir().unwrap();
+    for (name, starts) in [
+        ("r.json", "{"),
+        ("post.md", "## rigdoctor"),
+        ("r.txt", "rigdoctor "),
+    ] {
+        let file = out_dir.path().join(name);
+        let out = rigdoctor()
+            .args(["host", "--color", "never", "-o"])
+            .arg(&file)
+            .arg("--sysroot")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{name}");
+        let saved = std::fs::read_to_string(&file).unwrap();
+        assert!(
+            saved.starts_with(starts),
+            "{name}: {}",
+            &saved[..60.min(saved.len())]
+        );
+        // The terminal gets the text report; the share hint never goes to a file or a pipe.
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("error[driver-known-bad]"), "{name}");
+        assert!(
+            !saved.contains("Share it") && !stdout.contains("Share it"),
+            "{name}"
+        );
+    }
+    // --format wins over the extension.
+    let file = out_dir.path().join("r2.json");
+    rigdoctor()
+        .args(["host", "--format", "markdown", "-o"])
+        .arg(&file)
+        .arg("--sysroot")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(std::fs::read_to_string(&file)
+        .unwrap()
+        .starts_with("## rigdoctor"));
+    let out = rigdoctor()
+        .args(["host", "--json", "--format", "markdown", "--sysroot"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
 }
 
 #[test]
@@ -675,4 +787,37 @@ fn colour_never_shifts_alignment() {
         assert_eq!(strip(&coloured), plain, "{rig}");
         assert!(plain.contains("  System        "), "{plain}");
     }
+}
+
+/// Notes only, but ACS could not be read without root: the verdict says what did not run.
+#[test]
+fn a_verdict_with_unread_parts_is_never_a_plain_pass() {
+    let dir = sysroot_of(&load_rig("epyc-2x4090-nonroot"));
+    let out = rigdoctor()
+        .args(["host", "--color", "never", "--sysroot"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let verdict = text.lines().nth(1).unwrap_or_default();
+    assert!(
+        verdict.contains("no problems found in what could be read")
+            && verdict.contains("see acs-not-checked"),
+        "{verdict}"
+    );
+    // A rig read whole keeps the plain verdict.
+    let dir = sysroot_of(&load_rig("x570-2x3090-r535"));
+    let out = rigdoctor()
+        .args(["host", "--color", "never", "--sysroot"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .nth(1)
+            .unwrap_or_default()
+            .starts_with("✓ no problems found ("),
+        "{text}"
+    );
 }

@@ -94,10 +94,17 @@ struct Envelope {
 #[derive(Deserialize)]
 struct SavedReport {
     facts: Facts,
+    #[serde(default)]
+    command: Option<String>,
 }
 
 /// The facts of a saved report. Its findings are ignored: this version's rules judge again.
 pub fn load_facts(bytes: &[u8]) -> Result<Facts> {
+    load_saved(bytes).map(|(facts, _)| facts)
+}
+
+/// The facts of a saved report and the command that collected them.
+pub fn load_saved(bytes: &[u8]) -> Result<(Facts, String)> {
     if bytes.len() > MAX_REPORT_BYTES {
         bail!(
             "{} bytes is too large for a rigdoctor report (limit {} MiB)",
@@ -118,5 +125,10 @@ pub fn load_facts(bytes: &[u8]) -> Result<Facts> {
         serde_json::from_slice(bytes).context("report facts do not match the schema")?;
     super::validate(&saved.facts)
         .map_err(|e| anyhow::anyhow!("not a report rigdoctor wrote: {e}"))?;
-    Ok(saved.facts)
+    // The command names what was measured; one from elsewhere is shown, escaped, like any text.
+    let command = saved
+        .command
+        .filter(|c| !c.is_empty() && c.len() <= 64)
+        .unwrap_or_else(|| "unknown".into());
+    Ok((saved.facts, command))
 }

@@ -10,8 +10,9 @@ mod summary;
 mod text;
 mod validate;
 
-pub use json::{load_facts, MAX_REPORT_BYTES};
+pub use json::{load_facts, load_saved, MAX_REPORT_BYTES};
 pub use redact::{redact, Secrets};
+pub use text::SHARE_HINT;
 pub use validate::validate;
 
 use crate::facts::Facts;
@@ -37,11 +38,35 @@ pub struct Tool {
 pub struct Report {
     pub schema: String,
     pub tool: Tool,
-    /// What was run ("host", "check", "diagnose").
+    /// What was run to collect the facts ("host", "check", ...); a re-diagnosed report keeps
+    /// the original's.
     pub command: String,
+    /// "diagnose" when these findings come from re-judging a saved report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rediagnosed_by: Option<String>,
+    /// The outcome at a glance, for scripts: filled in once the report is final.
+    #[serde(default)]
+    pub summary: Summary,
     pub facts: Facts,
     pub findings: Vec<Finding>,
 }
+
+/// Counts, the verdict line, the exit status and what did not run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub errors: usize,
+    pub warnings: usize,
+    pub notes: usize,
+    pub verdict: String,
+    /// The exit status rigdoctor gave this run (with its --fail-on).
+    pub exit_code: u8,
+    pub interrupted: bool,
+    /// One line per check that did not run (what could not be read, and why).
+    pub not_checked: Vec<String>,
+}
+
+/// Findings that say a check did not run (a fact could not be read).
+const NOT_CHECKED_IDS: &[&str] = &["not-checked", "acs-not-checked", "timeout-too-short"];
 
 impl Report {
     pub fn new(command: &str, facts: Facts, findings: Vec<Finding>) -> Self {
@@ -52,9 +77,36 @@ impl Report {
                 version: env!("CARGO_PKG_VERSION").to_string(),
             },
             command: command.to_string(),
+            rediagnosed_by: None,
+            summary: Summary::default(),
             facts,
             findings,
         }
+    }
+
+    /// Fill in the summary once findings (and redaction) are final.
+    pub fn summarise(&mut self, exit_code: u8) {
+        let not_checked = self
+            .findings
+            .iter()
+            .filter(|f| NOT_CHECKED_IDS.contains(&f.id.as_str()))
+            .flat_map(|f| {
+                if f.id == "not-checked" {
+                    f.evidence.clone()
+                } else {
+                    vec![format!("{}: {}", f.id, f.title)]
+                }
+            })
+            .collect();
+        self.summary = Summary {
+            errors: self.count(Severity::Error),
+            warnings: self.count(Severity::Warn),
+            notes: self.count(Severity::Info),
+            verdict: self.verdict(),
+            exit_code,
+            interrupted: self.facts.collected.interrupted.is_some(),
+            not_checked,
+        };
     }
 
     pub fn count(&self, s: Severity) -> usize {
@@ -66,6 +118,7 @@ impl Report {
     }
 
     /// "2 errors, 1 warning, 3 notes: <title of the worst finding>" or "no problems found".
+    /// The verdict line: counts, then the worst finding's title.
     pub fn verdict(&self) -> String {
         let plural =
             |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
@@ -83,7 +136,24 @@ impl Report {
             Some(first) if first.severity > Severity::Info => {
                 format!("{}: {}", parts.join(", "), first.title)
             }
-            Some(_) => format!("no problems found ({})", parts.join(", ")),
+            // Notes only, but some of them say a part was not read: never a plain "no problems".
+            Some(_) => {
+                let unread: Vec<&str> = self
+                    .findings
+                    .iter()
+                    .filter(|f| NOT_CHECKED_IDS.contains(&f.id.as_str()))
+                    .map(|f| f.id.as_str())
+                    .collect();
+                if unread.is_empty() {
+                    format!("no problems found ({})", parts.join(", "))
+                } else {
+                    format!(
+                        "no problems found in what could be read ({}); some checks did not run: see {}",
+                        parts.join(", "),
+                        unread.join(", ")
+                    )
+                }
+            }
             None => "no problems found".to_string(),
         };
         match &self.facts.collected.interrupted {

@@ -41,10 +41,15 @@ pub fn render(report: &Report, color: bool) -> String {
     let f = &report.facts;
     let _ = writeln!(
         out,
-        "{} {} · {}",
+        "{} {} · {}{}",
         p.bold("rigdoctor"),
         report.tool.version,
-        report.command
+        report.command,
+        if report.rediagnosed_by.is_some() {
+            " (saved report, judged again)"
+        } else {
+            ""
+        }
     );
     let (mark, sev) = match report.worst() {
         Some(Severity::Error) => ("✗", Severity::Error),
@@ -89,13 +94,11 @@ pub fn render(report: &Report, color: bool) -> String {
     if report.findings.is_empty() {
         let _ = writeln!(out, "No findings.\n");
     }
-    let _ = writeln!(
-        out,
-        "{}",
-        p.dim("Share it: add --json -o report.json (re-check later with `rigdoctor diagnose report.json`) or --format markdown for a forum post; --redact hides host name, UUIDs and home paths.")
-    );
     out
 }
+
+/// How to share a report: said on a terminal's stderr only, never in a report or a pipe.
+pub const SHARE_HINT: &str = "Share it: add -o report.json (re-check later with `rigdoctor diagnose report.json`) or -o post.md for a forum post; --redact hides host name, UUIDs, addresses and home paths.";
 
 /// Whether some GPU link shows a lower generation than its maximum (normal at idle).
 fn idle_speed_shown(f: &crate::facts::Facts) -> bool {
