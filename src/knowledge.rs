@@ -46,6 +46,10 @@ pub struct DriverEntry {
     pub known_good: Option<String>,
     pub symptom: String,
     pub fix: Vec<String>,
+    /// Causes the reports behind the entry rule out ("iommu", "acs"): a P2P failure this entry
+    /// explains is not blamed on them first.
+    #[serde(default)]
+    pub not_fixed_by: Vec<String>,
     pub confidence: String,
     pub sources: Vec<String>,
 }

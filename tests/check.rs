@@ -37,7 +37,12 @@ fn x399_story_in_one_report() {
     assert!(gpu["bandwidth"]["measurements"].as_array().unwrap().len() >= 6);
     assert_eq!(gpu["nccl"]["results"][0]["status"], "hang");
     let f = text(findings(&r.report, "nccl-hang")[0]);
-    assert!(f.contains("likely cause 1: the IOMMU translates"), "{f}");
+    // The knowledge base matched driver 545 and rules the IOMMU out as the cure.
+    assert!(
+        f.contains("likely cause 1: driver 545 hangs NCCL peer-to-peer"),
+        "{f}"
+    );
+    assert!(f.contains("not ranked as a cause"), "{f}");
     assert!(
         f.contains("P2P verification in this run: 2 of 6 directions failed or hung"),
         "{f}"

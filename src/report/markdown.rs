@@ -110,6 +110,19 @@ pub fn render(report: &Report) -> String {
         report.command,
         text(&report.verdict())
     );
+    if !report.plan.is_empty() {
+        let _ = writeln!(out, "**What to do**\n");
+        for (i, s) in report.plan.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{}. {} ({})",
+                i + 1,
+                fix_text(&s.action),
+                text(&s.findings.join(", "))
+            );
+        }
+        out.push('\n');
+    }
     let _ = writeln!(out, "| | |\n|---|---|");
     for (label, value) in machine_rows(f) {
         let _ = writeln!(out, "| {} | {} |", cell(label), cell(&value));
@@ -145,7 +158,11 @@ pub fn render(report: &Report) -> String {
         for e in &finding.evidence {
             let _ = writeln!(out, "- {}", text(e));
         }
-        if !finding.fix.is_empty() {
+        let steps = super::steps_of(&report.plan, finding);
+        if finding.severity >= Severity::Warn && !steps.is_empty() {
+            let list: Vec<String> = steps.iter().map(|s| s.to_string()).collect();
+            let _ = writeln!(out, "\n**Fix**: What to do, step(s) {}", list.join(", "));
+        } else if !finding.fix.is_empty() {
             let _ = writeln!(out, "\n**Fix**\n");
             for fix in &finding.fix {
                 let _ = writeln!(out, "- {}", fix_text(fix));

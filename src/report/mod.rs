@@ -5,12 +5,14 @@ mod json;
 mod markdown;
 mod nccl_table;
 mod p2p_matrix;
+mod plan;
 mod redact;
 mod summary;
 mod text;
 mod validate;
 
 pub use json::{load_facts, load_saved, MAX_REPORT_BYTES};
+pub use plan::{steps_of, Step};
 pub use redact::{redact, Secrets};
 pub use text::SHARE_HINT;
 pub use validate::validate;
@@ -47,6 +49,9 @@ pub struct Report {
     /// The outcome at a glance, for scripts: filled in once the report is final.
     #[serde(default)]
     pub summary: Summary,
+    /// What to do: every warning's and error's fixes, each action once, in evidence order.
+    #[serde(default)]
+    pub plan: Vec<plan::Step>,
     pub facts: Facts,
     pub findings: Vec<Finding>,
 }
@@ -79,6 +84,7 @@ impl Report {
             command: command.to_string(),
             rediagnosed_by: None,
             summary: Summary::default(),
+            plan: Vec::new(),
             facts,
             findings,
         }
@@ -98,6 +104,7 @@ impl Report {
                 }
             })
             .collect();
+        self.plan = plan::plan(&self.findings);
         self.summary = Summary {
             errors: self.count(Severity::Error),
             warnings: self.count(Severity::Warn),

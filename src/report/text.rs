@@ -67,6 +67,19 @@ pub fn render(report: &Report, color: bool) -> String {
         }
     );
 
+    if !report.plan.is_empty() {
+        let _ = writeln!(out, "{}", p.bold("What to do"));
+        for (i, s) in report.plan.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "  {}. {} {}",
+                i + 1,
+                s.action,
+                p.dim(&format!("({})", s.findings.join(", ")))
+            );
+        }
+        out.push('\n');
+    }
     for (label, value) in machine_rows(f) {
         let _ = writeln!(out, "  {}{value}", pad(&p.dim(label), 14));
     }
@@ -89,7 +102,7 @@ pub fn render(report: &Report, color: bool) -> String {
     write_p2p(&mut out, &p, f);
     write_bandwidth(&mut out, &p, f);
     for finding in &report.findings {
-        write_finding(&mut out, &p, finding);
+        write_finding(&mut out, &p, finding, &report.plan);
     }
     if report.findings.is_empty() {
         let _ = writeln!(out, "No findings.\n");
@@ -249,7 +262,7 @@ fn write_tables(out: &mut String, p: &Paint, t: &super::bandwidth_tables::Bandwi
     out.push('\n');
 }
 
-fn write_finding(out: &mut String, p: &Paint, f: &Finding) {
+fn write_finding(out: &mut String, p: &Paint, f: &Finding, plan: &[super::Step]) {
     let _ = writeln!(
         out,
         "{}{} {}",
@@ -263,8 +276,21 @@ fn write_finding(out: &mut String, p: &Paint, f: &Finding) {
     for e in &f.evidence {
         let _ = writeln!(out, "   {} {e}", p.dim("="));
     }
-    for fix in &f.fix {
-        let _ = writeln!(out, "   {} {fix}", p.bold("= help:"));
+    // Warnings and errors point at the plan, where each action is said once; notes keep theirs.
+    let steps = super::steps_of(plan, f);
+    if f.severity >= Severity::Warn && !steps.is_empty() {
+        let list: Vec<String> = steps.iter().map(|s| s.to_string()).collect();
+        let _ = writeln!(
+            out,
+            "   {} What to do, step{} {}",
+            p.bold("= help:"),
+            if list.len() == 1 { "" } else { "s" },
+            list.join(", ")
+        );
+    } else {
+        for fix in &f.fix {
+            let _ = writeln!(out, "   {} {fix}", p.bold("= help:"));
+        }
     }
     if !f.refs.is_empty() {
         let _ = writeln!(out, "   {} {}", p.dim("= see:"), p.dim(&f.refs.join(" ")));

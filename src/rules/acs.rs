@@ -115,7 +115,7 @@ pub fn redirect(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
                 "to test now (lost at reboot): {}",
                 bdfs.iter().map(|b| format!("sudo setpci -s {b} ECAP_ACS+0x6.w=0000")).collect::<Vec<_>>().join("; ")
             ))
-            .fix("`iommu=pt` does not switch ACS off. Turning ACS off merges IOMMU groups: VFIO passthrough of these devices stops working");
+            .evidence("note: `iommu=pt` does not switch ACS off, and turning ACS off merges IOMMU groups: VFIO passthrough of these devices stops working");
     }
     vec![f]
 }

@@ -14,7 +14,7 @@ const IOMMU_PARAMS: [&str; 5] = [
     "iommu.strict",
 ];
 
-pub fn translation(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
+pub fn translation(facts: &Facts, kb: &Knowledge) -> Vec<Finding> {
     let gpus = gpus(facts);
     if gpus.len() < 2 {
         return Vec::new();
@@ -41,6 +41,20 @@ pub fn translation(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
         "https://github.com/NVIDIA/nccl/issues/257",
         NCCL_TROUBLESHOOTING,
     ]);
+    // A known-bad release on these GPUs whose reports say the IOMMU is not the cause: said here,
+    // so "switch the IOMMU off" is not read as the fix for that release's hang.
+    for bad in super::driver::known_bad(facts, kb) {
+        let entry = kb.drivers.iter().find(|e| e.title == bad.title);
+        let shared = translated.iter().any(|(g, _)| bad.gpus.contains(&g.bdf));
+        if let (Some(e), true) = (entry, shared) {
+            if e.not_fixed_by.iter().any(|c| c == "iommu") {
+                f = f.evidence(format!(
+                    "the reports behind {} (see driver-known-bad) say switching the IOMMU off does not cure that release's hang: fix the driver first",
+                    e.id
+                ));
+            }
+        }
+    }
     for (g, group) in &translated {
         let t = group.domain_type.known().map_or("?", |s| s.as_str());
         f = f.evidence(format!(

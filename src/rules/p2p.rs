@@ -85,7 +85,30 @@ fn causes(facts: &Facts, kb: &Knowledge, a: &Gpu, b: &Gpu) -> Causes {
     };
     let (pa, pb) = (pci_gpu(facts, a.bdf), pci_gpu(facts, b.bdf));
 
-    // 1. The IOMMU translating either GPU's DMA.
+    // 1. A driver release known to break P2P on these GPUs: the knowledge base matched this
+    //    exact release and GPU family, the most specific evidence there is.
+    let mut ruled_out: Vec<(String, String)> = Vec::new();
+    for f in super::driver::known_bad(facts, kb) {
+        let hit = [a.bdf, b.bdf]
+            .into_iter()
+            .flatten()
+            .any(|x| f.gpus.iter().any(|g| g == x));
+        if hit {
+            if let Some(e) = kb.drivers.iter().find(|e| e.title == f.title) {
+                ruled_out.extend(e.not_fixed_by.iter().map(|c| (c.clone(), e.id.clone())));
+            }
+            c.likely
+                .push((format!("{} (see driver-known-bad)", f.title), f.fix.clone()));
+        }
+    }
+    let ruled_out_by = |cause: &str| {
+        ruled_out
+            .iter()
+            .find(|(c, _)| c == cause)
+            .map(|(_, id)| id.clone())
+    };
+
+    // 2. The IOMMU translating either GPU's DMA.
     let translated: Vec<&str> = [pa, pb]
         .into_iter()
         .flatten()
@@ -97,7 +120,12 @@ fn causes(facts: &Facts, kb: &Knowledge, a: &Gpu, b: &Gpu) -> Causes {
         })
         .map(|g| g.bdf.as_str())
         .collect();
-    if !translated.is_empty() {
+    if let (false, Some(entry)) = (translated.is_empty(), ruled_out_by("iommu")) {
+        c.notes.push(format!(
+            "the IOMMU translates the DMA of {}, but the reports behind {entry} say switching it off does not help: not ranked as a cause",
+            translated.join(", ")
+        ));
+    } else if !translated.is_empty() {
         c.likely.push((
             format!(
                 "the IOMMU translates the DMA of {} (see iommu-translation)",
@@ -113,7 +141,7 @@ fn causes(facts: &Facts, kb: &Knowledge, a: &Gpu, b: &Gpu) -> Causes {
             .push("IOMMU not checked: the GPUs were not found on the PCI bus".into());
     }
 
-    // 2. ACS redirecting peer traffic on a bridge between them.
+    // 3. ACS redirecting peer traffic on a bridge between them.
     if let (Some(ga), Some(gb), Some(topo)) = (pa, pb, facts.pci.known()) {
         if let (Some(path_a), Some(path_b)) = (ga.path.known(), gb.path.known()) {
             let mut redirecting = Vec::new();
@@ -132,7 +160,12 @@ fn causes(facts: &Facts, kb: &Knowledge, a: &Gpu, b: &Gpu) -> Causes {
                     _ => unread += 1,
                 }
             }
-            if !redirecting.is_empty() {
+            if let (false, Some(entry)) = (redirecting.is_empty(), ruled_out_by("acs")) {
+                c.notes.push(format!(
+                    "PCIe ACS redirects peer traffic on {}, but the reports behind {entry} say changing it does not help: not ranked as a cause",
+                    redirecting.join(", ")
+                ));
+            } else if !redirecting.is_empty() {
                 c.likely.push((
                     format!(
                         "PCIe ACS redirects peer traffic on {} between them (see acs-redirect)",
@@ -145,18 +178,6 @@ fn causes(facts: &Facts, kb: &Knowledge, a: &Gpu, b: &Gpu) -> Causes {
                     "ACS not checked on {unread} bridge(s) between them: needs root (run with sudo)"
                 ));
             }
-        }
-    }
-
-    // 3. A driver release known to break P2P on these GPUs.
-    for f in super::driver::known_bad(facts, kb) {
-        let hit = [a.bdf, b.bdf]
-            .into_iter()
-            .flatten()
-            .any(|x| f.gpus.iter().any(|g| g == x));
-        if hit {
-            c.likely
-                .push((format!("{} (see driver-known-bad)", f.title), f.fix.clone()));
         }
     }
 
