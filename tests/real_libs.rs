@@ -783,7 +783,8 @@ fn real_nvml_driver_not_loaded_is_reported_while_cuda_runs() {
             "check",
             "--quick",
             "--nccl-lib",
-            "/nonexistent/libnccl.so.2",
+            // There, but no library (a missing path is a usage error).
+            concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"),
         ],
         &[fake.path(), &dir.join("driver")],
         &[("FAKEGPU_RIG", &rig)],
