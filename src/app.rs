@@ -333,7 +333,31 @@ fn emit(report: &Report, cli: &Cli) -> Result<()> {
     let format = g.format();
     match &g.output {
         Some(path) => {
-            crate::output::write_atomic(path, report.render(format, false).as_bytes())?;
+            let rendered = if format == Format::Markdown && !report.json_fits_in_post() {
+                // Too long for one post: the JSON goes beside it, and the post names it.
+                let json_path = path.with_extension("json");
+                let input = match &cli.command {
+                    Command::Diagnose { file } => Some(file.as_path()),
+                    _ => None,
+                };
+                // Never onto the report being diagnosed (diagnose post.json -o post.md).
+                crate::output::check_target(&json_path, input)?;
+                crate::output::write_atomic(
+                    &json_path,
+                    report.render(Format::Json, false).as_bytes(),
+                )?;
+                eprintln!(
+                    "rigdoctor: JSON report written to {} (attach it to the post)",
+                    json_path.display()
+                );
+                let name = json_path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned());
+                report.render_post(name.as_deref())
+            } else {
+                report.render(format, false)
+            };
+            crate::output::write_atomic(path, rendered.as_bytes())?;
             // The terminal still gets the text report, whatever the file holds.
             print(&report.render(Format::Text, use_color(g.color)))?;
             eprintln!("rigdoctor: report written to {}", path.display());

@@ -96,7 +96,46 @@ fn write_p2p(out: &mut String, f: &crate::facts::Facts) {
     out.push('\n');
 }
 
-pub fn render(report: &Report) -> String {
+/// What a post may hold: Discourse's default maximum post length (32,000 characters), with
+/// room to spare; GitHub issue bodies stop at 65,536.
+pub const POST_LIMIT: usize = 30_000;
+
+/// The post with the JSON inside stays under [`POST_LIMIT`].
+pub fn json_fits(report: &Report) -> bool {
+    let body = body(report);
+    body.chars().count() + json_block(report).chars().count() <= POST_LIMIT
+}
+
+fn json_block(report: &Report) -> String {
+    let body = json::render(report);
+    let fence = fence_for(&body);
+    format!(
+        "<details><summary>Full JSON report (re-check with <code>rigdoctor diagnose report.json</code>)</summary>\n\n{fence}json\n{body}{fence}\n</details>\n"
+    )
+}
+
+pub fn render(report: &Report, attachment: Option<&str>) -> String {
+    let mut out = body(report);
+    if json_fits(report) {
+        out.push_str(&json_block(report));
+    } else if let Some(name) = attachment {
+        let _ = writeln!(
+            out,
+            "The full JSON report is attached as {} (re-check with `rigdoctor diagnose {}`).",
+            text(name),
+            text(name)
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "The full JSON report is too long for a post: write it with `-o report.json` and attach the file (re-check with `rigdoctor diagnose report.json`)."
+        );
+    }
+    out
+}
+
+/// Everything but the JSON.
+fn body(report: &Report) -> String {
     let f = &report.facts;
     let mut out = String::new();
     let icon = match report.worst() {
@@ -173,11 +212,5 @@ pub fn render(report: &Report) -> String {
         }
         out.push('\n');
     }
-    let body = json::render(report);
-    let fence = fence_for(&body);
-    let _ = writeln!(
-        out,
-        "<details><summary>Full JSON report (re-check with <code>rigdoctor diagnose report.json</code>)</summary>\n\n{fence}json\n{body}{fence}\n</details>"
-    );
     out
 }

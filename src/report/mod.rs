@@ -183,11 +183,22 @@ impl Report {
                 // Could not make the copy: escape the whole output (colour lost, nothing raw).
                 None => escape_lines(&text::render(self, false)),
             },
-            Format::Markdown => match self.escaped() {
-                Some(r) => markdown::render(&r),
-                None => escape_lines(&markdown::render(self)),
-            },
+            Format::Markdown => self.render_post(None),
         }
+    }
+
+    /// Markdown for a post; `attachment` names the file that holds the JSON when it is too long
+    /// to go inside the post.
+    pub fn render_post(&self, attachment: Option<&str>) -> String {
+        match self.escaped() {
+            Some(r) => markdown::render(&r, attachment),
+            None => escape_lines(&markdown::render(self, attachment)),
+        }
+    }
+
+    /// Whether the markdown post can carry the JSON report inside it.
+    pub fn json_fits_in_post(&self) -> bool {
+        markdown::json_fits(self)
     }
 
     /// This report with control characters in every string shown as escapes.
