@@ -283,6 +283,14 @@ pub struct GlobalArgs {
     /// Hide the host name, UUIDs and home directories (for reports you post publicly).
     #[arg(long, global = true)]
     pub redact: bool,
+    /// Accept a finding: shown, marked allowed, never counted for the exit code (repeatable;
+    /// ID or ID@BUSID, e.g. p2p-hang or p2p-hang@0000:0a:00.0).
+    #[arg(long = "allow", global = true, value_name = "ID[@BUSID]")]
+    pub allow: Vec<String>,
+    /// Config file with `allow = [...]` (default: ./rigdoctor.toml, else
+    /// $XDG_CONFIG_HOME/rigdoctor/config.toml).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Colour in terminal output (auto: only on a terminal, and never with NO_COLOR set).
     #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
     pub color: ColorChoice,

@@ -291,6 +291,9 @@ pub struct Collected {
     /// A signal (SIGINT, SIGTERM, SIGHUP) stopped the run: what follows is partial.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interrupted: Option<Interruption>,
+    /// Checks skipped on purpose, and why (an accepted workaround makes them moot).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

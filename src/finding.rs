@@ -47,6 +47,9 @@ pub struct Finding {
     /// PCI addresses of the GPUs concerned.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gpus: Vec<String>,
+    /// What accepted it (`--allow p2p-hang`, a config file): shown, never counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed: Option<String>,
 }
 
 impl Finding {
@@ -58,6 +61,7 @@ impl Finding {
             evidence: Vec::new(),
             fix: Vec::new(),
             refs: Vec::new(),
+            allowed: None,
             gpus: Vec::new(),
         }
     }

@@ -2,6 +2,7 @@
 //!
 //! probes (read the machine) -> [`facts::Facts`] -> [`rules`] + [`knowledge`] -> findings -> [`report`].
 
+pub mod allow;
 pub mod app;
 pub mod cli;
 pub mod expect;

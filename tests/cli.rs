@@ -821,3 +821,59 @@ fn a_verdict_with_unread_parts_is_never_a_plain_pass() {
         "{text}"
     );
 }
+
+#[test]
+fn allows_come_from_a_config_file_and_bad_ones_are_refused() {
+    let dir = sysroot_of(&load_rig("x399-3x3090-r545"));
+    let cwd = tempfile::tempdir().unwrap();
+    std::fs::write(
+        cwd.path().join("rigdoctor.toml"),
+        "# accepted on this box until the driver is changed\nallow = [\"driver-known-bad\"]\n",
+    )
+    .unwrap();
+    let out = rigdoctor()
+        .current_dir(cwd.path())
+        .args(["host", "--json", "--sysroot"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", r["summary"]);
+    let f = findings(&r, "driver-known-bad");
+    assert_eq!(f[0]["allowed"], "rigdoctor.toml driver-known-bad");
+    // An unknown id, a bad bus id, an unknown key, a missing --config: exit 2, one line.
+    let bad = cwd.path().join("bad.toml");
+    for (config, arg, says) in [
+        (None, Some("p2p-hangs"), "no finding has the id"),
+        (None, Some("p2p-hang@1"), "not a PCI address"),
+        (
+            Some("allow = [\"p2p-hang\"]\nignore = 1\n"),
+            None,
+            "unknown field",
+        ),
+        (Some("allow = [\"nope\"]\n"), None, "no finding has the id"),
+    ] {
+        let mut c = rigdoctor();
+        c.current_dir(cwd.path())
+            .args(["host", "--sysroot"])
+            .arg(dir.path());
+        if let Some(text) = config {
+            std::fs::write(&bad, text).unwrap();
+            c.arg("--config").arg(&bad);
+        }
+        if let Some(a) = arg {
+            c.args(["--allow", a]);
+        }
+        let out = c.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{says}: {err}");
+        assert!(
+            err.contains(says) && err.trim().lines().count() == 1,
+            "{says}: {err}"
+        );
+    }
+    rigdoctor()
+        .args(["host", "--config", "/no/such/config.toml"])
+        .assert()
+        .code(2);
+}

@@ -87,6 +87,9 @@ pub enum PairOutcome {
         /// SIGKILL did not remove the worker: it is stuck inside the kernel driver.
         unkillable: bool,
     },
+    /// Not tried on purpose: the other direction of the pair hung, and a second deadline would
+    /// say nothing new.
+    Skipped { because: String },
     /// The test could not run (allocation failed, the worker died, ...).
     Failed {
         error: String,
@@ -102,6 +105,7 @@ impl PairOutcome {
             PairOutcome::Tested { paths, .. }
             | PairOutcome::Hang { paths, .. }
             | PairOutcome::Failed { paths, .. } => paths,
+            PairOutcome::Skipped { .. } => &[],
         }
     }
 
@@ -112,6 +116,8 @@ impl PairOutcome {
                 .iter()
                 .any(|p| matches!(p.verdict, Verdict::Mismatch(_) | Verdict::Error { .. })),
             PairOutcome::Hang { .. } | PairOutcome::Failed { .. } => true,
+            // Not tested: neither broken nor healthy (the report says why).
+            PairOutcome::Skipped { .. } => false,
         }
     }
 }

@@ -81,7 +81,14 @@ pub struct Watchdog<P: Protocol> {
     /// Steps whose hang dooms the rest (CUDA initialisation): the remaining steps are then
     /// reported [`StepError::NotRun`] instead of each hanging in turn.
     pub gates: Vec<P::Step>,
+    /// Given a step that hung and the next step, why the next is not worth its own deadline
+    /// (the reverse direction of a hung P2P pair): it is then reported [`StepError::NotRun`].
+    pub skip_after_hang: SkipAfterHang<P>,
 }
+
+/// See [`Watchdog::skip_after_hang`].
+pub type SkipAfterHang<P> =
+    Box<dyn Fn(&<P as Protocol>::Step, &<P as Protocol>::Step) -> Option<String>>;
 
 impl<P: Protocol> Watchdog<P> {
     pub fn new(program: PathBuf, args: Vec<String>, step_deadline: Duration) -> Self {
@@ -92,6 +99,7 @@ impl<P: Protocol> Watchdog<P> {
             step_deadline,
             long_step: Box::new(|_| None),
             gates: Vec::new(),
+            skip_after_hang: Box::new(|_, _| None),
         }
     }
 
@@ -313,6 +321,8 @@ struct State<'a, P: Protocol> {
     reports: Vec<StepReport<P>>,
     notes: Vec<P::Note>,
     added: Vec<P::Step>,
+    /// Steps killed after a hang so far.
+    hung: Vec<P::Step>,
     progress: &'a mut dyn FnMut(&StepReport<P>),
 }
 
@@ -349,10 +359,27 @@ impl<P: Protocol> Watchdog<P> {
             reports: Vec::new(),
             notes: Vec::new(),
             added: Vec::new(),
+            hung: Vec::new(),
             progress,
         };
         let mut workers = Vec::new();
         while !st.done() && !super::interrupted() {
+            // After a hang, the next steps it makes moot are reported without a worker.
+            while let Some(next) = st.next().cloned() {
+                let why = st
+                    .hung
+                    .iter()
+                    .find_map(|h| (self.skip_after_hang)(h, &next));
+                let Some(because) = why else { break };
+                st.settle(
+                    Outcome::Failed(StepError::NotRun { because }),
+                    Instant::now(),
+                    0,
+                );
+            }
+            if st.done() {
+                break;
+            }
             let index = workers.len() + 1;
             let record = self.run_worker(&mut st, index);
             workers.push(record);
@@ -490,6 +517,7 @@ impl<P: Protocol> Watchdog<P> {
                     let status = running.kill();
                     let unkillable = status.is_none();
                     let hung = st.next().cloned();
+                    st.hung.extend(hung.iter().cloned());
                     let outcome = Outcome::Hang {
                         started: current.is_some(),
                         unkillable,

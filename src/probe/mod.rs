@@ -27,6 +27,7 @@ pub fn collect_host(root: &Sysroot, env: impl IntoIterator<Item = (String, Strin
             sysroot: root.root().display().to_string(),
             unix_time,
             interrupted: None,
+            skipped: Vec::new(),
         },
         host: host::probe(root),
         pci: pci::probe(root, &driver),

@@ -186,9 +186,14 @@ fn body(report: &Report) -> String {
     for finding in &report.findings {
         let _ = writeln!(
             out,
-            "#### {} `{}`: {}\n",
+            "#### {} `{}`{}: {}\n",
             finding.severity.label(),
             text(&finding.id),
+            finding
+                .allowed
+                .as_ref()
+                .map(|a| format!(" (allowed by {})", text(a)))
+                .unwrap_or_default(),
             text(&finding.title)
         );
         if !finding.gpus.is_empty() {

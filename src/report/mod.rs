@@ -71,7 +71,12 @@ pub struct Summary {
 }
 
 /// Findings that say a check did not run (a fact could not be read).
-const NOT_CHECKED_IDS: &[&str] = &["not-checked", "acs-not-checked", "timeout-too-short"];
+const NOT_CHECKED_IDS: &[&str] = &[
+    "not-checked",
+    "acs-not-checked",
+    "timeout-too-short",
+    "p2p-not-tested",
+];
 
 impl Report {
     pub fn new(command: &str, facts: Facts, findings: Vec<Finding>) -> Self {
@@ -104,7 +109,8 @@ impl Report {
                 }
             })
             .collect();
-        self.plan = plan::plan(&self.findings);
+        let counted: Vec<Finding> = self.counted().cloned().collect();
+        self.plan = plan::plan(&counted);
         self.summary = Summary {
             errors: self.count(Severity::Error),
             warnings: self.count(Severity::Warn),
@@ -116,12 +122,17 @@ impl Report {
         };
     }
 
+    /// Findings that count: every one not allowed.
+    fn counted(&self) -> impl Iterator<Item = &Finding> {
+        self.findings.iter().filter(|f| f.allowed.is_none())
+    }
+
     pub fn count(&self, s: Severity) -> usize {
-        self.findings.iter().filter(|f| f.severity == s).count()
+        self.counted().filter(|f| f.severity == s).count()
     }
 
     pub fn worst(&self) -> Option<Severity> {
-        self.findings.iter().map(|f| f.severity).max()
+        self.counted().map(|f| f.severity).max()
     }
 
     /// "2 errors, 1 warning, 3 notes: <title of the worst finding>" or "no problems found".
@@ -134,16 +145,21 @@ impl Report {
             (self.count(Severity::Warn), "warning", "warnings"),
             (self.count(Severity::Info), "note", "notes"),
         ];
-        let parts: Vec<String> = counts
+        let mut parts: Vec<String> = counts
             .iter()
             .filter(|(n, _, _)| *n > 0)
             .map(|(n, one, many)| plural(*n, one, many))
             .collect();
-        let verdict = match self.findings.first() {
+        let allowed = self.findings.len() - self.counted().count();
+        if allowed > 0 {
+            parts.push(format!("{allowed} allowed"));
+        }
+        let verdict = match self.counted().next() {
             Some(first) if first.severity > Severity::Info => {
                 format!("{}: {}", parts.join(", "), first.title)
             }
             // Notes only, but some of them say a part was not read: never a plain "no problems".
+            None if allowed > 0 => format!("no problems found ({})", parts.join(", ")),
             Some(_) => {
                 let unread: Vec<&str> = self
                     .findings

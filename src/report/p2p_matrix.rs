@@ -16,7 +16,7 @@ pub struct P2pTables {
 
 pub const LEGEND: [&str; 4] = [
     "Rows send, columns receive (CUDA device numbers). Cell: how the GPUs connect, then what the real transfer did; the diagonal shows a failed self-test (copies within the GPU).",
-    "ok every byte arrived (copy engine, SM read, SM write) · CORRUPT/ZEROS wrong data over P2P · HANG killed after --timeout · NO-ENABLE peer access refused · ERROR a CUDA call failed · - no P2P granted (copies go through host memory)",
+    "ok every byte arrived (copy engine, SM read, SM write) · CORRUPT/ZEROS wrong data over P2P · HANG killed after --timeout · SKIP not tried: the other direction hung · NO-ENABLE peer access refused · ERROR a CUDA call failed · - no P2P granted (copies go through host memory)",
     "X self · NV# # active NVLinks · PIX one PCIe switch · PXB several switches · PHB via a CPU host bridge · NODE across host bridges of one NUMA node · SYS across NUMA nodes",
     "Claims: cuDeviceCanAccessPeer (yes/no) · NVML P2P read/write status: OK, CNS chipset not supported, GNS GPU not supported, TNS topology not supported, DR disabled by registry key, NS not supported",
 ];
@@ -33,6 +33,7 @@ fn verdict_word(t: &PairTest) -> &'static str {
     match &t.outcome {
         PairOutcome::Hang { .. } => raise("HANG", 5),
         PairOutcome::Failed { .. } => raise("ERROR", 2),
+        PairOutcome::Skipped { .. } => raise("SKIP", 1),
         PairOutcome::Tested { enable, .. } => {
             if enable.iter().any(|e| e.error.is_some()) {
                 raise("NO-ENABLE", 3);

@@ -263,10 +263,18 @@ fn write_tables(out: &mut String, p: &Paint, t: &super::bandwidth_tables::Bandwi
 }
 
 fn write_finding(out: &mut String, p: &Paint, f: &Finding, plan: &[super::Step]) {
+    let label = format!("{}[{}]", f.severity.label(), f.id);
     let _ = writeln!(
         out,
-        "{}{} {}",
-        p.severity(f.severity, &format!("{}[{}]", f.severity.label(), f.id)),
+        "{}{}{} {}",
+        match &f.allowed {
+            Some(_) => p.dim(&label),
+            None => p.severity(f.severity, &label),
+        },
+        f.allowed
+            .as_ref()
+            .map(|a| format!(" (allowed by {a})"))
+            .unwrap_or_default(),
         p.bold(":"),
         p.bold(&f.title)
     );

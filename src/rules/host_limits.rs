@@ -40,10 +40,12 @@ pub fn deadline_too_short(facts: &Facts) -> Option<f64> {
 fn gpu_work_failed(rt: &GpuRuntime) -> bool {
     let cuda = matches!(&rt.cuda, Probed::Unknown { unknown, .. } if *unknown != Why::NotRun);
     let p2p = rt.p2p.as_ref().is_some_and(|p| {
-        p.tests
-            .iter()
-            .chain(&p.local)
-            .any(|t| !matches!(t.outcome, PairOutcome::Tested { .. }) || t.outcome.broken())
+        p.tests.iter().chain(&p.local).any(|t| {
+            matches!(
+                t.outcome,
+                PairOutcome::Failed { .. } | PairOutcome::Hang { .. }
+            ) || t.outcome.broken()
+        })
     });
     let bw = rt.bandwidth.as_ref().is_some_and(|b| {
         b.measurements

@@ -162,9 +162,19 @@ fn hang_or_error(facts: &Facts, kb: &Knowledge, which: &str) -> Vec<Finding> {
         }
         if let Some(p2p) = facts.gpu.as_ref().and_then(|g| g.p2p.as_ref()) {
             let bad = p2p.tests.iter().filter(|t| t.outcome.broken()).count();
+            let skipped = p2p
+                .tests
+                .iter()
+                .filter(|t| matches!(t.outcome, crate::facts::PairOutcome::Skipped { .. }))
+                .count();
             f = f.evidence(format!(
-                "P2P verification in this run: {bad} of {} directions failed or hung",
-                p2p.tests.len()
+                "P2P verification in this run: {bad} of {} directions failed or hung{}",
+                p2p.tests.len() - skipped,
+                if skipped > 0 {
+                    format!(" ({skipped} more not tried: the other direction of a pair hung)")
+                } else {
+                    String::new()
+                }
             ));
         }
         f = match (a, b) {

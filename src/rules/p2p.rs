@@ -391,7 +391,7 @@ pub fn gpu_copy_failed(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
                 ))
             }
             PairOutcome::Failed { error, .. } => f = f.evidence(format!("{g}: {error}")),
-            PairOutcome::Tested { .. } => {}
+            PairOutcome::Tested { .. } | PairOutcome::Skipped { .. } => {}
         }
         for r in t.outcome.paths() {
             match &r.verdict {
@@ -521,7 +521,10 @@ pub fn hang(facts: &Facts, kb: &Knowledge) -> Vec<Finding> {
         format!(
             "peer-to-peer transfers hang ({} of {} directions tested): a job using P2P (NCCL, DDP) freezes after init",
             hung.len(),
-            tests(facts).len()
+            tests(facts)
+                .iter()
+                .filter(|t| !matches!(t.outcome, PairOutcome::Skipped { .. }))
+                .count()
         ),
     )
     .gpus(involved(facts, &hung))
@@ -557,6 +560,11 @@ pub fn hang(facts: &Facts, kb: &Knowledge) -> Vec<Finding> {
             f = f.evidence(format!(
                 "{label}, staged copy through host memory (the control): correct, so the P2P path is at fault"
             ));
+        }
+    }
+    for t in tests(facts) {
+        if let PairOutcome::Skipped { because } = &t.outcome {
+            f = f.evidence(format!("{}: {because}", direction(facts, t)));
         }
     }
     if unkillable {

@@ -94,3 +94,28 @@ pub fn not_checked(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
         .fix("run as root on the machine itself (sudo rigdoctor check); in a container, mount the host's /sys and /proc read-only, or run rigdoctor on the host")
         .refs(["https://docs.kernel.org/PCI/sysfs-pci.html"])]
 }
+
+/// `p2p-not-tested`: the P2P transfers were skipped on purpose (an accepted workaround makes
+/// them moot). A note, so the pre-flight passes, but never silence.
+pub fn p2p_not_tested(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
+    let skipped: Vec<&String> = facts
+        .collected
+        .skipped
+        .iter()
+        .filter(|s| s.starts_with("P2P"))
+        .collect();
+    if skipped.is_empty() {
+        return Vec::new();
+    }
+    let mut f = Finding::new(
+        "p2p-not-tested",
+        Severity::Info,
+        "P2P transfers were not tested: the P2P workaround is accepted for this run",
+    );
+    for s in skipped {
+        f = f.evidence(s.clone());
+    }
+    vec![f
+        .fix("to test P2P again (after a driver change, say): run rigdoctor p2p, or check without --allow p2p-hang or with NCCL_P2P_DISABLE unset")
+        .refs(["https://docs.nvidia.com/deeplearning/nccl/user-guide/docs/env.html#nccl-p2p-disable"])]
+}

@@ -140,6 +140,7 @@ pub fn collect(
     });
     // A hung cuInit hangs every later CUDA step too: one deadline is enough.
     dog.gates = vec![Step::CudaInventory];
+    dog.skip_after_hang = Box::new(skip_after_hang);
     let started = std::time::Instant::now();
     let run = dog.run(&steps, progress);
     let wall_s = started.elapsed().as_secs_f64();
@@ -211,6 +212,21 @@ pub fn collect(
     }
 }
 
+/// One deadline per GPU pair in the P2P verification: after a to b hung, b to a is not tried
+/// (said as not run, never as passed). Bandwidth steps are all measured: there the other
+/// direction's figure is the point, and a hang there may be one-way.
+fn skip_after_hang(hung: &Step, next: &Step) -> Option<String> {
+    let pair = |s: &Step| match s {
+        Step::P2pPair { from, to } => Some((*from, *to)),
+        _ => None,
+    };
+    let (a, b) = pair(hung)?;
+    let (c, d) = pair(next)?;
+    let same_pair = (a, b) == (c, d) || (a, b) == (d, c);
+    (same_pair && hung != next)
+        .then(|| format!("not tried: P2P {a}->{b} hung, so this pair costs one deadline, not two"))
+}
+
 /// Deadlines of the measurement steps: a bandwidth step may move its bytes at 0.2 GB/s (a slow
 /// but working x1 Gen1 link moves 0.25) before it is called hung, and the NCCL sweep (one step
 /// for all sizes) may run at 2 GB/s of bus bandwidth (a ring through host memory on Gen3).
@@ -267,6 +283,9 @@ fn settle_p2p(facts: &mut P2pFacts, r: GpuReport, secs: f64) {
             cause: None,
             paths: noted,
         },
+        Outcome::Failed(StepError::NotRun { because }) if !local => {
+            PairOutcome::Skipped { because }
+        }
         Outcome::Failed(error) => PairOutcome::Failed {
             error: error.to_string(),
             cause: error.call().cloned(),
