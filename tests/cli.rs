@@ -789,16 +789,21 @@ fn colour_never_shifts_alignment() {
     }
 }
 
-/// Notes only, but ACS could not be read without root: the verdict says what did not run.
-#[test]
-fn a_verdict_with_unread_parts_is_never_a_plain_pass() {
-    let dir = sysroot_of(&load_rig("epyc-2x4090-nonroot"));
+/// `rigdoctor host` as plain text on a fixture rig.
+fn host_text(rig: &str) -> String {
+    let dir = sysroot_of(&load_rig(rig));
     let out = rigdoctor()
         .args(["host", "--color", "never", "--sysroot"])
         .arg(dir.path())
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Notes only, but ACS could not be read without root: the verdict says what did not run.
+#[test]
+fn a_verdict_with_unread_parts_is_never_a_plain_pass() {
+    let text = host_text("epyc-2x4090-nonroot");
     let verdict = text.lines().nth(1).unwrap_or_default();
     assert!(
         verdict.contains("no problems found in what could be read")
@@ -806,13 +811,7 @@ fn a_verdict_with_unread_parts_is_never_a_plain_pass() {
         "{verdict}"
     );
     // A rig read whole keeps the plain verdict.
-    let dir = sysroot_of(&load_rig("x570-2x3090-r535"));
-    let out = rigdoctor()
-        .args(["host", "--color", "never", "--sysroot"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = host_text("x570-2x3090-r535");
     assert!(
         text.lines()
             .nth(1)

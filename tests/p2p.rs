@@ -672,9 +672,7 @@ fn readme_examples() {
     std::fs::create_dir_all(&out).unwrap();
     let (rig, fake) = x399_one_pair_hangs();
     let dir = sysroot_of(&rig);
-    let rig_file = dir.path().join("fake-rig.json");
-    std::fs::write(&rig_file, fake.to_string()).unwrap();
-    let live = rigdoctor()
+    let live = on_fake(dir.path(), &fake)
         .args([
             "p2p",
             "--gpu",
@@ -685,8 +683,6 @@ fn readme_examples() {
             "--sysroot",
         ])
         .arg(dir.path())
-        .env("LD_LIBRARY_PATH", fake_driver_dir())
-        .env("FAKEGPU_RIG", &rig_file)
         .output()
         .unwrap();
     std::fs::write(out.join("p2p.txt"), live.stdout).unwrap();
@@ -771,10 +767,8 @@ fn allowed_findings_are_shown_but_never_counted() {
 fn a_preflight_with_the_accepted_workaround_pays_no_p2p_deadline() {
     let (rig, fake) = x399_one_pair_hangs();
     let root = sysroot_of(&rig);
-    let rig_file = root.path().join("fake-rig.json");
-    std::fs::write(&rig_file, fake.to_string()).unwrap();
     let t = std::time::Instant::now();
-    let out = rigdoctor()
+    let out = on_fake(root.path(), &fake)
         .args(["check", "--quick", "--gpu", "--json", "--timeout", "5"])
         .args([
             "--allow",
@@ -784,8 +778,6 @@ fn a_preflight_with_the_accepted_workaround_pays_no_p2p_deadline() {
             "--sysroot",
         ])
         .arg(root.path())
-        .env("LD_LIBRARY_PATH", fake_driver_dir())
-        .env("FAKEGPU_RIG", &rig_file)
         .env("NCCL_P2P_DISABLE", "1")
         .output()
         .unwrap();
@@ -807,12 +799,10 @@ fn a_preflight_with_the_accepted_workaround_pays_no_p2p_deadline() {
         r["summary"]
     );
     // Without the workaround in effect the transfers run (and the hang is found).
-    let out = rigdoctor()
+    let out = on_fake(root.path(), &fake)
         .args(["check", "--quick", "--gpu", "--json", "--timeout", "1.5"])
         .args(["--allow", "p2p-hang", "--sysroot"])
         .arg(root.path())
-        .env("LD_LIBRARY_PATH", fake_driver_dir())
-        .env("FAKEGPU_RIG", &rig_file)
         .env_remove("NCCL_P2P_DISABLE")
         .output()
         .unwrap();

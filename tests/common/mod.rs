@@ -116,6 +116,16 @@ pub fn gpu(name: &str, bus: &str, n: usize) -> Value {
            "pcie": {"gen": 4, "width": 16, "max_gen": 4, "max_width": 16}})
 }
 
+/// The binary with the fake driver emulating `fake` (its rig file written under `root`).
+pub fn on_fake(root: &Path, fake: &Value) -> Command {
+    let rig_file = root.join("fake-rig.json");
+    std::fs::write(&rig_file, fake.to_string()).unwrap();
+    let mut c = rigdoctor();
+    c.env("LD_LIBRARY_PATH", fake_driver_dir())
+        .env("FAKEGPU_RIG", &rig_file);
+    c
+}
+
 pub struct Run {
     pub code: i32,
     pub report: Value,
@@ -127,16 +137,12 @@ pub struct Run {
 /// JSON, and the JSON re-rendered as text by `diagnose` (no second GPU run).
 pub fn run_gpu(command: &str, sysroot: &Rig, fake: &Value, args: &[&str]) -> Run {
     let root = sysroot_of(sysroot);
-    let rig_file = root.path().join("fake-rig.json");
-    std::fs::write(&rig_file, fake.to_string()).unwrap();
     let report_file = root.path().join("report.json");
     let t = Instant::now();
-    let out = rigdoctor()
+    let out = on_fake(root.path(), fake)
         .args([command, "--gpu", "--json", "--sysroot"])
         .arg(root.path())
         .args(args)
-        .env("LD_LIBRARY_PATH", fake_driver_dir())
-        .env("FAKEGPU_RIG", &rig_file)
         .output()
         .unwrap();
     let took = t.elapsed();
