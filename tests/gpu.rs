@@ -227,3 +227,29 @@ fn without_the_driver_loaded_gpu_rules_stay_quiet() {
         assert!(text(lib).contains("CUDA is not usable"), "{lib}");
     }
 }
+
+/// WSL2 and containers: no module in this tree's /proc and /sys, but CUDA ran. The verdict
+/// comes from what ran: a note that the module checks did not run, never a hard error.
+#[test]
+fn cuda_that_works_without_a_visible_module_is_a_note_not_an_error() {
+    let mut rig = load_rig("epyc-2x4090-nonroot");
+    rig.driver = None;
+    rig.kernel = "5.15.153.1-microsoft-standard-WSL2".into();
+    let name = "NVIDIA GeForce RTX 4090";
+    let fake = serde_json::json!({"driver_version": "550.127.05", "cuda_version": 12040,
+        "gpus": [gpu(name, "0000:41:00.0", 0), gpu(name, "0000:81:00.0", 1)],
+        "pairs": [{"a": 0, "b": 1, "topology": "SYS"}]});
+    let r = run_gpu("p2p", &rig, &fake, &[]);
+    let f = findings(&r.report, "driver-not-loaded");
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0]["severity"], "info", "{}", f[0]);
+    let t = text(f[0]);
+    assert!(
+        t.contains("CUDA works (2 GPU(s))") && t.contains("WSL2"),
+        "{t}"
+    );
+    assert_eq!(r.code, 0, "{:?}", summary(&r.report));
+    // Without CUDA it stays the error it was.
+    let r = host_json(sysroot_of(&rig).path(), &[]).1;
+    assert_eq!(findings(&r, "driver-not-loaded")[0]["severity"], "error");
+}

@@ -17,6 +17,41 @@ pub fn not_loaded(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
     if facts.driver.loaded {
         return Vec::new();
     }
+    // CUDA ran and saw GPUs: the driver works, this tree just does not show its module (WSL2,
+    // a container without the host's /proc and /sys). The verdict comes from what ran.
+    let cuda_gpus = facts
+        .gpu
+        .as_ref()
+        .and_then(|g| g.cuda.known())
+        .map_or(0, |c| c.devices.len());
+    if cuda_gpus > 0 {
+        let wsl = facts
+            .host
+            .kernel_release
+            .known()
+            .is_some_and(|k| k.to_ascii_lowercase().contains("microsoft"));
+        let mut f = Finding::new(
+            "driver-not-loaded",
+            Severity::Info,
+            format!(
+                "CUDA works ({cuda_gpus} GPU(s)), but the NVIDIA kernel module is not visible here{}: the checks that read it did not run",
+                if wsl { " (WSL2: the driver lives in Windows)" } else { "" }
+            ),
+        )
+        .evidence("/proc/driver/nvidia/version and /sys/module/nvidia are absent; the GPU steps ran through CUDA and NVML")
+        .refs([NVIDIA_INSTALL]);
+        f = if wsl {
+            f.evidence(format!(
+                "kernel {}: a WSL2 kernel; GPUs reach it through /dev/dxg, so PCIe paths, ACS, IOMMU and AER are the Windows host's, not visible here",
+                facts.host.kernel_release.known().map_or("?", String::as_str)
+            ))
+            .fix("the driver is the Windows NVIDIA driver: update it in Windows, and install no Linux NVIDIA driver inside WSL2 (the CUDA on WSL user guide)")
+            .refs(["https://docs.nvidia.com/cuda/wsl-user-guide/index.html"])
+        } else {
+            f.fix("for the host checks (driver module, PCIe, ACS, IOMMU), run rigdoctor on the host, or mount the host's /proc and /sys read-only into the container")
+        };
+        return vec![f];
+    }
     let gpus = gpus(facts);
     let title = if facts.pci.known().is_some() && gpus.is_empty() {
         "no NVIDIA driver is loaded, and no NVIDIA GPU is on the PCI bus"
