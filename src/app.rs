@@ -34,11 +34,7 @@ fn try_run(cli: &Cli) -> Result<u8> {
     let g = &cli.global;
     if let Some(out) = &g.output {
         // Before any work: a bad -o must not cost a complete GPU run.
-        let input = match &cli.command {
-            Command::Diagnose { file } => Some(file.as_path()),
-            _ => None,
-        };
-        crate::output::check_target(out, input)?;
+        crate::output::check_target(out, diagnose_input(cli))?;
     }
     if matches!(cli.command, Command::Host | Command::Diagnose { .. }) {
         // These commands touch no GPU: a GPU option there is a mistake, not a no-op.
@@ -148,6 +144,14 @@ fn try_run(cli: &Cli) -> Result<u8> {
     report.summarise(code);
     emit(&report, cli)?;
     Ok(code)
+}
+
+/// The saved report `diagnose` reads, which no output may overwrite.
+fn diagnose_input(cli: &Cli) -> Option<&Path> {
+    match &cli.command {
+        Command::Diagnose { file } => Some(file.as_path()),
+        _ => None,
+    }
 }
 
 /// Facts measured by this run, or read back from a saved report (with its command).
@@ -357,12 +361,8 @@ fn emit(report: &Report, cli: &Cli) -> Result<()> {
             let rendered = if format == Format::Markdown && !report.json_fits_in_post() {
                 // Too long for one post: the JSON goes beside it, and the post names it.
                 let json_path = path.with_extension("json");
-                let input = match &cli.command {
-                    Command::Diagnose { file } => Some(file.as_path()),
-                    _ => None,
-                };
                 // Never onto the report being diagnosed (diagnose post.json -o post.md).
-                crate::output::check_target(&json_path, input)?;
+                crate::output::check_target(&json_path, diagnose_input(cli))?;
                 crate::output::write_atomic(
                     &json_path,
                     report.render(Format::Json, false).as_bytes(),

@@ -97,7 +97,7 @@ fn gpu(g: &GpuRuntime) -> Result<(), String> {
             }
             at_most("gpu.p2p.tests[].paths", t.outcome.paths().len(), 64)?;
         }
-        finite("gpu.p2p.deadline_s", p.deadline_s)?;
+        not_nan("gpu.p2p.deadline_s", p.deadline_s)?;
     }
     if let Some(b) = &g.bandwidth {
         let n = devices("gpu.bandwidth.devices", &b.devices)?;
@@ -115,7 +115,7 @@ fn gpu(g: &GpuRuntime) -> Result<(), String> {
             if let BwOutcome::Measured { stats, .. } = &m.outcome {
                 at_most("gpu.bandwidth samples", stats.samples.len(), MAX_SERIES)?;
                 for v in [stats.median, stats.min, stats.max] {
-                    finite("gpu.bandwidth figure", v)?;
+                    not_nan("gpu.bandwidth figure", v)?;
                 }
             }
         }
@@ -152,7 +152,7 @@ fn gpu(g: &GpuRuntime) -> Result<(), String> {
             {
                 at_most("gpu.nccl.results[].wrong", wrong.len(), ranks)?;
                 for v in [*time_us, *algbw_gbps, *busbw_gbps] {
-                    finite("gpu.nccl figure", v)?;
+                    not_nan("gpu.nccl figure", v)?;
                 }
             }
         }
@@ -172,7 +172,7 @@ fn at_most(what: &str, len: usize, max: usize) -> Result<(), String> {
 }
 
 /// `inf` is a value rigdoctor can write (a copy timed at zero); NaN is no measurement at all.
-fn finite(what: &str, v: f64) -> Result<(), String> {
+fn not_nan(what: &str, v: f64) -> Result<(), String> {
     if v.is_nan() {
         Err(format!("{what} is not a number"))
     } else {

@@ -215,6 +215,18 @@ fn fit(entry: &DriverEntry, g: &GpuPci, facts: &Facts, kb: &Knowledge) -> Fit {
 }
 
 pub fn known_bad(facts: &Facts, kb: &Knowledge) -> Vec<Finding> {
+    known_bad_matches(facts, kb)
+        .into_iter()
+        .map(|(_, f)| f)
+        .collect()
+}
+
+/// Each knowledge-base entry that matches this driver and these GPUs, with its finding: other
+/// rules rank causes by the entry itself (`not_fixed_by`), never by matching its text.
+pub fn known_bad_matches<'k>(
+    facts: &Facts,
+    kb: &'k Knowledge,
+) -> Vec<(&'k crate::knowledge::DriverEntry, Finding)> {
     // The kernel module's version; in a container without /proc/driver/nvidia, NVML's.
     let nvml_version = facts
         .gpu
@@ -294,7 +306,7 @@ pub fn known_bad(facts: &Facts, kb: &Knowledge) -> Vec<Finding> {
         for fix in &entry.fix {
             f = f.fix(fix.clone());
         }
-        out.push(f);
+        out.push((entry, f));
     }
     out
 }

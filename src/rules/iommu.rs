@@ -43,16 +43,13 @@ pub fn translation(facts: &Facts, kb: &Knowledge) -> Vec<Finding> {
     ]);
     // A known-bad release on these GPUs whose reports say the IOMMU is not the cause: said here,
     // so "switch the IOMMU off" is not read as the fix for that release's hang.
-    for bad in super::driver::known_bad(facts, kb) {
-        let entry = kb.drivers.iter().find(|e| e.title == bad.title);
+    for (e, bad) in super::driver::known_bad_matches(facts, kb) {
         let shared = translated.iter().any(|(g, _)| bad.gpus.contains(&g.bdf));
-        if let (Some(e), true) = (entry, shared) {
-            if e.not_fixed_by.iter().any(|c| c == "iommu") {
-                f = f.evidence(format!(
-                    "the reports behind {} (see driver-known-bad) say switching the IOMMU off does not cure that release's hang: fix the driver first",
-                    e.id
-                ));
-            }
+        if shared && e.not_fixed_by.iter().any(|c| c == "iommu") {
+            f = f.evidence(format!(
+                "the reports behind {} (see driver-known-bad) say switching the IOMMU off does not cure that release's hang: fix the driver first",
+                e.id
+            ));
         }
     }
     for (g, group) in &translated {

@@ -88,15 +88,13 @@ fn causes(facts: &Facts, kb: &Knowledge, a: &Gpu, b: &Gpu) -> Causes {
     // 1. A driver release known to break P2P on these GPUs: the knowledge base matched this
     //    exact release and GPU family, the most specific evidence there is.
     let mut ruled_out: Vec<(String, String)> = Vec::new();
-    for f in super::driver::known_bad(facts, kb) {
+    for (e, f) in super::driver::known_bad_matches(facts, kb) {
         let hit = [a.bdf, b.bdf]
             .into_iter()
             .flatten()
             .any(|x| f.gpus.iter().any(|g| g == x));
         if hit {
-            if let Some(e) = kb.drivers.iter().find(|e| e.title == f.title) {
-                ruled_out.extend(e.not_fixed_by.iter().map(|c| (c.clone(), e.id.clone())));
-            }
+            ruled_out.extend(e.not_fixed_by.iter().map(|c| (c.clone(), e.id.clone())));
             c.likely
                 .push((format!("{} (see driver-known-bad)", f.title), f.fix.clone()));
         }
