@@ -810,4 +810,9 @@ fn a_preflight_with_the_accepted_workaround_pays_no_p2p_deadline() {
     assert!(r["facts"]["gpu"]["p2p"]["tests"]
         .as_array()
         .is_some_and(|t| !t.is_empty()));
+    assert!(
+        findings(&r, "p2p-not-tested").is_empty(),
+        "{:?}",
+        summary(&r)
+    );
 }
