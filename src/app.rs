@@ -4,7 +4,7 @@ use crate::cli::{Cli, ColorChoice, Command, GlobalArgs};
 use crate::facts::{BandwidthConfig, Facts, Probed};
 use crate::knowledge::Knowledge;
 use crate::measure::gpu::NcclConfig;
-use crate::report::{self, Format, Report};
+use crate::report::{self, Format, Report, TextStyle};
 use crate::sysroot::Sysroot;
 use crate::{probe, progress, rules};
 use anyhow::{bail, Context, Result};
@@ -353,6 +353,15 @@ fn use_color(choice: ColorChoice) -> bool {
     }
 }
 
+/// Text for stdout: the screen (or everything with --verbose), wrapped at its width.
+fn terminal_style(g: &crate::cli::GlobalArgs) -> TextStyle {
+    TextStyle {
+        color: use_color(g.color),
+        verbose: g.verbose,
+        width: crate::report::stdout_width(),
+    }
+}
+
 fn emit(report: &Report, cli: &Cli) -> Result<()> {
     let g = &cli.global;
     let format = g.format();
@@ -365,7 +374,7 @@ fn emit(report: &Report, cli: &Cli) -> Result<()> {
                 crate::output::check_target(&json_path, diagnose_input(cli))?;
                 crate::output::write_atomic(
                     &json_path,
-                    report.render(Format::Json, false).as_bytes(),
+                    report.render(Format::Json, &TextStyle::FILE).as_bytes(),
                 )?;
                 eprintln!(
                     "rigdoctor: JSON report written to {} (attach it to the post)",
@@ -376,16 +385,15 @@ fn emit(report: &Report, cli: &Cli) -> Result<()> {
                     .map(|n| n.to_string_lossy().into_owned());
                 report.render_post(name.as_deref())
             } else {
-                report.render(format, false)
+                report.render(format, &TextStyle::FILE)
             };
             crate::output::write_atomic(path, rendered.as_bytes())?;
             // The terminal still gets the text report, whatever the file holds.
-            print(&report.render(Format::Text, use_color(g.color)))?;
+            print(&report.render(Format::Text, &terminal_style(g)))?;
             eprintln!("rigdoctor: report written to {}", path.display());
         }
         None => {
-            let color = format == Format::Text && use_color(g.color);
-            print(&report.render(format, color))?;
+            print(&report.render(format, &terminal_style(g)))?;
             if format == Format::Text && std::io::stderr().is_terminal() {
                 eprintln!("{}", crate::report::SHARE_HINT);
             }

@@ -291,6 +291,10 @@ pub struct GlobalArgs {
     /// $XDG_CONFIG_HOME/rigdoctor/config.toml).
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Text with every finding's evidence and sources, every table and the full legends (a
+    /// text file from -o always has them).
+    #[arg(short = 'v', long, global = true)]
+    pub verbose: bool,
     /// Colour in terminal output (auto: only on a terminal, and never with NO_COLOR set).
     #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
     pub color: ColorChoice,

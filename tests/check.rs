@@ -213,3 +213,93 @@ fn x99_riser_and_acs_story_in_one_report() {
         4
     );
 }
+
+/// The headline case at its worst: eight GPUs, P2P hangs between every pair (and so NCCL).
+/// Each pair costs one deadline, pairs on disjoint GPUs are then tested side by side, and the
+/// bandwidth run skips the pairs that hung: the whole `check` costs about 10 deadlines, not
+/// the 28 + 28 + NCCL of testing every direction twice. docs/testing.md has the figure at the
+/// default timeout (bench/all-hang.sh).
+#[test]
+fn eight_gpus_that_all_hang_cost_rounds_of_deadlines_not_pairs() {
+    let name = "NVIDIA GeForce RTX 3090";
+    let gpus: Vec<_> = (0..8)
+        .map(|i| gpu(name, &format!("0000:{:02x}:00.0", 0x11 + i * 0x10), i))
+        .collect();
+    let pairs: Vec<_> = (0..8)
+        .flat_map(|a| {
+            ((a + 1)..8).map(move |b| json!({"a": a, "b": b, "fault": "hang", "topology": "SYS"}))
+        })
+        .collect();
+    let fake =
+        json!({"driver_version": "545.29.06", "cuda_version": 12030, "gpus": gpus, "pairs": pairs});
+    // bench/all-hang.sh sets the default timeout (10 s) to measure the real figure.
+    let timeout: f64 = std::env::var("RIGDOCTOR_ALL_HANG_TIMEOUT")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(1.0);
+    let r = run_gpu(
+        "check",
+        &common::sysroot::load_rig("epyc-2x4090-nonroot"),
+        &fake,
+        &["--timeout", &timeout.to_string()],
+    );
+    println!(
+        "check on 8 GPUs, all pairs hanging, --timeout {timeout}: {:.1} s",
+        r.took.as_secs_f64()
+    );
+    assert_eq!(r.code, 1);
+    let tests = r.report["facts"]["gpu"]["p2p"]["tests"].as_array().unwrap();
+    let status = |s: &str| tests.iter().filter(|t| t["status"] == s).count();
+    assert_eq!((status("hang"), status("skipped")), (28, 28), "{tests:?}");
+    let bw = r.report["facts"]["gpu"]["bandwidth"]["measurements"]
+        .as_array()
+        .unwrap();
+    let p2p_bw: Vec<_> = bw.iter().filter(|m| m["kind"] == "p2p").collect();
+    assert!(!p2p_bw.is_empty());
+    assert!(
+        p2p_bw.iter().all(|m| m["status"] == "skipped"),
+        "{p2p_bw:?}"
+    );
+    // Staged copies through host memory still ran: they are the control.
+    assert!(bw
+        .iter()
+        .any(|m| m["kind"] == "staged" && m["status"] == "measured"));
+    // 1 first hang, 7 or 8 rounds of disjoint pairs, NCCL's sweep: about 10 deadlines.
+    let bound = Duration::from_secs_f64(12.0 * timeout + 4.0);
+    assert!(r.took < bound, "{:?} (bound {bound:?})", r.took);
+}
+
+/// A healthy 2-GPU rig: the whole `check` (bandwidth and NCCL included) on one screen of 40
+/// lines and 80 columns; --verbose has every table.
+#[test]
+fn a_healthy_rig_fits_one_screen() {
+    let name = "NVIDIA GeForce RTX 3090";
+    let mut a = gpu(name, "0000:0b:00.0", 0);
+    let mut b = gpu(name, "0000:0c:00.0", 1);
+    for g in [&mut a, &mut b] {
+        g["pcie"] = json!({"gen": 4, "width": 8, "max_gen": 4, "max_width": 16});
+    }
+    let fake = json!({"driver_version": "535.129.03", "cuda_version": 12020,
+        "gpus": [a, b], "pairs": [{"a": 0, "b": 1, "topology": "PHB"}]});
+    let r = run_gpu("check", &load_rig("x570-2x3090-r535"), &fake, &[]);
+    let lines: Vec<&str> = r.screen.lines().collect();
+    assert!(lines.len() < 40, "{} lines:\n{}", lines.len(), r.screen);
+    assert!(
+        lines
+            .iter()
+            .all(|l| rigdoctor::report::visible_width(l) <= 80),
+        "{}",
+        r.screen
+    );
+    for table in [
+        "P2P, tested",
+        "Host <-> GPU",
+        "GPU -> GPU, P2P",
+        "NCCL 2.18.5 all-reduce",
+    ] {
+        assert!(r.screen.contains(table), "{table}:\n{}", r.screen);
+    }
+    // The control and NCCL's transports are details.
+    assert!(!r.screen.contains("staged through host memory"));
+    assert!(r.text.contains("staged through host memory") && r.text.contains("NCCL transports"));
+}

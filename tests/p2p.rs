@@ -621,41 +621,50 @@ fn an_address_space_limit_is_named_not_the_gpu() {
     );
 }
 
-/// The Threadripper story: one plan after the verdict, the driver downgrade first, each fix
-/// said once, and no finding repeats it.
+/// The Threadripper story: the screen starts with the verdict and one plan whose first action
+/// is the driver downgrade, says each fix once and fits 80 lines of 80 columns; --verbose has
+/// the evidence, and its findings point at the plan instead of repeating it.
 #[test]
 fn the_story_reads_as_one_plan_with_the_driver_first() {
     let (rig, fake) = x399_one_pair_hangs();
     let r = p2p(&rig, &fake, &["--timeout", "1.5"]);
-    let lines: Vec<&str> = r.text.lines().collect();
+    let screen = &r.screen;
+    let lines: Vec<&str> = screen.lines().collect();
+    assert!(lines.len() < 80, "{} lines:\n{screen}", lines.len());
+    let wide: Vec<&&str> = lines
+        .iter()
+        .filter(|l| rigdoctor::report::visible_width(l) > 80)
+        .collect();
+    assert!(wide.is_empty(), "{wide:#?}");
+    assert!(lines[1].starts_with("✗"), "{screen}");
+    let plan = lines.iter().position(|l| *l == "What to do").unwrap();
+    assert!(plan <= 4, "{screen}");
     assert!(
-        lines[1].starts_with("✗") && lines[3] == "What to do",
-        "{}",
-        r.text
+        lines[plan + 1].starts_with("  1. install the 535 branch"),
+        "{screen}"
     );
-    assert!(
-        lines[4].starts_with("  1. install the 535 branch"),
-        "{}",
-        lines[4]
-    );
+    for fix in [
+        "sudo apt install nvidia-driver-535 && sudo reboot",
+        "export NCCL_P2P_DISABLE=1",
+        "amd_iommu=off",
+    ] {
+        assert_eq!(screen.matches(fix).count(), 1, "{fix}:\n{screen}");
+    }
+    // One line per finding (wrapped), naming its steps; the tested matrix; no evidence.
+    assert!(screen.contains("error   p2p-hang"), "{screen}");
+    assert!(screen.contains("→ steps 1, 2"), "{screen}");
+    assert!(screen.contains("SYS HANG"), "{screen}");
+    assert!(!screen.contains("likely cause"), "{screen}");
+    // The whole text: the evidence, and the plan referenced instead of repeated.
+    let full = &r.text;
+    assert_eq!(full.matches("install the 535 branch").count(), 1, "{full}");
     assert_eq!(
-        r.text.matches("install the 535 branch").count(),
+        full.matches("export NCCL_P2P_DISABLE=1").count(),
         1,
-        "{}",
-        r.text
+        "{full}"
     );
-    assert_eq!(
-        r.text.matches("export NCCL_P2P_DISABLE=1").count(),
-        1,
-        "{}",
-        r.text
-    );
-    // The hang names the plan's steps instead of repeating them.
-    assert!(
-        r.text.contains("= help: What to do, steps 1, 2"),
-        "{}",
-        r.text
-    );
+    assert!(full.contains("= help: What to do, steps 1, 2"), "{full}");
+    assert!(full.contains("likely cause 1: driver 545"), "{full}");
     // JSON carries the plan for scripts, the findings their full fixes.
     let plan = r.report["plan"].as_array().unwrap();
     assert_eq!(plan[0]["findings"], json!(["driver-known-bad", "p2p-hang"]));
@@ -727,6 +736,7 @@ fn allowed_findings_are_shown_but_never_counted() {
             "diagnose",
             "--color",
             "never",
+            "--verbose",
             "--allow",
             "p2p-hang",
             "--allow",

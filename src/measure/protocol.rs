@@ -28,6 +28,7 @@ pub trait Protocol: 'static {
         + Debug
         + std::fmt::Display
         + Send
+        + Sync
         + 'static;
     type Answer: Serialize + DeserializeOwned + Clone + Debug + Send + 'static;
     type Note: Serialize + DeserializeOwned + Clone + Debug + Send + 'static;

@@ -66,7 +66,7 @@ pub struct Run<P: Protocol> {
 }
 
 /// Which steps get a longer deadline, and how long.
-pub type LongStep<P> = Box<dyn Fn(&<P as Protocol>::Step) -> Option<Duration>>;
+pub type LongStep<P> = Box<dyn Fn(&<P as Protocol>::Step) -> Option<Duration> + Send + Sync>;
 
 pub struct Watchdog<P: Protocol> {
     pub program: PathBuf,
@@ -84,11 +84,20 @@ pub struct Watchdog<P: Protocol> {
     /// Given a step that hung and the next step, why the next is not worth its own deadline
     /// (the reverse direction of a hung P2P pair): it is then reported [`StepError::NotRun`].
     pub skip_after_hang: SkipAfterHang<P>,
+    /// After a hang, steps that may run side by side in workers of their own, and the devices
+    /// each one uses (None: this step runs alone). Consecutive steps on the same devices form
+    /// one group, run in order by one worker; groups on disjoint devices run at the same
+    /// time. A rig where every pair hangs then pays one deadline per round of disjoint pairs,
+    /// not one per pair. Never before the first hang: a healthy run keeps its one worker.
+    pub side_by_side: SideBySide<P>,
 }
 
 /// See [`Watchdog::skip_after_hang`].
 pub type SkipAfterHang<P> =
-    Box<dyn Fn(&<P as Protocol>::Step, &<P as Protocol>::Step) -> Option<String>>;
+    Box<dyn Fn(&<P as Protocol>::Step, &<P as Protocol>::Step) -> Option<String> + Send + Sync>;
+
+/// See [`Watchdog::side_by_side`].
+pub type SideBySide<P> = Box<dyn Fn(&<P as Protocol>::Step) -> Option<Vec<i32>> + Send + Sync>;
 
 impl<P: Protocol> Watchdog<P> {
     pub fn new(program: PathBuf, args: Vec<String>, step_deadline: Duration) -> Self {
@@ -100,6 +109,7 @@ impl<P: Protocol> Watchdog<P> {
             long_step: Box::new(|_| None),
             gates: Vec::new(),
             skip_after_hang: Box::new(|_, _| None),
+            side_by_side: Box::new(|_| None),
         }
     }
 
@@ -200,8 +210,9 @@ impl<P: Protocol> Watchdog<P> {
                     return Err(std::io::Error::last_os_error());
                 }
                 // The worker dies with rigdoctor, however rigdoctor ends (SIGKILL included).
-                // The signal follows the thread that forked: the watchdog runs on the main
-                // thread, which lives as long as rigdoctor.
+                // The signal follows the thread that forked: the main thread, which lives as
+                // long as rigdoctor, or a side-by-side round's thread, which ends only after
+                // its worker has been reaped (or found unkillable).
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -326,7 +337,18 @@ struct State<'a, P: Protocol> {
     progress: &'a mut dyn FnMut(&StepReport<P>),
 }
 
-impl<P: Protocol> State<'_, P> {
+impl<'a, P: Protocol> State<'a, P> {
+    fn new(steps: &[P::Step], progress: &'a mut dyn FnMut(&StepReport<P>)) -> Self {
+        State {
+            steps: steps.to_vec(),
+            reports: Vec::new(),
+            notes: Vec::new(),
+            added: Vec::new(),
+            hung: Vec::new(),
+            progress,
+        }
+    }
+
     fn next(&self) -> Option<&P::Step> {
         self.steps.get(self.reports.len())
     }
@@ -347,6 +369,30 @@ impl<P: Protocol> State<'_, P> {
     fn done(&self) -> bool {
         self.reports.len() >= self.steps.len()
     }
+
+    /// Take the reports of steps `self.next()` onwards that ran elsewhere (side by side), in
+    /// the order given; the steps they cover move to the front of what remains, so reports
+    /// stay in plan order. `ran` may include steps those runs appended.
+    fn adopt(&mut self, ran: Vec<StepReport<P>>, covered: usize) {
+        let start = self.reports.len();
+        let mut rest: Vec<P::Step> = self.steps.split_off(start);
+        let mut unreported: Vec<P::Step> = Vec::new();
+        for s in rest.drain(..covered.min(rest.len())) {
+            if !ran.iter().any(|r| r.step == s) {
+                unreported.push(s);
+            }
+        }
+        for r in ran {
+            if matches!(r.outcome, Outcome::Hang { .. }) {
+                self.hung.push(r.step.clone());
+            }
+            self.steps.push(r.step.clone());
+            (self.progress)(&r);
+            self.reports.push(r);
+        }
+        self.steps.extend(unreported);
+        self.steps.extend(rest);
+    }
 }
 
 impl<P: Protocol> Watchdog<P> {
@@ -354,36 +400,120 @@ impl<P: Protocol> Watchdog<P> {
     /// exactly one report, in plan order (unless the run is interrupted: then the reports so
     /// far). `progress` sees each report as it lands.
     pub fn run(&self, steps: &[P::Step], progress: &mut dyn FnMut(&StepReport<P>)) -> Run<P> {
-        let mut st = State {
-            steps: steps.to_vec(),
-            reports: Vec::new(),
-            notes: Vec::new(),
-            added: Vec::new(),
-            hung: Vec::new(),
-            progress,
-        };
+        let mut st = State::new(steps, progress);
+        let workers = self.drive(&mut st, true);
+        Run {
+            reports: st.reports,
+            workers,
+        }
+    }
+
+    /// Workers, one after another, until every step has its report; `fan_out`: after a hang,
+    /// steps that may run side by side do (see [`Watchdog::side_by_side`]).
+    fn drive(&self, st: &mut State<'_, P>, fan_out: bool) -> Vec<WorkerRecord> {
         let mut workers = Vec::new();
         while !st.done() && !super::interrupted() {
-            // After a hang, the next steps it makes moot are reported without a worker.
-            while let Some(next) = st.next().cloned() {
-                let why = st
-                    .hung
-                    .iter()
-                    .find_map(|h| (self.skip_after_hang)(h, &next));
-                let Some(because) = why else { break };
-                st.settle(
-                    Outcome::Failed(StepError::NotRun { because }),
-                    Instant::now(),
-                    0,
-                );
-            }
+            self.settle_moot(st);
             if st.done() {
                 break;
             }
+            if fan_out && !st.hung.is_empty() && self.run_side_by_side(st, &mut workers) {
+                continue;
+            }
             let index = workers.len() + 1;
-            let record = self.run_worker(&mut st, index);
+            let record = self.run_worker(st, index);
             workers.push(record);
         }
+        workers
+    }
+
+    /// Why a hang so far makes `step` moot (see [`Watchdog::skip_after_hang`]).
+    fn moot(&self, st: &State<'_, P>, step: &P::Step) -> Option<String> {
+        st.hung.iter().find_map(|h| (self.skip_after_hang)(h, step))
+    }
+
+    /// Report the next steps a hang made moot as not run, without a worker (a worker's plan
+    /// leaves them out, so they are settled here as they come up).
+    fn settle_moot(&self, st: &mut State<'_, P>) {
+        while let Some(because) = st.next().and_then(|n| self.moot(st, n)) {
+            st.settle(
+                Outcome::Failed(StepError::NotRun { because }),
+                Instant::now(),
+                0,
+            );
+        }
+    }
+
+    /// After a hang: the next steps that may run side by side, in rounds of groups on disjoint
+    /// devices, each group in a worker of its own (a run of its own, with the same deadlines
+    /// and skips). False when fewer than two groups are next: they run as usual.
+    fn run_side_by_side(&self, st: &mut State<'_, P>, workers: &mut Vec<WorkerRecord>) -> bool {
+        let start = st.reports.len();
+        let mut groups: Vec<(Vec<i32>, Vec<P::Step>)> = Vec::new();
+        for s in &st.steps[start..] {
+            let Some(devices) = (self.side_by_side)(s) else {
+                break;
+            };
+            match groups.last_mut() {
+                Some((d, g)) if *d == devices => g.push(s.clone()),
+                _ => groups.push((devices, vec![s.clone()])),
+            }
+        }
+        if groups.len() < 2 {
+            return false;
+        }
+        let covered: usize = groups.iter().map(|(_, g)| g.len()).sum();
+        let mut results: Vec<Option<Run<P>>> = (0..groups.len()).map(|_| None).collect();
+        let mut left: Vec<usize> = (0..groups.len()).collect();
+        while !left.is_empty() && !super::interrupted() {
+            // A round: groups in plan order whose devices no earlier group of the round uses.
+            let mut used: Vec<i32> = Vec::new();
+            let mut round = Vec::new();
+            left.retain(|&i| {
+                let (devices, _) = &groups[i];
+                if devices.iter().any(|d| used.contains(d)) {
+                    return true;
+                }
+                used.extend(devices);
+                round.push(i);
+                false
+            });
+            let ran: Vec<(usize, Run<P>)> = std::thread::scope(|scope| {
+                let handles: Vec<_> = round
+                    .iter()
+                    .map(|&i| {
+                        let steps = &groups[i].1;
+                        scope.spawn(move || (i, self.run_alone(steps)))
+                    })
+                    .collect();
+                handles.into_iter().filter_map(|h| h.join().ok()).collect()
+            });
+            for (i, run) in ran {
+                results[i] = Some(run);
+            }
+        }
+        // Reports in plan order; workers numbered on from the ones before.
+        let mut reports = Vec::new();
+        for run in results.into_iter().flatten() {
+            let offset = workers.len();
+            for mut w in run.workers {
+                w.index += offset;
+                workers.push(w);
+            }
+            reports.extend(run.reports.into_iter().map(|mut r| {
+                r.worker += offset;
+                r
+            }));
+        }
+        st.adopt(reports, covered);
+        true
+    }
+
+    /// One group of steps in a run of its own that never fans out again.
+    fn run_alone(&self, steps: &[P::Step]) -> Run<P> {
+        let mut quiet = |_: &StepReport<P>| {};
+        let mut st = State::new(steps, &mut quiet);
+        let workers = self.drive(&mut st, false);
         Run {
             reports: st.reports,
             workers,
@@ -394,7 +524,12 @@ impl<P: Protocol> Watchdog<P> {
     fn run_worker(&self, st: &mut State<'_, P>, index: usize) -> WorkerRecord {
         let before = st.reports.len();
         let started_at = Instant::now();
-        let mut running = match self.spawn(&st.steps[before..]) {
+        let plan: Vec<P::Step> = st.steps[before..]
+            .iter()
+            .filter(|s| self.moot(st, s).is_none())
+            .cloned()
+            .collect();
+        let mut running = match self.spawn(&plan) {
             Ok(r) => r,
             Err(e) => {
                 let exit = WorkerExit::NotStarted {
@@ -457,11 +592,13 @@ impl<P: Protocol> Watchdog<P> {
                 }
                 Ok(Msg::Event(Event::Done { step, result })) if Some(&step) == st.next() => {
                     st.settle(Outcome::Done(result), current.unwrap_or(started_at), index);
+                    self.settle_moot(st);
                     current = None;
                     deadline = Instant::now() + self.step_deadline;
                 }
                 Ok(Msg::Event(Event::Failed { step, error })) if Some(&step) == st.next() => {
                     st.settle(Outcome::Failed(error), current.unwrap_or(started_at), index);
+                    self.settle_moot(st);
                     current = None;
                     deadline = Instant::now() + self.step_deadline;
                 }

@@ -66,7 +66,7 @@ fn write_bandwidth(out: &mut String, f: &crate::facts::Facts) {
 
 fn write_tables(out: &mut String, t: &super::bandwidth_tables::BandwidthTables) {
     for n in &t.notes {
-        let _ = writeln!(out, "{n}\n");
+        let _ = writeln!(out, "{}\n", n.text);
     }
     for s in &t.sections {
         let _ = writeln!(out, "**{}**\n", s.title);
@@ -163,7 +163,7 @@ fn body(report: &Report) -> String {
         out.push('\n');
     }
     let _ = writeln!(out, "| | |\n|---|---|");
-    for (label, value) in machine_rows(f) {
+    for (label, value) in machine_rows(f, false) {
         let _ = writeln!(out, "| {} | {} |", cell(label), cell(&value));
     }
     out.push('\n');

@@ -10,12 +10,14 @@ mod redact;
 mod summary;
 mod text;
 mod validate;
+mod wrap;
 
 pub use json::{load_facts, load_saved, MAX_REPORT_BYTES};
-pub use plan::{steps_of, Step};
+pub use plan::{fixes_of, steps_of, Step};
 pub use redact::{redact, Secrets};
 pub use text::SHARE_HINT;
 pub use validate::validate;
+pub use wrap::{stdout_width, visible_width};
 
 use crate::facts::Facts;
 use crate::finding::{Finding, Severity};
@@ -28,6 +30,25 @@ pub enum Format {
     Text,
     Json,
     Markdown,
+}
+
+/// How the text report is laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TextStyle {
+    pub color: bool,
+    /// Every finding's evidence and sources, every table, the full legends.
+    pub verbose: bool,
+    /// Columns prose wraps at (tables are never wrapped).
+    pub width: usize,
+}
+
+impl TextStyle {
+    /// A text file: complete, plain, 80 columns.
+    pub const FILE: TextStyle = TextStyle {
+        color: false,
+        verbose: true,
+        width: 80,
+    };
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -189,15 +210,21 @@ impl Report {
         }
     }
 
-    pub fn render(&self, format: Format, color: bool) -> String {
+    pub fn render(&self, format: Format, style: &TextStyle) -> String {
         match format {
             // JSON escapes control characters itself; the others get a copy whose every
             // string (from the machine, a library or a saved report) is escaped first.
             Format::Json => json::render(self),
             Format::Text => match self.escaped() {
-                Some(r) => text::render(&r, color),
+                Some(r) => text::render(&r, style),
                 // Could not make the copy: escape the whole output (colour lost, nothing raw).
-                None => escape_lines(&text::render(self, false)),
+                None => escape_lines(&text::render(
+                    self,
+                    &TextStyle {
+                        color: false,
+                        ..*style
+                    },
+                )),
             },
             Format::Markdown => self.render_post(None),
         }

@@ -1,29 +1,32 @@
 //! The NCCL table shared by the text and markdown renderers, laid out like nccl-tests'
 //! all_reduce_perf rows, with a verdict per size.
 
-use super::bandwidth_tables::{BandwidthTables, Section};
+use super::bandwidth_tables::{BandwidthTables, Brief, Note, Section};
+use super::p2p_matrix::Table;
 use crate::facts::{AllReduceOutcome, Facts, Probed};
 
 pub fn tables(f: &Facts) -> Option<BandwidthTables> {
     let n = f.gpu.as_ref()?.nccl.as_ref()?;
     let mut notes = Vec::new();
+    let title;
     match &n.library {
         Probed::Known(l) => {
-            notes.push(format!(
-                "NCCL {} ({}), {} rank(s) in one process: all-reduce, sum, float32",
+            title = format!(
+                "NCCL {} all-reduce ({}, {} ranks in one process)",
                 l.version,
                 l.path,
                 n.devices.len()
-            ));
+            );
             if let Some(e) = &n.init_error {
-                notes.push(format!("NCCL initialisation failed: {e}"));
+                notes.push(Note::main(format!("NCCL initialisation failed: {e}")));
             }
         }
         Probed::Unknown { detail, .. } => {
-            notes.push(format!("NCCL not run: {detail}"));
+            notes.push(Note::main(format!("NCCL not run: {detail}")));
             return Some(BandwidthTables {
                 sections: Vec::new(),
                 legend: Vec::new(),
+                short_legend: None,
                 notes,
             });
         }
@@ -39,10 +42,10 @@ pub fn tables(f: &Facts) -> Option<BandwidthTables> {
                 None => format!("{}={}", e.name, e.value),
             })
             .collect();
-        notes.push(format!(
+        notes.push(Note::detail(format!(
             "rigdoctor set {} and NCCL_DEBUG_FILE to a file of its own, to read NCCL's transports",
             set.join(" ")
-        ));
+        )));
     }
     let mut t = vec![[
         "size (B)",
@@ -82,9 +85,32 @@ pub fn tables(f: &Facts) -> Option<BandwidthTables> {
         }
         t.push(row);
     }
+    // The screen: every size that did not pass, and the largest (the figure people quote);
+    // when all passed, the largest in one line.
+    let last = t.len() - 1;
+    let brief = if t[1..].iter().all(|r| r.last().is_some_and(|v| v == "ok")) && last > 0 {
+        let r = &t[last];
+        Some(Brief::Line(format!(
+            "all {} sizes ok; at {} MiB per rank busbw {} GB/s, {} us",
+            last,
+            r[0].parse::<u64>().unwrap_or(0) >> 20,
+            r[4],
+            r[2]
+        )))
+    } else {
+        let rows: Table = t
+            .iter()
+            .enumerate()
+            .filter(|(i, r)| *i == 0 || *i == last || r.last().is_some_and(|v| v != "ok"))
+            .map(|(_, r)| r.clone())
+            .collect();
+        (rows.len() < t.len()).then_some(Brief::Rows(rows))
+    };
     let mut sections = vec![Section {
-        title: "NCCL all-reduce (per rank; busbw = algbw x 2(n-1)/n, as nccl-tests)".into(),
+        title,
+        brief,
         table: t,
+        detail: false,
     }];
     if !n.channels.is_empty() {
         let mut c = vec![["channel", "rank -> rank", "via"]
@@ -100,11 +126,14 @@ pub fn tables(f: &Facts) -> Option<BandwidthTables> {
         sections.push(Section {
             title: "NCCL transports (NCCL_DEBUG=INFO)".into(),
             table: c,
+            detail: true,
+            brief: None,
         });
     }
     Some(BandwidthTables {
         sections,
-        legend: vec!["GB = 1e9 bytes; time per all-reduce, the slowest rank's CUDA events over the timed iterations; #wrong = elements differing from the exact sum, all ranks"],
+        legend: vec!["Sum of float32, sizes per rank, columns as nccl-tests prints them. GB = 1e9 bytes; busbw = algbw x 2(n-1)/n; time per all-reduce, the slowest rank's CUDA events over the timed iterations; #wrong = elements differing from the exact sum, all ranks"],
+        short_legend: None,
         notes,
     })
 }

@@ -16,10 +16,43 @@ pub struct P2pTables {
 
 pub const LEGEND: [&str; 4] = [
     "Rows send, columns receive (CUDA device numbers). Cell: how the GPUs connect, then what the real transfer did; the diagonal shows a failed self-test (copies within the GPU).",
-    "ok every byte arrived (copy engine, SM read, SM write) · CORRUPT/ZEROS wrong data over P2P · HANG killed after --timeout · SKIP not tried: the other direction hung · NO-ENABLE peer access refused · ERROR a CUDA call failed · - no P2P granted (copies go through host memory)",
+    "ok every byte arrived (copy engine, SM read, SM write) · CORRUPT/ZEROS wrong data over P2P · HANG killed after --timeout · SKIP not tried: the other direction hung · NO-ENABLE peer access refused · ERROR a CUDA call failed · NOT-RUN not reached (interrupted) · - no P2P granted (copies go through host memory)",
     "X self · NV# # active NVLinks · PIX one PCIe switch · PXB several switches · PHB via a CPU host bridge · NODE across host bridges of one NUMA node · SYS across NUMA nodes",
     "Claims: cuDeviceCanAccessPeer (yes/no) · NVML P2P read/write status: OK, CNS chipset not supported, GNS GPU not supported, TNS topology not supported, DR disabled by registry key, NS not supported",
 ];
+
+/// What each word of a tested cell means, for the one-line legend.
+const WORDS: [(&str, &str); 14] = [
+    ("ok", "every byte arrived"),
+    ("CORRUPT", "wrong data"),
+    ("ZEROS", "zeros arrived"),
+    ("HANG", "killed after --timeout"),
+    ("SKIP", "not tried: the other direction hung"),
+    ("NO-ENABLE", "peer access refused"),
+    ("ERROR", "a CUDA call failed"),
+    ("NOT-RUN", "not reached (interrupted)"),
+    ("-", "no P2P granted"),
+    ("PIX", "one PCIe switch"),
+    ("PXB", "several switches"),
+    ("PHB", "via a CPU host bridge"),
+    ("NODE", "across host bridges of one NUMA node"),
+    ("SYS", "across NUMA nodes"),
+];
+
+/// The default screen's legend: rows and columns, and the words the tested matrix holds.
+pub fn short_legend(t: &P2pTables) -> String {
+    let mut line =
+        super::bandwidth_tables::used_marks("Rows send, columns receive", &WORDS, &[&t.verdicts]);
+    if t.verdicts
+        .iter()
+        .skip(1)
+        .flatten()
+        .any(|c| c.starts_with("NV"))
+    {
+        line.push_str(" · NV# # active NVLinks");
+    }
+    line
+}
 
 fn verdict_word(t: &PairTest) -> &'static str {
     let mut worst = "ok";
@@ -151,7 +184,17 @@ pub fn tables(f: &Facts) -> Option<P2pTables> {
                 })
                 .unwrap_or("?");
             let test = p2p.tests.iter().find(|t| t.from == a && t.to == b);
-            let word = test.map_or("-", verdict_word);
+            // "-" says one thing: no P2P granted. A granted pair without a test was not
+            // reached (an interrupted run).
+            let granted = access.iter().any(|p| {
+                ((p.from, p.to) == (a, b) || (p.from, p.to) == (b, a))
+                    && p.can_access == Probed::Known(true)
+            });
+            let word = match test {
+                Some(t) => verdict_word(t),
+                None if granted => "NOT-RUN",
+                None => "-",
+            };
             vrow.push(format!("{} {word}", topology(a, b)));
             crow.push(format!("{can} {}", nvml_status(a, b)));
         }

@@ -50,11 +50,31 @@ fn keys(fix: &str) -> Vec<String> {
     }
 }
 
+/// A fix that sends the reader to another finding's fixes (p2p-hang's "ACS redirects between
+/// them" to acs-redirect's commands). In the plan it adds no step of its own: the finding is
+/// named on the other finding's steps instead, when that finding is in the plan.
+pub fn fixes_of(id: &str) -> String {
+    format!("{FIXES_OF}{id}")
+}
+
+const FIXES_OF: &str = "apply the fixes of ";
+
 /// The plan for `findings` (worst first): each action once, naming the findings it answers.
 pub fn plan(findings: &[Finding]) -> Vec<Step> {
+    let planned: Vec<&Finding> = findings
+        .iter()
+        .filter(|f| f.severity >= Severity::Warn)
+        .collect();
     let mut steps: Vec<(Step, Vec<String>)> = Vec::new();
-    for f in findings.iter().filter(|f| f.severity >= Severity::Warn) {
+    let mut deferred: Vec<(&str, &str)> = Vec::new();
+    for f in &planned {
         for fix in &f.fix {
+            if let Some(other) = fix.strip_prefix(FIXES_OF) {
+                if planned.iter().any(|o| o.id == other && !o.fix.is_empty()) {
+                    deferred.push((f.id.as_str(), other));
+                    continue;
+                }
+            }
             let k = keys(fix);
             match steps
                 .iter_mut()
@@ -75,24 +95,23 @@ pub fn plan(findings: &[Finding]) -> Vec<Step> {
             }
         }
     }
-    steps.into_iter().map(|(s, _)| s).collect()
-}
-
-/// The plan steps (1-based) that carry `f`'s fixes.
-pub fn steps_of(plan: &[Step], f: &Finding) -> Vec<usize> {
-    let mut out: Vec<usize> = Vec::new();
-    for fix in &f.fix {
-        let k = keys(fix);
-        if let Some(i) = plan
-            .iter()
-            .position(|s| s.action == *fix || keys(&s.action).iter().any(|x| k.contains(x)))
-        {
-            if !out.contains(&(i + 1)) {
-                out.push(i + 1);
+    for (id, other) in deferred {
+        for (s, _) in steps.iter_mut() {
+            if s.findings.iter().any(|x| x == other) && !s.findings.iter().any(|x| x == id) {
+                s.findings.push(id.to_string());
             }
         }
     }
-    out
+    steps.into_iter().map(|(s, _)| s).collect()
+}
+
+/// The plan steps (1-based) that answer `f`.
+pub fn steps_of(plan: &[Step], f: &Finding) -> Vec<usize> {
+    plan.iter()
+        .enumerate()
+        .filter(|(_, s)| s.findings.contains(&f.id))
+        .map(|(i, _)| i + 1)
+        .collect()
 }
 
 #[cfg(test)]
@@ -144,6 +163,24 @@ mod tests {
         assert!(p[3].action.contains("pcie_acs_override"));
         // Notes keep their own hints.
         assert!(!actions.iter().any(|a| a.contains("host")));
-        assert_eq!(steps_of(&p, &fs[1]), [1, 3, 2]);
+        assert_eq!(steps_of(&p, &fs[1]), [1, 2, 3]);
+    }
+
+    #[test]
+    fn a_pointer_to_another_findings_fixes_names_it_on_those_steps() {
+        let acs = finding("acs-redirect", Severity::Warn, &["disable ACS in the BIOS"]);
+        let hang = finding(
+            "p2p-hang",
+            Severity::Error,
+            &["install the 535 branch", &fixes_of("acs-redirect")],
+        );
+        let p = plan(&[hang.clone(), acs.clone()]);
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert_eq!(p[1].findings, ["acs-redirect", "p2p-hang"]);
+        assert_eq!(steps_of(&p, &hang), [1, 2]);
+        // Without acs-redirect in the report, the pointer is said as it is.
+        let p = plan(&[hang]);
+        assert_eq!(p.len(), 2);
+        assert!(p[1].action.contains("acs-redirect"));
     }
 }

@@ -14,7 +14,9 @@ fn gib(bytes: u64) -> String {
 }
 
 /// (label, value) lines describing the host.
-pub fn machine_rows(f: &Facts) -> Vec<(&'static str, String)> {
+/// `brief`: the default screen leaves out what repeats another row (NVML answering with the
+/// driver's own version and CUDA's device count) and a /dev/shm of 1 GiB or more.
+pub fn machine_rows(f: &Facts, brief: bool) -> Vec<(&'static str, String)> {
     let h = &f.host;
     let mut rows = vec![(
         "System",
@@ -88,25 +90,37 @@ pub fn machine_rows(f: &Facts) -> Vec<(&'static str, String)> {
                 ),
             },
         ));
-        rows.push((
-            "NVML",
-            match rt.nvml.known() {
-                Some(n) => format!(
-                    "driver {}, {} device(s)",
-                    show(&n.driver_version),
-                    n.devices.len()
-                ),
-                None => format!(
-                    "unavailable ({})",
-                    rt.nvml.why_unknown().unwrap_or_default()
-                ),
-            },
-        ));
+        let agrees = match (rt.nvml.known(), rt.cuda.known(), d.version.known()) {
+            (Some(n), Some(c), Some(v)) => {
+                n.driver_version.known() == Some(v) && n.devices.len() == c.devices.len()
+            }
+            _ => false,
+        };
+        if !(brief && agrees) {
+            rows.push((
+                "NVML",
+                match rt.nvml.known() {
+                    Some(n) => format!(
+                        "driver {}, {} device(s)",
+                        show(&n.driver_version),
+                        n.devices.len()
+                    ),
+                    None => format!(
+                        "unavailable ({})",
+                        rt.nvml.why_unknown().unwrap_or_default()
+                    ),
+                },
+            ));
+        }
     }
     let iommu = match (h.iommu.units.known(), h.iommu.group_count.known()) {
         (Some(u), g) if !u.is_empty() => format!(
             "on: {} ({} groups)",
-            u.join(", "),
+            if u.len() <= 2 {
+                u.join(", ")
+            } else {
+                format!("{} units", u.len())
+            },
             g.map_or("?".into(), |g| g.to_string())
         ),
         (Some(_), _) => "off (no IOMMU units)".into(),
@@ -134,13 +148,18 @@ pub fn machine_rows(f: &Facts) -> Vec<(&'static str, String)> {
             format!("{iommu}; command line: {}", cmd.join(" "))
         },
     ));
-    rows.push((
-        "/dev/shm",
-        match &h.shm {
-            Probed::Known(s) => format!("{} ({})", gib(s.size_bytes), s.source),
-            other => show(&other.clone().map(|_| String::new())),
-        },
-    ));
+    // NCCL's shared-memory transport needs room in /dev/shm (Docker's default 64 MiB is
+    // not); the screen names it only when it is small or unread.
+    let roomy = h.shm.known().is_some_and(|s| s.size_bytes >= 1 << 30);
+    if !(brief && roomy) {
+        rows.push((
+            "/dev/shm",
+            match &h.shm {
+                Probed::Known(s) => format!("{} ({})", gib(s.size_bytes), s.source),
+                other => show(&other.clone().map(|_| String::new())),
+            },
+        ));
+    }
     if !h.virtualization.container_markers.is_empty() {
         rows.push(("Container", h.virtualization.container_markers.join(", ")));
     }
@@ -156,27 +175,24 @@ pub fn machine_rows(f: &Facts) -> Vec<(&'static str, String)> {
     rows
 }
 
-pub const GPU_HEADER: [&str; 7] = [
-    "BUS ID",
-    "NAME",
-    "LINK NOW",
-    "LINK MAX",
-    "BAR1",
-    "NUMA",
-    "DRIVER / IOMMU",
+pub const GPU_HEADER: [&str; 8] = [
+    "BUS ID", "NAME", "LINK NOW", "LINK MAX", "BAR1", "NUMA", "DRIVER", "IOMMU",
 ];
 
-/// One row per GPU, in the order of [`GPU_HEADER`].
-pub fn gpu_rows(f: &Facts) -> Vec<[String; 7]> {
+/// One row per GPU, in the order of [`GPU_HEADER`]. Bus ids lose their domain when every GPU
+/// is in domain 0000 (as lspci shows them), and names their "NVIDIA " prefix, so that the
+/// table fits 80 columns.
+pub fn gpu_rows(f: &Facts) -> Vec<[String; 8]> {
     let Some(topo) = f.pci.known() else {
         return Vec::new();
     };
+    let one_domain = topo.gpus.iter().all(|g| g.bdf.starts_with("0000:"));
     topo.gpus
         .iter()
         .map(|g| {
             let iommu = match g.iommu_group.known() {
                 Some(Some(grp)) => format!(
-                    "group {} {}",
+                    "{} {}",
                     grp.id,
                     grp.domain_type.known().map_or("?", |s| s.as_str())
                 ),
@@ -188,12 +204,18 @@ pub fn gpu_rows(f: &Facts) -> Vec<[String; 7]> {
                 Some(None) => "none".into(),
                 None => "?".into(),
             };
+            let bdf = match g.bdf.strip_prefix("0000:") {
+                Some(short) if one_domain => short.to_string(),
+                _ => g.bdf.clone(),
+            };
+            let name = g
+                .name
+                .known()
+                .map(|n| n.strip_prefix("NVIDIA ").unwrap_or(n).to_string())
+                .unwrap_or_else(|| format!("10de:{:04x}", g.device_id));
             [
-                g.bdf.clone(),
-                g.name
-                    .known()
-                    .cloned()
-                    .unwrap_or_else(|| format!("10de:{:04x}", g.device_id)),
+                bdf,
+                name,
                 g.link.describe_current(),
                 g.link.describe_max(),
                 g.bar1_bytes.known().map_or("?".into(), |b| {
@@ -205,12 +227,13 @@ pub fn gpu_rows(f: &Facts) -> Vec<[String; 7]> {
                 }),
                 g.numa_node.known().map_or("?".into(), |n| {
                     if *n < 0 {
-                        "-".into()
+                        "none".into()
                     } else {
                         n.to_string()
                     }
                 }),
-                format!("{driver} / {iommu}"),
+                driver,
+                iommu,
             ]
         })
         .collect()

@@ -169,7 +169,7 @@ fn causes(facts: &Facts, kb: &Knowledge, a: &Gpu, b: &Gpu) -> Causes {
                         "PCIe ACS redirects peer traffic on {} between them (see acs-redirect)",
                         redirecting.join(", ")
                     ),
-                    vec!["disable ACS redirection on those bridges: the commands are under acs-redirect".into()],
+                    vec![crate::report::fixes_of("acs-redirect")],
                 ));
             } else if unread > 0 {
                 c.notes.push(format!(

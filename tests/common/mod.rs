@@ -130,7 +130,10 @@ pub struct Run {
     pub code: i32,
     pub report: Value,
     pub took: Duration,
+    /// The whole text report (--verbose).
     pub text: String,
+    /// The default screen.
+    pub screen: String,
 }
 
 /// `rigdoctor COMMAND --gpu` on `sysroot` with the fake driver emulating `fake`: once as
@@ -151,16 +154,21 @@ pub fn run_gpu(command: &str, sysroot: &Rig, fake: &Value, args: &[&str]) -> Run
     let report: Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
     std::fs::write(&report_file, &out.stdout).unwrap();
-    let text = rigdoctor()
-        .args(["diagnose", "--color", "never"])
-        .arg(&report_file)
-        .output()
-        .unwrap();
+    let render = |extra: &[&str]| {
+        let out = rigdoctor()
+            .args(["diagnose", "--color", "never"])
+            .args(extra)
+            .arg(&report_file)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
     Run {
         code: out.status.code().unwrap(),
         report,
         took,
-        text: String::from_utf8_lossy(&text.stdout).into_owned(),
+        text: render(&["--verbose"]),
+        screen: render(&[]),
     }
 }
 

@@ -141,6 +141,7 @@ pub fn collect(
     // A hung cuInit hangs every later CUDA step too: one deadline is enough.
     dog.gates = vec![Step::CudaInventory];
     dog.skip_after_hang = Box::new(skip_after_hang);
+    dog.side_by_side = Box::new(pair_devices);
     let started = std::time::Instant::now();
     let run = dog.run(&steps, progress);
     let wall_s = started.elapsed().as_secs_f64();
@@ -213,18 +214,38 @@ pub fn collect(
 }
 
 /// One deadline per GPU pair in the P2P verification: after a to b hung, b to a is not tried
-/// (said as not run, never as passed). Bandwidth steps are all measured: there the other
-/// direction's figure is the point, and a hang there may be one-way.
+/// (said as not run, never as passed). The bandwidth battery then skips that pair's P2P
+/// copies (both directions, the copy engine and the SM kernel): they take the same path that
+/// just hung. Its staged copies, through host memory, still run: they are the control.
 fn skip_after_hang(hung: &Step, next: &Step) -> Option<String> {
-    let pair = |s: &Step| match s {
-        Step::P2pPair { from, to } => Some((*from, *to)),
-        _ => None,
+    let Step::P2pPair { from: a, to: b } = hung else {
+        return None;
     };
-    let (a, b) = pair(hung)?;
-    let (c, d) = pair(next)?;
-    let same_pair = (a, b) == (c, d) || (a, b) == (d, c);
-    (same_pair && hung != next)
-        .then(|| format!("not tried: P2P {a}->{b} hung, so this pair costs one deadline, not two"))
+    let (a, b) = (*a, *b);
+    let same_pair = |c: i32, d: i32| (a, b) == (c, d) || (a, b) == (d, c);
+    match next {
+        Step::P2pPair { from, to } if same_pair(*from, *to) && hung != next => Some(format!(
+            "not tried: P2P {a}->{b} hung, so this pair costs one deadline, not two"
+        )),
+        Step::Bandwidth(s) if s.kind == crate::facts::Kind::P2p => match (s.from, s.to) {
+            (Some(c), Some(d)) if same_pair(c, d) => Some(format!(
+                "not measured: P2P {a}->{b} hung in the P2P test; the same path would hang again"
+            )),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The GPUs a P2P pair test uses: after a hang, pairs on disjoint GPUs are tested side by side,
+/// each in a worker of its own, so an 8-GPU rig where every pair hangs pays 7 rounds of
+/// deadlines, not 28 (both directions of a pair stay together, in one worker). Nothing else
+/// runs side by side: bandwidth figures would then measure the contention.
+fn pair_devices(step: &Step) -> Option<Vec<i32>> {
+    match step {
+        Step::P2pPair { from, to } => Some(vec![(*from).min(*to), (*from).max(*to)]),
+        _ => None,
+    }
 }
 
 /// Deadlines of the measurement steps: a bandwidth step may move its bytes at 0.2 GB/s (a slow

@@ -105,6 +105,9 @@ fn measurements(
                 error: format!("worker protocol: unexpected answer {other:?}"),
             })
         }
+        Outcome::Failed(crate::facts::StepError::NotRun { because }) => {
+            return each(BwOutcome::Skipped { reason: because })
+        }
         Outcome::Failed(e) => {
             return each(BwOutcome::Failed {
                 error: e.to_string(),
