@@ -23,7 +23,7 @@ impl Allow {
             Some((id, bus)) => (id, Some(bus.to_ascii_lowercase())),
             None => (spec, None),
         };
-        if !crate::rules::finding_ids().any(|known| known == id) {
+        if crate::code::Code::from_id(id).is_none() {
             return Err(format!(
                 "{spec:?}: no finding has the id {id:?} (the ids are in docs/findings.md)"
             ));
@@ -144,7 +144,7 @@ mod tests {
             .contains("PCI address"));
         let one = vec![Allow::parse("p2p-hang@0000:0A:00.0", "--allow").unwrap()];
         let f = |gpus: &[&str]| {
-            let mut f = Finding::new("p2p-hang", Severity::Error, "t");
+            let mut f = Finding::new(crate::code::Code::P2pHang, Severity::Error, "t");
             f.gpus = gpus.iter().map(|g| g.to_string()).collect();
             f
         };

@@ -1,5 +1,6 @@
 //! A finding: what is wrong, the evidence, and how to fix it (the shape of a rustc diagnostic).
 
+use crate::code::Code;
 use serde::{Deserialize, Serialize};
 
 #[derive(
@@ -34,7 +35,7 @@ impl Severity {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Finding {
-    /// Stable kebab-case id, documented in docs/findings.md.
+    /// Stable kebab-case id ([`Code::id`]), documented in docs/findings.md.
     pub id: String,
     pub severity: Severity,
     pub title: String,
@@ -53,9 +54,9 @@ pub struct Finding {
 }
 
 impl Finding {
-    pub fn new(id: &str, severity: Severity, title: impl Into<String>) -> Self {
+    pub fn new(code: Code, severity: Severity, title: impl Into<String>) -> Self {
         Finding {
-            id: id.to_string(),
+            id: code.id().to_string(),
             severity,
             title: title.into(),
             evidence: Vec::new(),
@@ -64,6 +65,11 @@ impl Finding {
             allowed: None,
             gpus: Vec::new(),
         }
+    }
+
+    /// The code of this finding's id (None only for a saved report from another version).
+    pub fn code(&self) -> Option<Code> {
+        Code::from_id(&self.id)
     }
 
     pub fn evidence(mut self, e: impl Into<String>) -> Self {

@@ -119,7 +119,8 @@ mod tests {
     use super::*;
 
     fn finding(id: &str, sev: Severity, fixes: &[&str]) -> Finding {
-        let mut f = Finding::new(id, sev, "t");
+        let code = crate::code::Code::from_id(id).unwrap();
+        let mut f = Finding::new(code, sev, "t");
         for x in fixes {
             f = f.fix(*x);
         }

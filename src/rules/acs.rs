@@ -2,6 +2,7 @@
 
 use super::topology::{bridges_between, pairs};
 use super::{gpus, kernel_param_fix, KERNEL_PARAMS, NCCL_TROUBLESHOOTING};
+use crate::code::Code;
 use crate::facts::{Acs, Facts, Probed};
 use crate::finding::{Finding, Severity};
 use crate::knowledge::Knowledge;
@@ -68,7 +69,7 @@ pub fn redirect(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
     gpus.sort();
     gpus.dedup();
     let mut f = Finding::new(
-        "acs-redirect",
+        Code::AcsRedirect,
         Severity::Warn,
         "PCIe ACS redirects peer-to-peer traffic between GPUs up to the CPU: P2P is slow or hangs",
     )
@@ -150,7 +151,7 @@ pub fn not_checked(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
         return Vec::new();
     }
     let mut f = Finding::new(
-        "acs-not-checked",
+        Code::AcsNotChecked,
         Severity::Info,
         "ACS on the bridges between GPUs was not checked",
     )

@@ -1,6 +1,7 @@
 //! PCIe Advanced Error Reporting counters on the GPUs and the bridges above them.
 
 use super::{gpu_label, KERNEL_SYSFS_PCI};
+use crate::code::Code;
 use crate::facts::{Aer, Facts};
 use crate::finding::{Finding, Severity};
 use crate::knowledge::Knowledge;
@@ -47,7 +48,7 @@ pub fn errors(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
                 ),
             )
         };
-        let mut f = Finding::new("pcie-aer-errors", severity, title).gpus([g.bdf.clone()]);
+        let mut f = Finding::new(Code::PcieAerErrors, severity, title).gpus([g.bdf.clone()]);
         for (name, a) in bad {
             f = f.evidence(format!(
                 "{name}: since boot {} correctable, {} non-fatal, {} fatal ({})",

@@ -4,6 +4,7 @@
 
 use super::p2p::{device_label, explain};
 use super::KERNEL_SYSFS_PCI;
+use crate::code::Code;
 use crate::expect::{capable_link, expectation, low_fraction, slower_than_staged, staged_of};
 use crate::facts::{
     normalize_bus_id, BandwidthFacts, BwOutcome, Facts, Kind, LinkUnderLoad, Measurement,
@@ -82,7 +83,7 @@ pub fn link_degraded(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
         let full = crate::facts::pcie_gbps(mg, mw).unwrap_or(0.0);
         let now = crate::facts::pcie_gbps(g, w).unwrap_or(0.0);
         let mut f = Finding::new(
-            "pcie-link-degraded",
+            Code::PcieLinkDegraded,
             Severity::Warn,
             format!("{label} ran its PCIe link at {what} while copies ran"),
         )
@@ -166,7 +167,7 @@ pub fn replay_errors(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
             continue;
         }
         let mut f = Finding::new(
-            "pcie-replay-errors",
+            Code::PcieReplayErrors,
             Severity::Warn,
             format!("{label}'s PCIe link retransmitted packets while copies ran"),
         )
@@ -323,7 +324,7 @@ pub fn low(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
                     vec![ix],
                 ),
             };
-            let mut f = Finding::new("bandwidth-low", Severity::Warn, title).gpus(gpus);
+            let mut f = Finding::new(Code::BandwidthLow, Severity::Warn, title).gpus(gpus);
             for l in lines {
                 f = f.evidence(l);
             }
@@ -370,7 +371,7 @@ pub fn slower_than_host(facts: &Facts, kb: &Knowledge) -> Vec<Finding> {
             let (la, ia) = device_label(facts, from);
             let (lb, ib) = device_label(facts, to);
             let mut f = Finding::new(
-                "p2p-slower-than-host",
+                Code::P2pSlowerThanHost,
                 Severity::Warn,
                 format!("P2P between {la} and {lb} is slower than copying through host memory"),
             )
@@ -414,7 +415,7 @@ pub fn throttling(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
             let names = brake_names(l.throttle_reasons);
             let thermal = l.throttle_reasons & (0x20 | 0x40 | 0x8) != 0;
             let mut f = Finding::new(
-                "throttling",
+                Code::Throttling,
                 Severity::Warn,
                 format!("{label} was braked while copies ran: {}", names.join(", ")),
             )
@@ -461,7 +462,11 @@ pub fn failures(facts: &Facts, kb: &Knowledge) -> Vec<Finding> {
         }
         let (id, sev, what, detail) = match &m.outcome {
             BwOutcome::Corrupt { mismatch } => (
-                if p2p { "p2p-corrupt" } else { "copy-corrupt" },
+                if p2p {
+                    Code::P2pCorrupt
+                } else {
+                    Code::CopyCorrupt
+                },
                 Severity::Error,
                 "delivered wrong data",
                 format!(
@@ -470,7 +475,11 @@ pub fn failures(facts: &Facts, kb: &Knowledge) -> Vec<Finding> {
                 ),
             ),
             BwOutcome::Hang { stage } => (
-                if p2p { "p2p-hang" } else { "gpu-copy-failed" },
+                if p2p {
+                    Code::P2pHang
+                } else {
+                    Code::GpuCopyFailed
+                },
                 Severity::Error,
                 "never finished",
                 format!(
@@ -482,7 +491,11 @@ pub fn failures(facts: &Facts, kb: &Knowledge) -> Vec<Finding> {
                 ),
             ),
             BwOutcome::Failed { error } => (
-                if p2p { "p2p-error" } else { "gpu-copy-failed" },
+                if p2p {
+                    Code::P2pError
+                } else {
+                    Code::GpuCopyFailed
+                },
                 Severity::Error,
                 "failed",
                 error.clone(),

@@ -1,6 +1,7 @@
 //! BAR1 aperture size (Resizable BAR).
 
 use super::{gpu_label, gpus};
+use crate::code::Code;
 use crate::facts::Facts;
 use crate::finding::{Finding, Severity};
 use crate::knowledge::Knowledge;
@@ -21,7 +22,7 @@ pub fn small_bar1(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
         return Vec::new();
     }
     let mut f = Finding::new(
-        "small-bar1",
+        Code::SmallBar1,
         Severity::Info,
         "Resizable BAR is off: BAR1 exposes 256 MiB or less of GPU memory",
     )

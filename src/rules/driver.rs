@@ -1,6 +1,7 @@
 //! The NVIDIA driver: loaded at all, bound to each GPU, and known-bad releases.
 
 use super::{gpu_label, gpus};
+use crate::code::Code;
 use crate::facts::{Facts, GpuPci};
 use crate::finding::{Finding, Severity};
 use crate::knowledge::{is_geforce, DriverEntry, Knowledge, Version};
@@ -31,7 +32,7 @@ pub fn not_loaded(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
             .known()
             .is_some_and(|k| k.to_ascii_lowercase().contains("microsoft"));
         let mut f = Finding::new(
-            "driver-not-loaded",
+            Code::DriverNotLoaded,
             Severity::Info,
             format!(
                 "CUDA works ({cuda_gpus} GPU(s)), but the NVIDIA kernel module is not visible here{}: the checks that read it did not run",
@@ -58,7 +59,7 @@ pub fn not_loaded(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
     } else {
         "the NVIDIA driver is not loaded: CUDA, NVML and NCCL cannot run"
     };
-    let mut f = Finding::new("driver-not-loaded", Severity::Error, title)
+    let mut f = Finding::new(Code::DriverNotLoaded, Severity::Error, title)
         .evidence("/proc/driver/nvidia/version and /sys/module/nvidia are absent")
         .gpus(gpus.iter().map(|g| g.bdf.clone()))
         .refs([NVIDIA_INSTALL]);
@@ -104,7 +105,7 @@ pub fn nouveau_bound(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
         return Vec::new();
     }
     let mut f = Finding::new(
-        "nouveau-bound",
+        Code::NouveauBound,
         Severity::Error,
         "the open-source nouveau driver holds the GPU: CUDA cannot use it",
     )
@@ -130,14 +131,14 @@ pub fn gpu_not_bound(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
     for g in gpus(facts) {
         let f = match g.driver.known() {
             Some(None) => Finding::new(
-                "gpu-not-bound",
+                Code::GpuNotBound,
                 Severity::Warn,
                 format!("GPU {} has no driver bound: CUDA cannot see it", g.bdf),
             )
             .evidence(format!("{}: no /sys/bus/pci/devices/{}/driver link, although the nvidia module is loaded", gpu_label(g), g.bdf))
             .fix("read why the driver refused it: sudo dmesg | grep -i -e nvrm -e nvidia (e.g. 'fallen off the bus', or a GPU too new or too old for this driver branch)"),
             Some(Some(d)) if d.starts_with("vfio") || d == "pci-stub" => Finding::new(
-                "gpu-not-bound",
+                Code::GpuNotBound,
                 Severity::Info,
                 format!("GPU {} is reserved for VM passthrough ({d}): CUDA on this host cannot see it", g.bdf),
             )
@@ -272,7 +273,7 @@ pub fn known_bad_matches<'k>(
         } else {
             entry.severity.min(Severity::Warn)
         };
-        let mut f = Finding::new("driver-known-bad", severity, entry.title.clone())
+        let mut f = Finding::new(Code::DriverKnownBad, severity, entry.title.clone())
             .evidence(format!(
                 "driver {version} ({source}) is in the affected range {}",
                 entry.describe_range()

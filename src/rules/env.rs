@@ -1,6 +1,7 @@
 //! Shared memory and environment settings that change what NCCL does.
 
 use super::{gpus, NCCL_TROUBLESHOOTING};
+use crate::code::Code;
 use crate::facts::{Facts, Probed};
 use crate::finding::{Finding, Severity};
 use crate::knowledge::Knowledge;
@@ -26,7 +27,7 @@ pub fn shm_too_small(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
         _ => return Vec::new(),
     };
     let markers = &facts.host.virtualization.container_markers;
-    let mut f = Finding::new("shm-too-small", Severity::Warn, title)
+    let mut f = Finding::new(Code::ShmTooSmall, Severity::Warn, title)
         .evidence(evidence)
         .refs([NCCL_TROUBLESHOOTING]);
     if markers.is_empty() {
@@ -138,7 +139,7 @@ pub fn nccl_env_override(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
         .max()
         .unwrap_or(Severity::Info);
     let mut f = Finding::new(
-        "nccl-env-override",
+        Code::NcclEnvOverride,
         severity,
         "environment settings override NCCL's own choices",
     )

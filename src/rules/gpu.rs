@@ -1,6 +1,7 @@
 //! What the NVML and CUDA inventories say about the driver stack and device numbering.
 
 use super::gpus;
+use crate::code::Code;
 use crate::facts::{Facts, GpuRuntime, Library, Probed, Why};
 use crate::finding::{Finding, Severity};
 use crate::knowledge::Knowledge;
@@ -67,7 +68,7 @@ pub fn driver_library_mismatch(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
         return Vec::new();
     }
     let mut f = Finding::new(
-        "driver-library-mismatch",
+        Code::DriverLibraryMismatch,
         Severity::Error,
         "the loaded NVIDIA kernel module and the user-space driver libraries are from different releases",
     )
@@ -114,7 +115,7 @@ pub fn cuda_unavailable(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
         Why::Hang => "CUDA initialisation hung: the GPU or the driver does not answer",
         _ => "the CUDA driver cannot be used, although the NVIDIA kernel module is loaded",
     };
-    let f = Finding::new("cuda-unavailable", Severity::Error, title)
+    let f = Finding::new(Code::CudaUnavailable, Severity::Error, title)
         .gpus(gpus(facts).iter().map(|g| g.bdf.clone()));
     vec![library_help(f, &rt.cuda, why, d, "libcuda")
         .refs(["https://docs.nvidia.com/cuda/cuda-driver-api/group__CUDA__TYPES.html"])]
@@ -131,7 +132,7 @@ pub fn nvml_unavailable(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
         return Vec::new();
     }
     let f = Finding::new(
-        "nvml-unavailable",
+        Code::NvmlUnavailable,
         Severity::Warn,
         "NVML (the library behind nvidia-smi) cannot be used: GPU link, BAR1 and power facts are missing",
     );
@@ -173,7 +174,7 @@ pub fn device_order_mismatch(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
         return Vec::new();
     }
     let mut f = Finding::new(
-        "device-order-mismatch",
+        Code::DeviceOrderMismatch,
         Severity::Warn,
         "CUDA numbers the GPUs differently from nvidia-smi: cuda:N is not nvidia-smi's GPU N",
     )
@@ -202,7 +203,7 @@ pub fn persistence_off(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
         return Vec::new();
     }
     vec![Finding::new(
-        "persistence-off",
+        Code::PersistenceOff,
         Severity::Info,
         "persistence mode is off: each CUDA job start re-initialises the GPUs (seconds)",
     )

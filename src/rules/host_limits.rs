@@ -2,6 +2,7 @@
 //! command line that makes GPU steps fail or time out. When one explains the failures, the
 //! GPU and P2P findings say nothing of them: the GPU is not blamed for the shell's limit.
 
+use crate::code::Code;
 use crate::facts::{
     AllReduceOutcome, BwOutcome, Facts, GpuRuntime, PairOutcome, Probed, Why, WorkerExit,
 };
@@ -83,7 +84,7 @@ pub fn timeout_too_short(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
         return Vec::new();
     };
     vec![Finding::new(
-        "timeout-too-short",
+        Code::TimeoutTooShort,
         Severity::Warn,
         format!(
             "--timeout {d} s is too short to tell a hang from a slow start: the GPU steps killed at it are not checked"
@@ -123,7 +124,7 @@ pub fn address_space_limited(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
             ),
         )
     };
-    let mut f = Finding::new("address-space-limited", severity, title).evidence(format!(
+    let mut f = Finding::new(Code::AddressSpaceLimited, severity, title).evidence(format!(
         "RLIMIT_AS of rigdoctor and its GPU worker: {limit} bytes (soft limit)"
     ));
     if failed {

@@ -1,6 +1,7 @@
 //! IOMMU translation of GPU DMA, which breaks or slows peer-to-peer on many boards.
 
 use super::{gpu_label, gpus, kernel_param_fix, KERNEL_PARAMS, NCCL_TROUBLESHOOTING};
+use crate::code::Code;
 use crate::facts::{Facts, Probed};
 use crate::finding::{Finding, Severity};
 use crate::knowledge::Knowledge;
@@ -30,7 +31,7 @@ pub fn translation(facts: &Facts, kb: &Knowledge) -> Vec<Finding> {
         return Vec::new();
     }
     let mut f = Finding::new(
-        "iommu-translation",
+        Code::IommuTranslation,
         Severity::Warn,
         "the IOMMU translates GPU DMA: peer-to-peer copies can hang, return garbage or crawl",
     )

@@ -2,6 +2,7 @@
 
 use super::topology::links_of;
 use super::{gpu_label, KERNEL_SYSFS_PCI};
+use crate::code::Code;
 use crate::facts::{describe_link, Facts, GpuPci, Link, PciTopology};
 use crate::finding::{Finding, Severity};
 use crate::knowledge::Knowledge;
@@ -58,7 +59,7 @@ pub fn degraded(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
         }
         out.push(
             Finding::new(
-                "pcie-link-degraded",
+                Code::PcieLinkDegraded,
                 Severity::Warn,
                 format!("PCIe link of {} trained at x{cur}, though both ends support x{capable}", end(l.device, l.is_gpu)),
             )
@@ -114,7 +115,7 @@ pub fn slot_limited(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
         return Vec::new();
     }
     let mut f = Finding::new(
-        "pcie-slot-limited",
+        Code::PcieSlotLimited,
         Severity::Info,
         format!("{} PCIe link(s) are limited by the slot, not the card", evidence.len()),
     )

@@ -20,6 +20,7 @@ mod unread;
 mod virt;
 mod worker;
 
+use crate::code::Code;
 use crate::facts::{Facts, GpuPci};
 use crate::finding::Finding;
 use crate::knowledge::Knowledge;
@@ -28,86 +29,93 @@ type Rule = fn(&Facts, &Knowledge) -> Vec<Finding>;
 
 /// Every rule with the finding ids it may emit, each documented in docs/findings.md. A rule
 /// emitting an id it did not register is a bug: debug builds (every test) stop on it.
-const RULES: &[(&[&str], Rule)] = &[
-    (&["driver-not-loaded"], driver::not_loaded),
-    (&["nouveau-bound"], driver::nouveau_bound),
-    (&["gpu-not-bound"], driver::gpu_not_bound),
-    (&["driver-known-bad"], driver::known_bad),
-    (&["driver-library-mismatch"], gpu::driver_library_mismatch),
-    (&["cuda-unavailable"], gpu::cuda_unavailable),
-    (&["nvml-unavailable"], gpu::nvml_unavailable),
-    (&["device-order-mismatch"], gpu::device_order_mismatch),
-    (&["persistence-off"], gpu::persistence_off),
-    (&["gpu-copy-failed"], p2p::gpu_copy_failed),
-    (&["p2p-corrupt"], p2p::corrupt),
-    (&["p2p-error"], p2p::error),
-    (&["copy-corrupt"], p2p::copy_corrupt),
-    (&["p2p-hang"], p2p::hang),
-    (&["p2p-enable-failed"], p2p::enable_failed),
-    (&["p2p-not-supported"], p2p::not_supported),
-    (&["nvlink-inactive"], p2p::nvlink_inactive),
-    (&["iommu-translation"], iommu::translation),
-    (&["acs-redirect"], acs::redirect),
-    (&["acs-not-checked"], acs::not_checked),
-    (&["pcie-link-degraded"], link::degraded),
-    (&["pcie-link-degraded"], bandwidth::link_degraded),
-    (&["pcie-replay-errors"], bandwidth::replay_errors),
-    (&["bandwidth-low"], bandwidth::low),
-    (&["p2p-slower-than-host"], bandwidth::slower_than_host),
-    (&["throttling"], bandwidth::throttling),
+const RULES: &[(&[Code], Rule)] = &[
+    (&[Code::DriverNotLoaded], driver::not_loaded),
+    (&[Code::NouveauBound], driver::nouveau_bound),
+    (&[Code::GpuNotBound], driver::gpu_not_bound),
+    (&[Code::DriverKnownBad], driver::known_bad),
+    (&[Code::DriverLibraryMismatch], gpu::driver_library_mismatch),
+    (&[Code::CudaUnavailable], gpu::cuda_unavailable),
+    (&[Code::NvmlUnavailable], gpu::nvml_unavailable),
+    (&[Code::DeviceOrderMismatch], gpu::device_order_mismatch),
+    (&[Code::PersistenceOff], gpu::persistence_off),
+    (&[Code::GpuCopyFailed], p2p::gpu_copy_failed),
+    (&[Code::P2pCorrupt], p2p::corrupt),
+    (&[Code::P2pError], p2p::error),
+    (&[Code::CopyCorrupt], p2p::copy_corrupt),
+    (&[Code::P2pHang], p2p::hang),
+    (&[Code::P2pEnableFailed], p2p::enable_failed),
+    (&[Code::P2pNotSupported], p2p::not_supported),
+    (&[Code::NvlinkInactive], p2p::nvlink_inactive),
+    (&[Code::IommuTranslation], iommu::translation),
+    (&[Code::AcsRedirect], acs::redirect),
+    (&[Code::AcsNotChecked], acs::not_checked),
+    (&[Code::PcieLinkDegraded], link::degraded),
+    (&[Code::PcieLinkDegraded], bandwidth::link_degraded),
+    (&[Code::PcieReplayErrors], bandwidth::replay_errors),
+    (&[Code::BandwidthLow], bandwidth::low),
+    (&[Code::P2pSlowerThanHost], bandwidth::slower_than_host),
+    (&[Code::Throttling], bandwidth::throttling),
     (
         &[
-            "p2p-corrupt",
-            "copy-corrupt",
-            "p2p-hang",
-            "p2p-error",
-            "gpu-copy-failed",
+            Code::P2pCorrupt,
+            Code::CopyCorrupt,
+            Code::P2pHang,
+            Code::P2pError,
+            Code::GpuCopyFailed,
         ],
         bandwidth::failures,
     ),
-    (&["pcie-slot-limited"], link::slot_limited),
-    (&["pcie-aer-errors"], aer::errors),
-    (&["small-bar1"], bar::small_bar1),
-    (&["virtual-machine"], virt::virtual_machine),
-    (&["nccl-not-found"], nccl::not_found),
-    (&["nccl-hang"], nccl::hang),
-    (&["nccl-error"], nccl::error),
-    (&["nccl-wrong-result"], nccl::wrong_result),
-    (&["nccl-known-bad"], nccl::known_bad),
-    (&["nccl-slow"], nccl::slow),
-    (&["shm-too-small"], env::shm_too_small),
-    (&["nccl-env-override"], env::nccl_env_override),
-    (&["not-checked"], unread::not_checked),
-    (&["p2p-not-tested"], unread::p2p_not_tested),
-    (&["worker-crashed"], worker::crashed),
-    (&["worker-exit-failed"], worker::exit_failed),
-    (&["timeout-too-short"], host_limits::timeout_too_short),
+    (&[Code::PcieSlotLimited], link::slot_limited),
+    (&[Code::PcieAerErrors], aer::errors),
+    (&[Code::SmallBar1], bar::small_bar1),
+    (&[Code::VirtualMachine], virt::virtual_machine),
+    (&[Code::NcclNotFound], nccl::not_found),
+    (&[Code::NcclHang], nccl::hang),
+    (&[Code::NcclError], nccl::error),
+    (&[Code::NcclWrongResult], nccl::wrong_result),
+    (&[Code::NcclKnownBad], nccl::known_bad),
+    (&[Code::NcclSlow], nccl::slow),
+    (&[Code::ShmTooSmall], env::shm_too_small),
+    (&[Code::NcclEnvOverride], env::nccl_env_override),
+    (&[Code::NotChecked], unread::not_checked),
+    (&[Code::P2pNotTested], unread::p2p_not_tested),
+    (&[Code::WorkerCrashed], worker::crashed),
+    (&[Code::WorkerExitFailed], worker::exit_failed),
+    (&[Code::TimeoutTooShort], host_limits::timeout_too_short),
     (
-        &["address-space-limited"],
+        &[Code::AddressSpaceLimited],
         host_limits::address_space_limited,
     ),
 ];
 
 /// The ids this version can emit.
 pub fn finding_ids() -> impl Iterator<Item = &'static str> {
-    let mut ids: Vec<&'static str> = RULES
+    let mut ids: Vec<Code> = RULES
         .iter()
-        .flat_map(|(ids, _)| ids.iter().copied())
+        .flat_map(|(codes, _)| codes.iter().copied())
         .collect();
     ids.sort_unstable();
     ids.dedup();
-    ids.into_iter()
+    ids.into_iter().map(Code::id)
 }
 
 /// Run every rule; findings sorted by severity (worst first), then id, then GPU.
 pub fn diagnose(facts: &Facts, kb: &Knowledge) -> Vec<Finding> {
     let mut out: Vec<Finding> = Vec::new();
-    for (ids, rule) in RULES {
+    for (codes, rule) in RULES {
         for f in rule(facts, kb) {
             debug_assert!(
-                ids.contains(&f.id.as_str()),
+                f.code().is_some_and(|c| codes.contains(&c)),
                 "{} is not registered for its rule",
                 f.id
+            );
+            debug_assert!(
+                f.code()
+                    .is_some_and(|c| c.severities().contains(&f.severity)),
+                "{} at {:?} is not one of its code's severities",
+                f.id,
+                f.severity
             );
             out.push(f);
         }
@@ -148,27 +156,15 @@ const KERNEL_SYSFS_PCI: &str = "https://docs.kernel.org/ABI/testing/sysfs-bus-pc
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn every_rule_id_is_documented() {
-        let doc = include_str!("../../docs/findings.md");
-        for id in super::finding_ids() {
-            assert!(
-                doc.contains(&format!("## `{id}`")),
-                "{id} missing from docs/findings.md"
-            );
-        }
-    }
+    use super::*;
 
+    /// Every code is emitted by some rule (docs/findings.md is checked against the codes in
+    /// `crate::code`).
     #[test]
-    fn every_documented_id_is_a_rule_id() {
-        let doc = include_str!("../../docs/findings.md");
-        let ids: Vec<&str> = super::finding_ids().collect();
-        for line in doc.lines().filter(|l| l.starts_with("## `")) {
-            let id = line.trim_start_matches("## `").trim_end_matches('`');
-            assert!(
-                ids.contains(&id),
-                "docs/findings.md documents {id:?}, which no rule emits"
-            );
+    fn every_code_has_a_rule() {
+        let registered: Vec<&str> = finding_ids().collect();
+        for c in Code::ALL {
+            assert!(registered.contains(&c.id()), "no rule emits {c}");
         }
     }
 }

@@ -2,6 +2,7 @@
 //! wrong sums, and NCCL releases known to be broken for these GPUs.
 
 use super::p2p::{device_label, explain};
+use crate::code::Code;
 use crate::facts::{AllReduceOutcome, Facts, NcclFacts, Probed, Why};
 use crate::finding::{Finding, Severity};
 use crate::knowledge::{Knowledge, Version};
@@ -59,7 +60,7 @@ pub fn not_found(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
         return Vec::new();
     };
     vec![Finding::new(
-        "nccl-not-found",
+        Code::NcclNotFound,
         Severity::Info,
         "NCCL not found: the all-reduce test did not run",
     )
@@ -72,16 +73,16 @@ pub fn not_found(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
 
 /// A collective (or NCCL's init) that did not finish within the deadline.
 pub fn hang(facts: &Facts, kb: &Knowledge) -> Vec<Finding> {
-    hang_or_error(facts, kb, "nccl-hang")
+    hang_or_error(facts, kb, Code::NcclHang)
 }
 
 /// NCCL init or a collective returned an error.
 pub fn error(facts: &Facts, kb: &Knowledge) -> Vec<Finding> {
-    hang_or_error(facts, kb, "nccl-error")
+    hang_or_error(facts, kb, Code::NcclError)
 }
 
 /// The library was found, but NCCL (init or a collective) failed or hung: finding `which`.
-fn hang_or_error(facts: &Facts, kb: &Knowledge, which: &str) -> Vec<Finding> {
+fn hang_or_error(facts: &Facts, kb: &Knowledge, which: Code) -> Vec<Finding> {
     let Some(n) = nccl(facts) else {
         return Vec::new();
     };
@@ -133,12 +134,12 @@ fn hang_or_error(facts: &Facts, kb: &Knowledge, which: &str) -> Vec<Finding> {
     let (a, b) = (n.devices.first().copied(), n.devices.get(1).copied());
     for (id, lines, title) in [
         (
-            "nccl-hang",
+            Code::NcclHang,
             hung,
             "NCCL all-reduce hangs: a job using NCCL (DDP, FSDP, torchrun) freezes",
         ),
         (
-            "nccl-error",
+            Code::NcclError,
             errors,
             "NCCL failed: a job using NCCL fails at init or at its first collective",
         ),
@@ -218,7 +219,7 @@ pub fn wrong_result(facts: &Facts, kb: &Knowledge) -> Vec<Finding> {
         return Vec::new();
     }
     let mut f = Finding::new(
-        "nccl-wrong-result",
+        Code::NcclWrongResult,
         Severity::Error,
         "NCCL all-reduce returned wrong sums: training on this rig silently corrupts gradients",
     )
@@ -270,7 +271,7 @@ pub fn known_bad(facts: &Facts, kb: &Knowledge) -> Vec<Finding> {
                 || e.compute_capabilities.iter().any(|c| ccs.contains(c))
         })
         .map(|e| {
-            let mut f = Finding::new("nccl-known-bad", e.severity, e.title.clone())
+            let mut f = Finding::new(Code::NcclKnownBad, e.severity, e.title.clone())
                 .gpus(gpus(facts, n))
                 .evidence(format!("NCCL {} loaded from {}", lib.version, lib.path))
                 .evidence(format!("symptom: {}", e.symptom))
@@ -349,7 +350,7 @@ pub fn slow(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
         return Vec::new();
     }
     vec![Finding::new(
-        "nccl-slow",
+        Code::NcclSlow,
         Severity::Warn,
         format!("NCCL all-reduce reaches {busbw:.1} GB/s bus bandwidth where the links measured predict about {slowest:.1}"),
     )

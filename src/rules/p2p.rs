@@ -2,6 +2,7 @@
 
 use super::topology::bridges_between;
 use super::{kernel_param_fix, NCCL_TROUBLESHOOTING};
+use crate::code::Code;
 use crate::facts::{
     Facts, GpuPci, Library, PairOutcome, PairTest, PathResult, Probed, TransferPath, Verdict,
 };
@@ -272,7 +273,7 @@ pub fn corrupt(facts: &Facts, kb: &Knowledge) -> Vec<Finding> {
         |t, r| !staged_bad(t) && matches!(r.verdict, Verdict::Mismatch(_)),
         |n, total| {
             Finding::new(
-                "p2p-corrupt",
+                Code::P2pCorrupt,
                 Severity::Error,
                 format!("peer-to-peer transfers deliver wrong data ({n} of {total} directions tested): training silently learns garbage or NCCL fails"),
             )
@@ -367,7 +368,7 @@ pub fn gpu_copy_failed(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
         return Vec::new();
     }
     let mut f = Finding::new(
-        "gpu-copy-failed",
+        Code::GpuCopyFailed,
         Severity::Error,
         "a GPU fails copies within itself: kernels or its memory do not work, whatever the P2P path",
     )
@@ -442,7 +443,7 @@ pub fn error(facts: &Facts, kb: &Knowledge) -> Vec<Finding> {
         |_, r| matches!(r.verdict, Verdict::Error { .. }),
         |n, total| {
             Finding::new(
-                "p2p-error",
+                Code::P2pError,
                 Severity::Error,
                 format!("peer-to-peer transfers fail with CUDA errors ({n} of {total} directions tested): jobs using P2P crash"),
             )
@@ -470,7 +471,7 @@ pub fn copy_corrupt(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
         return Vec::new();
     }
     let mut f = Finding::new(
-        "copy-corrupt",
+        Code::CopyCorrupt,
         Severity::Error,
         "copies between GPUs deliver wrong data even through host memory (peer access off): the GPUs, their memory or PCIe links are faulty, not P2P",
     )
@@ -514,7 +515,7 @@ pub fn hang(facts: &Facts, kb: &Knowledge) -> Vec<Finding> {
         |p| format!("{} s", p.deadline_s),
     );
     let mut f = Finding::new(
-        "p2p-hang",
+        Code::P2pHang,
         Severity::Error,
         format!(
             "peer-to-peer transfers hang ({} of {} directions tested): a job using P2P (NCCL, DDP) freezes after init",
@@ -595,7 +596,7 @@ pub fn enable_failed(facts: &Facts, kb: &Knowledge) -> Vec<Finding> {
     }
     let list: Vec<&PairTest> = failed.iter().map(|(t, _)| *t).collect();
     let mut f = Finding::new(
-        "p2p-enable-failed",
+        Code::P2pEnableFailed,
         Severity::Error,
         "CUDA reports peer access between GPUs but refuses to enable it: frameworks that trust the report fail",
     )
@@ -669,7 +670,7 @@ pub fn not_supported(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
     } else {
         "the driver grants no peer-to-peer between these GPUs: NCCL uses shared host memory instead (slower)"
     };
-    let mut f = Finding::new("p2p-not-supported", Severity::Info, title)
+    let mut f = Finding::new(Code::P2pNotSupported, Severity::Info, title)
         .gpus(bdfs)
         .refs([NCCL_ENV, "https://github.com/NVIDIA/nccl-tests/issues/287"]);
     for l in lines {
@@ -688,7 +689,7 @@ pub fn nvlink_inactive(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
         return Vec::new();
     };
     let mut f = Finding::new(
-        "nvlink-inactive",
+        Code::NvlinkInactive,
         Severity::Warn,
         "some NVLink links are down while others on the same GPU are up: the bridge is badly seated or faulty, and P2P bandwidth drops",
     )

@@ -1,6 +1,7 @@
 //! Unknown is never healthy: a fact the rules need that could not be read is said as such, so
 //! a run that could not look never ends in "no problems found".
 
+use crate::code::Code;
 use crate::facts::{Facts, Probed, Why};
 use crate::finding::{Finding, Severity};
 use crate::knowledge::Knowledge;
@@ -80,7 +81,7 @@ pub fn not_checked(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
         return Vec::new();
     }
     let mut f = Finding::new(
-        "not-checked",
+        Code::NotChecked,
         Severity::Warn,
         format!(
             "{} part(s) of the machine could not be read: the checks that need them did not run",
@@ -108,7 +109,7 @@ pub fn p2p_not_tested(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
         return Vec::new();
     }
     let mut f = Finding::new(
-        "p2p-not-tested",
+        Code::P2pNotTested,
         Severity::Info,
         "P2P transfers were not tested: the P2P workaround is accepted for this run",
     );

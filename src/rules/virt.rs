@@ -1,5 +1,6 @@
 //! Running inside a virtual machine.
 
+use crate::code::Code;
 use crate::facts::{Facts, Probed};
 use crate::finding::{Finding, Severity};
 use crate::knowledge::Knowledge;
@@ -47,7 +48,7 @@ pub fn virtual_machine(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
         return Vec::new();
     }
     let mut f = Finding::new(
-        "virtual-machine",
+        Code::VirtualMachine,
         Severity::Info,
         "running in a virtual machine: IOMMU, ACS and BAR settings that matter live on the host",
     )

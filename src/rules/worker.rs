@@ -3,6 +3,7 @@
 //! finished but crashed or hung on its way out (library teardown: a training job can hang the
 //! same way at exit).
 
+use crate::code::Code;
 use crate::facts::{Facts, WorkerExit, WorkerRecord};
 use crate::finding::{Finding, Severity};
 use crate::knowledge::Knowledge;
@@ -54,7 +55,7 @@ pub fn crashed(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
     }
     let steps: Vec<&str> = dead.iter().filter_map(|w| w.during.as_deref()).collect();
     let mut f = Finding::new(
-        "worker-crashed",
+        Code::WorkerCrashed,
         Severity::Error,
         format!(
             "the GPU test worker died while running {}: those results are missing",
@@ -95,7 +96,7 @@ pub fn exit_failed(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
         .any(|w| matches!(w.exit, WorkerExit::HungOnExit { .. }));
     let nccl = facts.gpu.as_ref().is_some_and(|g| g.nccl.is_some());
     let mut f = Finding::new(
-        "worker-exit-failed",
+        Code::WorkerExitFailed,
         Severity::Warn,
         if hung {
             "the GPU test worker hung on exit, after its last step: a training job may hang at exit the same way"
