@@ -672,37 +672,6 @@ fn the_story_reads_as_one_plan_with_the_driver_first() {
     assert!(text(hang).contains("install the 535 branch"));
 }
 
-/// Writes README.md's two example outputs to target/readme-examples/ (run with --ignored, then
-/// paste): the p2p story on the fake driver and the host checks of the captured tree.
-#[test]
-#[ignore]
-fn readme_examples() {
-    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/readme-examples");
-    std::fs::create_dir_all(&out).unwrap();
-    let (rig, fake) = x399_one_pair_hangs();
-    let dir = sysroot_of(&rig);
-    let live = on_fake(dir.path(), &fake)
-        .args([
-            "p2p",
-            "--gpu",
-            "--timeout",
-            "5",
-            "--color",
-            "never",
-            "--sysroot",
-        ])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    std::fs::write(out.join("p2p.txt"), live.stdout).unwrap();
-    let host = rigdoctor()
-        .args(["check", "--color", "never", "--sysroot"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    std::fs::write(out.join("host.txt"), host.stdout).unwrap();
-}
-
 #[test]
 fn allowed_findings_are_shown_but_never_counted() {
     let (rig, fake) = x399_one_pair_hangs();

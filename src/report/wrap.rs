@@ -26,14 +26,18 @@ pub fn wrap(first: &str, indent: &str, text: &str, width: usize) -> Vec<String> 
     wrap_then(first, indent, text, "", width)
 }
 
-/// [`wrap`] with `tail` (plain words, never part of a command) after `text`.
+/// [`wrap`] with `tail` after `text`: kept whole (never part of a command) when it fits a line.
 pub fn wrap_then(first: &str, indent: &str, text: &str, tail: &str, width: usize) -> Vec<String> {
     let mut words = tokens(text);
-    words.extend(
-        tail.split(' ')
-            .filter(|w| !w.is_empty())
-            .map(str::to_string),
-    );
+    if visible_width(tail) + visible_width(indent) <= width {
+        words.extend((!tail.is_empty()).then(|| tail.to_string()));
+    } else {
+        words.extend(
+            tail.split(' ')
+                .filter(|w| !w.is_empty())
+                .map(str::to_string),
+        );
+    }
     let mut lines = Vec::new();
     let mut line = first.to_string();
     let mut used = visible_width(first);
