@@ -1,6 +1,6 @@
 //! Running a command: probe or load facts, judge them, render, choose the exit code.
 
-use crate::cli::{Cli, ColorChoice, Command, GlobalArgs};
+use crate::cli::{Cli, ColorChoice, Command, GlobalArgs, GpuArgs};
 use crate::facts::{BandwidthConfig, Facts, Probed};
 use crate::knowledge::Knowledge;
 use crate::measure::gpu::NcclConfig;
@@ -36,18 +36,28 @@ fn try_run(cli: &Cli) -> Result<u8> {
         // Before any work: a bad -o must not cost a complete GPU run.
         crate::output::check_target(out, diagnose_input(cli))?;
     }
-    if matches!(cli.command, Command::Host | Command::Diagnose { .. }) {
-        // These commands touch no GPU: a GPU option there is a mistake, not a no-op.
-        let flag = if g.devices.is_some() {
-            Some("--devices")
-        } else if g.gpu {
-            Some("--gpu")
-        } else {
-            None
-        };
-        if let Some(flag) = flag {
-            bail!("{flag} applies to the GPU commands (check, p2p, bandwidth, nccl, watchdog-test), not to host or diagnose");
+    match &cli.command {
+        Command::Explain { id } => return explain(id.as_deref()),
+        Command::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(
+                *shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "rigdoctor",
+                &mut out,
+            );
+            print(&String::from_utf8_lossy(&out))?;
+            return Ok(EXIT_OK);
         }
+        Command::Man => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+                .render(&mut out)
+                .context("rendering the man page")?;
+            print(&String::from_utf8_lossy(&out))?;
+            return Ok(EXIT_OK);
+        }
+        _ => {}
     }
     // Before any work: a bad --allow or config must not cost a GPU run.
     let allows = if matches!(cli.command, Command::Worker) {
@@ -64,6 +74,7 @@ fn try_run(cli: &Cli) -> Result<u8> {
             let skip_p2p = p2p_disabled && crate::allow::Allow::unscoped(&allows, "p2p-hang");
             let mut facts = probe_machine(
                 g,
+                &a.gpu,
                 Battery {
                     p2p: !skip_p2p,
                     bandwidth: a.bandwidth(),
@@ -77,10 +88,11 @@ fn try_run(cli: &Cli) -> Result<u8> {
             }
             ("check", facts.into())
         }
-        Command::P2p => (
+        Command::P2p(gpu) => (
             "p2p",
             probe_machine(
                 g,
+                gpu,
                 Battery {
                     p2p: true,
                     ..Default::default()
@@ -92,6 +104,7 @@ fn try_run(cli: &Cli) -> Result<u8> {
             "bandwidth",
             probe_machine(
                 g,
+                &a.gpu,
                 Battery {
                     bandwidth: Some(a.config()),
                     ..Default::default()
@@ -103,6 +116,7 @@ fn try_run(cli: &Cli) -> Result<u8> {
             "nccl",
             probe_machine(
                 g,
+                &a.gpu,
                 Battery {
                     nccl: Some(a.config()),
                     ..Default::default()
@@ -110,7 +124,10 @@ fn try_run(cli: &Cli) -> Result<u8> {
             )?
             .into(),
         ),
-        Command::WatchdogTest => return watchdog_test(g),
+        Command::WatchdogTest(gpu) => return watchdog_test(g, gpu),
+        Command::Explain { .. } | Command::Completions { .. } | Command::Man => {
+            unreachable!("answered above")
+        }
         Command::Host => ("host", probe_host(&g.sysroot)?.into()),
         Command::Diagnose { file } => ("diagnose", load(file)?),
     };
@@ -183,15 +200,15 @@ struct WatchdogVerdict {
 }
 
 /// `rigdoctor watchdog-test`: a spin kernel that never ends, under the watchdog.
-fn watchdog_test(g: &GlobalArgs) -> Result<u8> {
+fn watchdog_test(g: &GlobalArgs, gpu: &GpuArgs) -> Result<u8> {
     use crate::measure::gpu::Step;
     use crate::measure::watchdog::Outcome;
-    let device = g
+    let device = gpu
         .devices
         .as_ref()
         .and_then(|d| d.0.first().copied())
         .unwrap_or(0);
-    let deadline = Duration::from_secs_f64(g.timeout);
+    let deadline = Duration::from_secs_f64(gpu.timeout);
     let dog = probe::gpu::watchdog(deadline).map_err(anyhow::Error::msg)?;
     crate::measure::install_signal_handlers();
     // CUDA is initialised by the first step, so its cost is not counted against the spin.
@@ -212,12 +229,12 @@ fn watchdog_test(g: &GlobalArgs) -> Result<u8> {
     };
     let elapsed_s = spin.map_or(0.0, |r| r.elapsed.as_secs_f64());
     // The kill must come at the deadline, and the reap within the watchdog's grace.
-    let passed = outcome == "killed" && reaped && elapsed_s <= g.timeout + 2.5;
+    let passed = outcome == "killed" && reaped && elapsed_s <= gpu.timeout + 2.5;
     let v = WatchdogVerdict {
         device,
         outcome,
         elapsed_s,
-        deadline_s: g.timeout,
+        deadline_s: gpu.timeout,
         reaped,
         passed,
         error,
@@ -244,6 +261,44 @@ fn watchdog_test(g: &GlobalArgs) -> Result<u8> {
     Ok(if passed { EXIT_OK } else { EXIT_FINDINGS })
 }
 
+/// `rigdoctor explain [ID]`: one finding's entry from docs/findings.md, or every code.
+fn explain(id: Option<&str>) -> Result<u8> {
+    use crate::code::Code;
+    const DOC: &str = include_str!("../docs/findings.md");
+    let Some(id) = id else {
+        let width = Code::ALL.iter().map(|c| c.id().len()).max().unwrap_or(0);
+        let mut out = String::new();
+        for c in Code::ALL {
+            let sev: Vec<&str> = c.severities().iter().map(|s| s.label()).collect();
+            out.push_str(&format!(
+                "{:<width$}  {:<18}  {}\n",
+                c.id(),
+                sev.join("/"),
+                c.summary()
+            ));
+        }
+        out.push_str("\nrigdoctor explain ID: trigger, fix and sources (docs/findings.md)\n");
+        print(&out)?;
+        return Ok(EXIT_OK);
+    };
+    let Some(code) = Code::from_id(id) else {
+        bail!("{id:?} is no finding id: `rigdoctor explain` lists them");
+    };
+    let head = format!("## `{}`\n", code.id());
+    let section = DOC
+        .find(&head)
+        .map(|i| &DOC[i..])
+        .map(|s| &s[..s[3..].find("\n## ").map_or(s.len(), |e| e + 3)])
+        .unwrap_or_default();
+    print(&format!(
+        "{}: {}\n\n{}\n",
+        code.id(),
+        code.summary(),
+        section.trim_end()
+    ))?;
+    Ok(EXIT_OK)
+}
+
 /// Host facts, then the GPU steps (unless --sysroot points at another machine's tree).
 /// Which GPU batteries a command runs.
 #[derive(Default)]
@@ -253,7 +308,7 @@ struct Battery {
     nccl: Option<NcclConfig>,
 }
 
-fn probe_machine(g: &GlobalArgs, battery: Battery) -> Result<Facts> {
+fn probe_machine(g: &GlobalArgs, gpu_args: &GpuArgs, battery: Battery) -> Result<Facts> {
     let Battery {
         p2p,
         bandwidth,
@@ -264,23 +319,23 @@ fn probe_machine(g: &GlobalArgs, battery: Battery) -> Result<Facts> {
     // rigdoctor only reads: on a live machine whose NVIDIA module is not loaded, cuInit and
     // nvmlInit would create /dev/nvidia* and run nvidia-modprobe to load it
     // (nvidia-modprobe(1)). WSL2 (/dev/dxg) has no module and needs the calls; --gpu insists.
-    if live && !g.gpu && !facts.driver.loaded && !Path::new("/dev/dxg").exists() {
+    if live && !gpu_args.gpu && !facts.driver.loaded && !Path::new("/dev/dxg").exists() {
         facts.gpu = Some(probe::gpu::not_started(
             "the NVIDIA kernel module is not loaded: rigdoctor does not start the driver (cuInit/nvmlInit would load it through nvidia-modprobe)",
         ));
         return Ok(facts);
     }
-    if g.gpu || live {
+    if gpu_args.gpu || live {
         // SIGINT/SIGTERM/SIGHUP stop the worker; the report still shows what was measured.
         // Failing to install the handlers only costs that.
         crate::measure::install_signal_handlers();
-        let deadline = Duration::from_secs_f64(g.timeout);
+        let deadline = Duration::from_secs_f64(gpu_args.timeout);
         let plan = probe::gpu::Plan {
             p2p,
-            devices: g.devices.clone().map(|d| d.0),
+            devices: gpu_args.devices.clone().map(|d| d.0),
             bandwidth,
             nccl: nccl.map(|mut c| {
-                c.devices = g.devices.clone().map(|d| d.0);
+                c.devices = gpu_args.devices.clone().map(|d| d.0);
                 c
             }),
         };
@@ -289,7 +344,7 @@ fn probe_machine(g: &GlobalArgs, battery: Battery) -> Result<Facts> {
         let mut gpu = probe::gpu::collect(deadline, &plan, &mut |r| bar.step(r));
         bar.finish();
         // --devices naming a GPU CUDA does not have is a usage error, not a diagnosis.
-        if let (Some(want), Some(inv)) = (&g.devices, gpu.cuda.known()) {
+        if let (Some(want), Some(inv)) = (&gpu_args.devices, gpu.cuda.known()) {
             let count = inv.devices.len() as i32;
             if let Some(bad) = want.0.iter().find(|&&d| d < 0 || d >= count) {
                 let list: Vec<String> = inv

@@ -8,14 +8,12 @@ use std::path::PathBuf;
 const AFTER_HELP: &str = "\
 Examples:
   rigdoctor check                         diagnose this machine
-  rigdoctor p2p                           test peer-to-peer on every GPU pair, bytes verified
-  rigdoctor bandwidth                     GB/s host<->GPU and GPU<->GPU against what each link should give
-  rigdoctor check --json -o report.json   save a report to attach to a forum post or issue
-  rigdoctor diagnose report.json          re-check a saved report with this version's rules
-  rigdoctor check --fail-on warn && torchrun train.py   pre-flight before a training job
+  sudo rigdoctor check -o report.json     complete (ACS needs root), saved to re-check or share
+  rigdoctor diagnose report.json -v       re-judge a saved report, with every finding's evidence
+  rigdoctor check --quick && torchrun train.py   pre-flight before a training job
 
-Exit codes: 0 no finding at or above --fail-on, 1 at least one, 2 bad usage or unreadable input.
-Some facts (PCIe ACS) need root: run with sudo for a complete diagnosis.";
+Details of a command: rigdoctor help COMMAND. Exit codes: 0 no finding at or above --fail-on,
+1 at least one, 2 bad usage or unreadable input.";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -33,22 +31,29 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the whole battery and print one diagnosis: every host check, the GPU inventory
-    /// through NVML and the CUDA driver, the P2P tests, a quick bandwidth run and an NCCL
-    /// all-reduce (GPU work runs in a worker process that cannot hang rigdoctor). A part that
-    /// cannot run (no driver, no NCCL) is reported as not run, with the reason.
+    /// Everything: host checks, GPU inventory, P2P, quick bandwidth, NCCL; one diagnosis
+    ///
+    /// Every host check, the GPU inventory through NVML and the CUDA driver, the P2P tests, a
+    /// quick bandwidth run and an NCCL all-reduce. GPU work runs in a worker process that
+    /// cannot hang rigdoctor. A part that cannot run (no driver, no NCCL) is reported as not
+    /// run, with the reason.
     #[command(
-        after_help = "Examples:\n  sudo rigdoctor check --json -o report.json\n  rigdoctor check --quick --fail-on error && torchrun --nproc-per-node 4 train.py"
+        after_help = "Examples:\n  sudo rigdoctor check -o report.json\n  rigdoctor check --quick --fail-on error && torchrun --nproc-per-node 4 train.py"
     )]
     Check(CheckArgs),
-    /// Peer-to-peer: what CUDA and NVML claim between every pair of GPUs, the PCIe/NVLink
-    /// topology, and a real transfer per pair and direction (copy engine, SM read, SM write,
-    /// and a staged control) with every byte verified. A pair that hangs is killed after
-    /// --timeout and reported; the rest still run.
+    /// P2P between every GPU pair: claimed, and tested with every byte verified
+    ///
+    /// What CUDA and NVML claim between every pair of GPUs, the PCIe/NVLink topology, and a
+    /// real transfer per pair and direction (copy engine, SM read, SM write, and a staged
+    /// control) with every byte verified. A pair that hangs is killed after --timeout and
+    /// reported (its other direction is then not tried); after a hang, pairs on disjoint GPUs
+    /// are tested side by side.
     #[command(
-        after_help = "Examples:\n  rigdoctor p2p\n  rigdoctor p2p --devices 0,1 --timeout 5\n  rigdoctor p2p --json -o p2p.json"
+        after_help = "Examples:\n  rigdoctor p2p\n  rigdoctor p2p --devices 0,1 --timeout 5\n  rigdoctor p2p -o p2p.json"
     )]
-    P2p,
+    P2p(GpuArgs),
+    /// GB/s host<->GPU and GPU<->GPU against what each link should carry
+    ///
     /// Bandwidth (and with --latency, latency) host<->device, within each GPU and between every
     /// pair of GPUs, P2P and staged through the host, each copy verified and each figure
     /// compared with what its PCIe/NVLink link should carry; PCIe width/generation, replay
@@ -58,6 +63,8 @@ pub enum Command {
         after_help = "Examples:\n  rigdoctor bandwidth\n  rigdoctor bandwidth --quick\n  rigdoctor bandwidth --bidirectional --method both --latency\n  rigdoctor bandwidth --devices 0,1 --size 256M --iters 20 --samples 5\n\nGB = 1e9 bytes. Each cell is the median of --samples samples, each timing --iters copies\nof --size bytes between CUDA events; docs/bandwidth.md explains the columns and the model."
     )]
     Bandwidth(BandwidthArgs),
+    /// NCCL all-reduce over a size sweep: results checked, busbw, transports, hangs
+    ///
     /// NCCL all-reduce (sum, float32) in one process, one rank per GPU (ncclCommInitAll), over
     /// a size sweep: time, algbw and busbw as nccl-tests prints them, every rank's result
     /// checked, the transport NCCL chose per channel (NCCL_DEBUG=INFO), and a hang killed after
@@ -66,30 +73,79 @@ pub enum Command {
         after_help = "Examples:\n  rigdoctor nccl\n  rigdoctor nccl --max-size 1G --iters 50\n  rigdoctor nccl --nccl-lib ~/venv/lib/python3.11/site-packages/nvidia/nccl/lib/libnccl.so.2"
     )]
     Nccl(NcclArgs),
+    /// Host checks only, no GPU touched: kernel, IOMMU, PCIe, ACS, links, driver, env
+    ///
     /// Inspect the host without touching a GPU: kernel command line, IOMMU, PCIe path, ACS,
     /// links, AER, BAR1, NVIDIA driver, /dev/shm, NCCL/CUDA environment.
     #[command(
         after_help = "Examples:\n  sudo rigdoctor host\n  rigdoctor host --sysroot /mnt/captured-tree --format markdown"
     )]
     Host,
-    /// Check that the watchdog stops a real stuck kernel on this machine: a spin kernel whose
-    /// latch is never released runs on one GPU (the first of --devices, default 0), and the
-    /// worker must be killed and reaped within --timeout (plus 2 s to reap). Exit 0 when it
-    /// was, 1 when not.
+    /// Re-judge a saved JSON report with this version's rules
+    ///
+    /// Re-run this version's rules on the facts of a saved JSON report (`-` reads stdin): a
+    /// report from another machine, or from before a knowledge-base update.
+    #[command(after_help = "Example:\n  rigdoctor diagnose report.json --format markdown")]
+    Diagnose {
+        /// A report written by `rigdoctor ... --json` (or `-o FILE.json`).
+        file: PathBuf,
+    },
+    /// What a finding id means, its trigger, fix and sources (all ids without one)
+    #[command(after_help = "Examples:\n  rigdoctor explain\n  rigdoctor explain p2p-hang")]
+    Explain {
+        /// A finding id, e.g. p2p-hang.
+        id: Option<String>,
+    },
+    /// Check that the watchdog stops a real stuck kernel on this machine
+    ///
+    /// A spin kernel whose latch is never released runs on one GPU (the first of --devices,
+    /// default 0), and the worker must be killed and reaped within --timeout (plus 2 s to
+    /// reap). Exit 0 when it was, 1 when not.
     #[command(
         name = "watchdog-test",
         after_help = "Example:\n  rigdoctor watchdog-test --timeout 3 --devices 0 --json"
     )]
-    WatchdogTest,
+    WatchdogTest(GpuArgs),
+    /// Shell completions on stdout (bash, zsh, fish, elvish, powershell)
+    #[command(
+        after_help = "Example:\n  rigdoctor completions bash > ~/.local/share/bash-completion/completions/rigdoctor"
+    )]
+    Completions { shell: clap_complete::Shell },
+    /// The man page (roff) on stdout
+    #[command(after_help = "Example:\n  rigdoctor man > ~/.local/share/man/man1/rigdoctor.1")]
+    Man,
     /// Internal: the worker process that runs GPU steps under the watchdog.
     #[command(name = "__worker", hide = true)]
     Worker,
-    /// Re-run this version's rules on the facts of a saved JSON report (`-` reads stdin).
-    #[command(after_help = "Example:\n  rigdoctor diagnose report.json --format markdown")]
-    Diagnose {
-        /// A report written by `rigdoctor ... --json`.
-        file: PathBuf,
-    },
+}
+
+/// The options of the commands that run GPU work.
+#[derive(Debug, Clone, Args)]
+pub struct GpuArgs {
+    /// Seconds a GPU step may take before its worker is killed and the step reported as hung.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0, value_parser = parse_timeout)]
+    pub timeout: f64,
+    /// CUDA device ordinals to cover, e.g. 0,2,3 (default: all), numbered as your jobs see
+    /// them (CUDA_VISIBLE_DEVICES and CUDA_DEVICE_ORDER apply).
+    #[arg(long, value_name = "LIST", value_parser = parse_devices)]
+    pub devices: Option<DeviceList>,
+    /// Probe this machine's GPUs even with --sysroot (e.g. the host's /proc and /sys mounted
+    /// into a container). Without it, --sysroot runs only the host checks.
+    #[arg(long)]
+    pub gpu: bool,
+}
+
+impl Command {
+    /// The GPU options of a command that runs GPU work.
+    pub fn gpu_args(&self) -> Option<&GpuArgs> {
+        match self {
+            Command::Check(a) => Some(&a.gpu),
+            Command::P2p(g) | Command::WatchdogTest(g) => Some(g),
+            Command::Bandwidth(a) => Some(&a.gpu),
+            Command::Nccl(a) => Some(&a.gpu),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -121,6 +177,8 @@ pub struct BandwidthArgs {
     /// per GPU pair.
     #[arg(long)]
     pub quick: bool,
+    #[command(flatten)]
+    pub gpu: GpuArgs,
 }
 
 #[derive(Debug, Args)]
@@ -131,6 +189,8 @@ pub struct CheckArgs {
     /// The NCCL library to load (as for `rigdoctor nccl`).
     #[arg(long, value_name = "PATH", value_parser = existing_file)]
     pub nccl_lib: Option<PathBuf>,
+    #[command(flatten)]
+    pub gpu: GpuArgs,
 }
 
 impl CheckArgs {
@@ -145,6 +205,7 @@ impl CheckArgs {
             samples: None,
             latency: false,
             quick: true,
+            gpu: self.gpu.clone(),
         };
         (!self.quick).then(|| quick.config())
     }
@@ -161,6 +222,7 @@ impl CheckArgs {
             max_size: Some(max),
             iters: Some(iters),
             nccl_lib: self.nccl_lib.clone(),
+            gpu: self.gpu.clone(),
         }
         .config();
         c.warmup = 2;
@@ -183,6 +245,8 @@ pub struct NcclArgs {
     /// nvidia-nccl pip wheel in the active virtualenv/conda env or site-packages).
     #[arg(long, value_name = "PATH", value_parser = existing_file)]
     pub nccl_lib: Option<PathBuf>,
+    #[command(flatten)]
+    pub gpu: GpuArgs,
 }
 
 impl NcclArgs {
@@ -257,17 +321,6 @@ pub struct GlobalArgs {
     /// Read /proc and /sys under DIR instead of / (a tree captured from another machine).
     #[arg(long, global = true, value_name = "DIR", default_value = "/")]
     pub sysroot: PathBuf,
-    /// Seconds a GPU step may take before its worker is killed and the step reported as hung.
-    #[arg(long, global = true, value_name = "SECS", default_value_t = 10.0, value_parser = parse_timeout)]
-    pub timeout: f64,
-    /// CUDA device ordinals the P2P tests cover, e.g. 0,2,3 (default: all). They are
-    /// numbered as your jobs see them (CUDA_VISIBLE_DEVICES and CUDA_DEVICE_ORDER apply).
-    #[arg(long, global = true, value_name = "LIST", value_parser = parse_devices)]
-    pub devices: Option<DeviceList>,
-    /// Probe this machine's GPUs even with --sysroot (e.g. the host's /proc and /sys mounted
-    /// into a container). Without it, --sysroot runs only the host checks.
-    #[arg(long, global = true)]
-    pub gpu: bool,
     /// Output format [default: text; with -o, from its extension: .json, .md]
     #[arg(long, global = true, value_enum)]
     pub format: Option<Format>,

@@ -122,18 +122,84 @@ fn bad_usage_exits_2() {
             .code(2)
             .stderr(predicate::str::contains("give the path of libnccl.so.2"));
     }
-    // GPU options where no GPU is touched.
+    // GPU options exist only on the commands that run GPU work.
     for args in [
         &["host", "--devices", "0"][..],
         &["host", "--gpu"],
+        &["host", "--timeout", "3"],
         &["diagnose", "x.json", "--devices", "1"],
     ] {
         rigdoctor()
             .args(args)
             .assert()
             .code(2)
-            .stderr(predicate::str::contains("applies to the GPU commands"));
+            .stderr(predicate::str::contains("unexpected argument"));
     }
+    rigdoctor()
+        .args(["explain", "p2p-hangs"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("`rigdoctor explain` lists them"));
+}
+
+/// One line per command at the top; a command's details, completions, the man page and each
+/// finding's entry come from the same definitions.
+#[test]
+fn help_completions_man_and_explain() {
+    let out = rigdoctor().arg("--help").output().unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    let commands: Vec<&str> = help
+        .lines()
+        .skip_while(|l| *l != "Commands:")
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .collect();
+    assert!(commands.len() >= 10, "{help}");
+    assert!(commands.iter().all(|l| l.len() <= 100), "{commands:#?}");
+    assert!(
+        !help.contains("--timeout"),
+        "GPU options belong to GPU commands"
+    );
+    let p2p = rigdoctor().args(["help", "p2p"]).output().unwrap();
+    let p2p = String::from_utf8(p2p.stdout).unwrap();
+    assert!(
+        p2p.contains("--timeout") && p2p.contains("every byte verified"),
+        "{p2p}"
+    );
+    for shell in ["bash", "zsh", "fish"] {
+        let out = rigdoctor().args(["completions", shell]).output().unwrap();
+        let s = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            out.status.success() && s.contains("watchdog-test") && s.contains("fail-on"),
+            "{shell}"
+        );
+    }
+    let man = rigdoctor().arg("man").output().unwrap();
+    let man = String::from_utf8(man.stdout).unwrap();
+    assert!(
+        man.starts_with(".ie") && man.contains(".TH rigdoctor 1"),
+        "{man}"
+    );
+    let all = rigdoctor().arg("explain").output().unwrap();
+    let all = String::from_utf8(all.stdout).unwrap();
+    assert!(
+        all.lines()
+            .any(|l| l.starts_with("p2p-hang ") && l.contains("error")),
+        "{all}"
+    );
+    let one = rigdoctor()
+        .args(["explain", "acs-redirect"])
+        .output()
+        .unwrap();
+    let one = String::from_utf8(one.stdout).unwrap();
+    assert!(
+        one.starts_with("acs-redirect: ") && one.contains("## `acs-redirect`"),
+        "{one}"
+    );
+    assert!(
+        !one.contains("## `acs-not-checked`"),
+        "one entry only: {one}"
+    );
 }
 
 #[test]
