@@ -341,7 +341,7 @@ fn probe_machine(g: &GlobalArgs, gpu_args: &GpuArgs, battery: Battery) -> Result
         };
         let quiet = g.format() == Format::Json && g.output.is_none();
         let mut bar = progress::Bar::new(quiet);
-        let mut gpu = probe::gpu::collect(deadline, &plan, &mut |r| bar.step(r));
+        let mut gpu = probe::gpu::collect(deadline, &plan, &mut |p| bar.event(p));
         bar.finish();
         // --devices naming a GPU CUDA does not have is a usage error, not a diagnosis.
         if let (Some(want), Some(inv)) = (&gpu_args.devices, gpu.cuda.known()) {

@@ -264,8 +264,9 @@ fn eight_gpus_that_all_hang_cost_rounds_of_deadlines_not_pairs() {
     assert!(bw
         .iter()
         .any(|m| m["kind"] == "staged" && m["status"] == "measured"));
-    // 1 first hang, 7 or 8 rounds of disjoint pairs, NCCL's sweep: about 10 deadlines.
-    let bound = Duration::from_secs_f64(12.0 * timeout + 4.0);
+    // 1 first hang, 7 or 8 rounds of disjoint pairs, NCCL's sweep: about 10 deadlines (and
+    // slack for a loaded test machine); in turn, the 56 directions alone cost 28 or more.
+    let bound = Duration::from_secs_f64(12.0 * timeout + 12.0);
     assert!(r.took < bound, "{:?} (bound {bound:?})", r.took);
 }
 

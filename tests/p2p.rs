@@ -334,7 +334,10 @@ fn devices_select_the_pairs_and_bad_ordinals_are_explained() {
         err.contains("--devices 7: CUDA sees 3 device(s): 0: NVIDIA GeForce RTX 3090"),
         "{err}"
     );
-    assert_eq!(err.lines().count(), 1, "{err}");
+    // One error line, the last; before it only the log's progress lines.
+    let last = err.lines().last().unwrap_or_default();
+    assert!(last.starts_with("rigdoctor: error: --devices 7"), "{err}");
+    assert_eq!(err.matches("error:").count(), 1, "{err}");
     assert!(out.stdout.is_empty());
 }
 
@@ -794,4 +797,51 @@ fn a_preflight_with_the_accepted_workaround_pays_no_p2p_deadline() {
         "{:?}",
         summary(&r)
     );
+}
+
+/// Off a terminal (a log, CI), progress is one line per finished phase and one per hang,
+/// naming the GPUs and counting the hangs; after the first hang, pairs on disjoint GPUs run
+/// side by side: 4 GPUs that all hang cost 4 deadlines, not 6.
+#[test]
+fn progress_in_a_log_is_a_line_per_phase_and_per_hang() {
+    let name = "NVIDIA GeForce RTX 3090";
+    let gpus: Vec<_> = (0..4)
+        .map(|i| gpu(name, &format!("0000:{:02x}:00.0", 0x11 + i * 0x10), i))
+        .collect();
+    let pairs: Vec<_> = (0..4)
+        .flat_map(|a| ((a + 1)..4).map(move |b| json!({"a": a, "b": b, "fault": "hang"})))
+        .collect();
+    let fake = json!({"driver_version": "550.127.05", "cuda_version": 12040, "gpus": gpus, "pairs": pairs});
+    let dir = sysroot_of(&load_rig("epyc-2x4090-nonroot"));
+    let t = std::time::Instant::now();
+    let out = on_fake(dir.path(), &fake)
+        .args(["p2p", "--gpu", "--timeout", "1", "-o"])
+        .arg(dir.path().join("r.json"))
+        .arg("--sysroot")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let took = t.elapsed();
+    assert_eq!(out.status.code(), Some(1));
+    let log = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(
+        lines[0].starts_with("rigdoctor: GPU inventory: 2 step(s), 2 done"),
+        "{log}"
+    );
+    assert!(
+        log.contains("rigdoctor: P2P GPU 0 (RTX 3090) -> GPU 1 (RTX 3090) did not finish in 1.0 s"),
+        "{log}"
+    );
+    assert!(
+        log.contains("(6 hangs so far)") && !log.contains("7 hangs"),
+        "{log}"
+    );
+    assert!(
+        log.contains("rigdoctor: P2P test: 17 step(s), 5 done, 6 hung, 6 not run"),
+        "{log}"
+    );
+    // 1 + 3 rounds of one deadline each, and no spinner text in a log.
+    assert!(took < std::time::Duration::from_secs(9), "{took:?}");
+    assert!(!log.contains("GPU tests"), "{log}");
 }

@@ -4,7 +4,7 @@
 
 use rigdoctor::facts::{StepError, WorkerExit};
 use rigdoctor::measure::protocol::Protocol;
-use rigdoctor::measure::watchdog::{Outcome, Run, StepReport, Watchdog};
+use rigdoctor::measure::watchdog::{Outcome, Progress, Run, StepReport, Watchdog};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -73,8 +73,13 @@ fn pid(r: &StepReport<Plain>) -> i64 {
 fn one_worker_runs_everything_when_nothing_hangs() {
     let mut seen = 0;
     let w = watchdog(2000, vec![]);
-    let r = w.run(&steps(&["ok1", "ok2", "fail3", "ok4"]), &mut |_| seen += 1);
-    assert_eq!(seen, 4);
+    let mut started = 0;
+    let r = w.run(&steps(&["ok1", "ok2", "fail3", "ok4"]), &mut |p| match p {
+        Progress::Settled(_) => seen += 1,
+        Progress::Started { .. } => started += 1,
+        Progress::SideBySide { .. } => panic!("nothing hung"),
+    });
+    assert_eq!((seen, started), (4, 4));
     let rep = &r.reports;
     assert_eq!(rep.len(), 4);
     assert_eq!(pid(&rep[0]), pid(&rep[3]), "one worker for all steps");

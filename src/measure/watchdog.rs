@@ -59,6 +59,22 @@ pub struct StepReport<P: Protocol> {
     pub added: Vec<P::Step>,
 }
 
+/// What the watchdog tells its caller as a run goes (for a progress display).
+pub enum Progress<'a, P: Protocol> {
+    /// A worker began `step`; it is called hung after `deadline`.
+    Started {
+        step: &'a P::Step,
+        deadline: Duration,
+    },
+    /// These steps now run side by side, each in a worker of its own (after a hang).
+    SideBySide {
+        steps: &'a [P::Step],
+        deadline: Duration,
+    },
+    /// A step has its report.
+    Settled(&'a StepReport<P>),
+}
+
 /// What a run of the watchdog gives: a report per step, in plan order, and a record per worker.
 pub struct Run<P: Protocol> {
     pub reports: Vec<StepReport<P>>,
@@ -334,11 +350,11 @@ struct State<'a, P: Protocol> {
     added: Vec<P::Step>,
     /// Steps killed after a hang so far.
     hung: Vec<P::Step>,
-    progress: &'a mut dyn FnMut(&StepReport<P>),
+    progress: &'a mut dyn FnMut(Progress<'_, P>),
 }
 
 impl<'a, P: Protocol> State<'a, P> {
-    fn new(steps: &[P::Step], progress: &'a mut dyn FnMut(&StepReport<P>)) -> Self {
+    fn new(steps: &[P::Step], progress: &'a mut dyn FnMut(Progress<'_, P>)) -> Self {
         State {
             steps: steps.to_vec(),
             reports: Vec::new(),
@@ -362,7 +378,7 @@ impl<'a, P: Protocol> State<'a, P> {
             notes: std::mem::take(&mut self.notes),
             added: std::mem::take(&mut self.added),
         };
-        (self.progress)(&r);
+        (self.progress)(Progress::Settled(&r));
         self.reports.push(r);
     }
 
@@ -387,7 +403,7 @@ impl<'a, P: Protocol> State<'a, P> {
                 self.hung.push(r.step.clone());
             }
             self.steps.push(r.step.clone());
-            (self.progress)(&r);
+            (self.progress)(Progress::Settled(&r));
             self.reports.push(r);
         }
         self.steps.extend(unreported);
@@ -398,8 +414,8 @@ impl<'a, P: Protocol> State<'a, P> {
 impl<P: Protocol> Watchdog<P> {
     /// Run `steps` in order, and the steps the workers append to the plan; every step gets
     /// exactly one report, in plan order (unless the run is interrupted: then the reports so
-    /// far). `progress` sees each report as it lands.
-    pub fn run(&self, steps: &[P::Step], progress: &mut dyn FnMut(&StepReport<P>)) -> Run<P> {
+    /// far). `progress` sees each step start and each report land.
+    pub fn run(&self, steps: &[P::Step], progress: &mut dyn FnMut(Progress<'_, P>)) -> Run<P> {
         let mut st = State::new(steps, progress);
         let workers = self.drive(&mut st, true);
         Run {
@@ -462,8 +478,9 @@ impl<P: Protocol> Watchdog<P> {
         if groups.len() < 2 {
             return false;
         }
-        let covered: usize = groups.iter().map(|(_, g)| g.len()).sum();
-        let mut results: Vec<Option<Run<P>>> = (0..groups.len()).map(|_| None).collect();
+        // Steps of the groups not yet run: each round's reports are taken as it ends (so that
+        // progress and hangs show round by round), the rest stay next in plan order.
+        let mut covered: usize = groups.iter().map(|(_, g)| g.len()).sum();
         let mut left: Vec<usize> = (0..groups.len()).collect();
         while !left.is_empty() && !super::interrupted() {
             // A round: groups in plan order whose devices no earlier group of the round uses.
@@ -478,7 +495,17 @@ impl<P: Protocol> Watchdog<P> {
                 round.push(i);
                 false
             });
-            let ran: Vec<(usize, Run<P>)> = std::thread::scope(|scope| {
+            let firsts: Vec<P::Step> = round.iter().map(|&i| groups[i].1[0].clone()).collect();
+            let deadline = firsts
+                .iter()
+                .map(|s| self.deadline_of(s))
+                .max()
+                .unwrap_or(self.step_deadline);
+            (st.progress)(Progress::SideBySide {
+                steps: &firsts,
+                deadline,
+            });
+            let mut ran: Vec<(usize, Run<P>)> = std::thread::scope(|scope| {
                 let handles: Vec<_> = round
                     .iter()
                     .map(|&i| {
@@ -488,30 +515,29 @@ impl<P: Protocol> Watchdog<P> {
                     .collect();
                 handles.into_iter().filter_map(|h| h.join().ok()).collect()
             });
-            for (i, run) in ran {
-                results[i] = Some(run);
+            ran.sort_by_key(|(i, _)| *i);
+            // Reports in plan order; workers numbered on from the ones before.
+            let mut reports = Vec::new();
+            for (_, run) in ran {
+                let offset = workers.len();
+                for mut w in run.workers {
+                    w.index += offset;
+                    workers.push(w);
+                }
+                reports.extend(run.reports.into_iter().map(|mut r| {
+                    r.worker += offset;
+                    r
+                }));
             }
+            st.adopt(reports, covered);
+            covered -= round.iter().map(|&i| groups[i].1.len()).sum::<usize>();
         }
-        // Reports in plan order; workers numbered on from the ones before.
-        let mut reports = Vec::new();
-        for run in results.into_iter().flatten() {
-            let offset = workers.len();
-            for mut w in run.workers {
-                w.index += offset;
-                workers.push(w);
-            }
-            reports.extend(run.reports.into_iter().map(|mut r| {
-                r.worker += offset;
-                r
-            }));
-        }
-        st.adopt(reports, covered);
         true
     }
 
     /// One group of steps in a run of its own that never fans out again.
     fn run_alone(&self, steps: &[P::Step]) -> Run<P> {
-        let mut quiet = |_: &StepReport<P>| {};
+        let mut quiet = |_: Progress<'_, P>| {};
         let mut st = State::new(steps, &mut quiet);
         let workers = self.drive(&mut st, false);
         Run {
@@ -581,7 +607,12 @@ impl<P: Protocol> Watchdog<P> {
                 }
                 Ok(Msg::Event(Event::Start { step })) if Some(&step) == st.next() => {
                     current = Some(Instant::now());
-                    deadline = Instant::now() + self.deadline_of(&step);
+                    let allowed = self.deadline_of(&step);
+                    deadline = Instant::now() + allowed;
+                    (st.progress)(Progress::Started {
+                        step: &step,
+                        deadline: allowed,
+                    });
                 }
                 Ok(Msg::Event(Event::Note { step, note })) if Some(&step) == st.next() => {
                     st.notes.push(note);

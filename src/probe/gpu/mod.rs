@@ -9,7 +9,7 @@ use crate::facts::{GpuRuntime, P2pFacts, PairOutcome, PairTest, Probed, StepErro
 use crate::measure::gpu::{
     last_stage, Answer, Gpu, NcclConfig, Note, Step, WorkerConfig, CONFIG_ENV,
 };
-use crate::measure::watchdog::{Outcome, StepReport, Watchdog};
+use crate::measure::watchdog::{Outcome, Progress, StepReport, Watchdog};
 use std::time::Duration;
 
 pub use crate::worker::p2p::TRANSFER_BYTES;
@@ -76,12 +76,12 @@ fn process_limits() -> crate::facts::ProcessLimits {
     }
 }
 
-/// Run the GPU steps in a worker (this same binary, `__worker`). `progress` sees each step as
-/// it settles.
+/// Run the GPU steps in a worker (this same binary, `__worker`). `progress` sees each step
+/// start and settle.
 pub fn collect(
     step_deadline: Duration,
     plan: &Plan,
-    progress: &mut dyn FnMut(&GpuReport),
+    progress: &mut dyn FnMut(Progress<'_, Gpu>),
 ) -> GpuRuntime {
     let cuda_device_order = std::env::var("CUDA_DEVICE_ORDER").ok();
     let mut dog = match watchdog(step_deadline) {
