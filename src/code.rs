@@ -81,7 +81,7 @@ codes! {
     NcclEnvOverride "nccl-env-override" [Warn, Info] "NCCL or CUDA settings in the environment change what jobs do";
     WorkerCrashed "worker-crashed" [Error] "a GPU test worker died";
     WorkerExitFailed "worker-exit-failed" [Warn] "a GPU test worker did not exit cleanly after its steps";
-    NotChecked "not-checked" [Warn] "part of the machine could not be read: its checks did not run";
+    NotChecked "not-checked" [Warn, Info] "part of the machine could not be read: its checks did not run";
     TimeoutTooShort "timeout-too-short" [Warn] "steps were killed under a --timeout too short to judge them";
     AddressSpaceLimited "address-space-limited" [Error, Warn] "a finite ulimit -v keeps CUDA from starting";
     P2pNotTested "p2p-not-tested" [Info] "check skipped the P2P transfers on purpose (an accepted p2p-hang)";

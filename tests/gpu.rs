@@ -253,3 +253,44 @@ fn cuda_that_works_without_a_visible_module_is_a_note_not_an_error() {
     let r = host_json(sysroot_of(&rig).path(), &[]).1;
     assert_eq!(findings(&r, "driver-not-loaded")[0]["severity"], "error");
 }
+
+/// WSL2: CUDA runs on GPUs that the Linux kernel's PCI bus does not list. The PCIe checks did
+/// not run, and the report says so in a note (the verdict is not a plain pass); with the GPUs
+/// on the bus the note stays quiet.
+#[test]
+fn gpus_off_the_pci_bus_are_a_not_checked_note_on_wsl2() {
+    let mut rig = load_rig("epyc-2x4090-nonroot");
+    rig.driver = None;
+    rig.kernel = "5.15.153.1-microsoft-standard-WSL2".into();
+    rig.gpu.clear();
+    let name = "NVIDIA GeForce RTX 4090";
+    let fake = serde_json::json!({"driver_version": "550.127.05", "cuda_version": 12040,
+        "gpus": [gpu(name, "0000:41:00.0", 0), gpu(name, "0000:81:00.0", 1)],
+        "pairs": [{"a": 0, "b": 1, "topology": "SYS"}]});
+    let r = run_gpu("p2p", &rig, &fake, &[]);
+    let f = findings(&r.report, "not-checked");
+    assert_eq!(f.len(), 1, "{:?}", summary(&r.report));
+    assert_eq!(f[0]["severity"], "info");
+    let t = text(f[0]);
+    assert!(
+        t.contains(
+            "CUDA device 0 (NVIDIA GeForce RTX 4090, 0000:41:00.0) is not on this kernel's PCI bus"
+        ),
+        "{t}"
+    );
+    assert!(
+        t.contains("paravirtualised through /dev/dxg") && t.contains("Windows host"),
+        "{t}"
+    );
+    assert!(
+        !t.contains("sudo"),
+        "no root fix for what root cannot read: {t}"
+    );
+    assert_eq!(r.code, 0);
+    let verdict = r.report["summary"]["verdict"].as_str().unwrap();
+    assert!(verdict.contains("in what could be read"), "{verdict}");
+    // The same GPUs on the bus: quiet.
+    let (rig, _) = (load_rig("epyc-2x4090-nonroot"), ());
+    let r = run_gpu("p2p", &rig, &fake, &[]);
+    assert!(findings(&r.report, "not-checked").is_empty());
+}

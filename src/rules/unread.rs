@@ -77,23 +77,81 @@ pub fn not_checked(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
             "known-bad driver releases",
         );
     }
-    if lines.is_empty() {
+    let off = off_the_bus(facts);
+    if lines.is_empty() && off.is_empty() {
         return Vec::new();
     }
-    let mut f = Finding::new(
-        Code::NotChecked,
-        Severity::Warn,
-        format!(
-            "{} part(s) of the machine could not be read: the checks that need them did not run",
-            lines.len()
-        ),
-    );
-    for l in lines {
-        f = f.evidence(l);
+    // Unread files are a warning (a run as root, or with the host's /sys, reads them); GPUs
+    // that this kernel cannot see on its bus (WSL2) are a note: nothing here would change it.
+    let mut f = if lines.is_empty() {
+        Finding::new(
+            Code::NotChecked,
+            Severity::Info,
+            "GPUs CUDA uses are not on this kernel's PCI bus: their PCIe checks did not run",
+        )
+    } else {
+        Finding::new(
+            Code::NotChecked,
+            Severity::Warn,
+            format!(
+                "{} part(s) of the machine could not be read: the checks that need them did not run",
+                lines.len()
+            ),
+        )
+    };
+    for l in lines.iter().chain(&off) {
+        f = f.evidence(l.clone());
     }
-    vec![f
-        .fix("run as root on the machine itself (sudo rigdoctor check); in a container, mount the host's /sys and /proc read-only, or run rigdoctor on the host")
-        .refs(["https://docs.kernel.org/PCI/sysfs-pci.html"])]
+    if !lines.is_empty() {
+        f = f.fix("run as root on the machine itself (sudo rigdoctor check); in a container, mount the host's /sys and /proc read-only, or run rigdoctor on the host");
+    }
+    if !off.is_empty() {
+        f = f.fix(if wsl(facts) {
+            "nothing inside WSL2 changes the PCIe path: IOMMU and ACS are set in the Windows host's BIOS, and kernel parameters of the WSL2 kernel (iommu=, pci=) do not apply; for these checks, run rigdoctor on Linux installed on the machine"
+        } else {
+            "for these checks, run rigdoctor where the GPUs are on the PCI bus: on the host, or in a container with the host's /sys mounted read-only (then --gpu)"
+        });
+    }
+    vec![f.refs([
+        "https://docs.kernel.org/PCI/sysfs-pci.html",
+        "https://docs.nvidia.com/cuda/wsl-user-guide/index.html",
+    ])]
+}
+
+/// A WSL2 kernel (its release names Microsoft).
+fn wsl(facts: &Facts) -> bool {
+    facts
+        .host
+        .kernel_release
+        .known()
+        .is_some_and(|k| k.to_ascii_lowercase().contains("microsoft"))
+}
+
+/// GPUs that CUDA ran on in this run but that this kernel's PCI bus does not list (WSL2's
+/// paravirtualised GPUs, a container without the host's /sys): one line each, saying what of
+/// theirs was not checked.
+fn off_the_bus(facts: &Facts) -> Vec<String> {
+    let (Some(cuda), Some(topo)) = (
+        facts.gpu.as_ref().and_then(|g| g.cuda.known()),
+        facts.pci.known(),
+    ) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = cuda
+        .devices
+        .iter()
+        .filter(|d| !topo.gpus.iter().any(|g| g.bdf.eq_ignore_ascii_case(&d.bus_id)))
+        .map(|d| {
+            format!(
+                "CUDA device {} ({}, {}) is not on this kernel's PCI bus (/sys/bus/pci/devices): its PCIe link, path, ACS, IOMMU group, AER and BAR1 not checked",
+                d.ordinal, d.name, d.bus_id
+            )
+        })
+        .collect();
+    if !out.is_empty() && wsl(facts) {
+        out.push("a WSL2 kernel: the GPUs are paravirtualised through /dev/dxg, their PCIe path and IOMMU belong to the Windows host; the P2P and NCCL results of this run are what CUDA on WSL2 does".into());
+    }
+    out
 }
 
 /// `p2p-not-tested`: the P2P transfers were skipped on purpose (an accepted workaround makes
