@@ -221,17 +221,7 @@ fn x99_riser_and_acs_story_in_one_report() {
 /// default timeout (bench/all-hang.sh).
 #[test]
 fn eight_gpus_that_all_hang_cost_rounds_of_deadlines_not_pairs() {
-    let name = "NVIDIA GeForce RTX 3090";
-    let gpus: Vec<_> = (0..8)
-        .map(|i| gpu(name, &format!("0000:{:02x}:00.0", 0x11 + i * 0x10), i))
-        .collect();
-    let pairs: Vec<_> = (0..8)
-        .flat_map(|a| {
-            ((a + 1)..8).map(move |b| json!({"a": a, "b": b, "fault": "hang", "topology": "SYS"}))
-        })
-        .collect();
-    let fake =
-        json!({"driver_version": "545.29.06", "cuda_version": 12030, "gpus": gpus, "pairs": pairs});
+    let fake = many_gpus(8, "NVIDIA GeForce RTX 3090", "545.29.06", "hang");
     // bench/all-hang.sh sets the default timeout (10 s) to measure the real figure.
     let timeout: f64 = std::env::var("RIGDOCTOR_ALL_HANG_TIMEOUT")
         .ok()

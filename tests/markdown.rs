@@ -5,7 +5,6 @@ mod common;
 
 use common::*;
 use pulldown_cmark::{Event, Options, Parser, Tag};
-use serde_json::json;
 
 const POST_LIMIT: usize = 30_000;
 
@@ -78,14 +77,7 @@ fn fixture_posts_fit_parse_and_hold_no_stray_html() {
 
 #[test]
 fn an_eight_gpu_post_fits_with_its_json_beside_it() {
-    let name = "NVIDIA GeForce RTX 4090";
-    let gpus: Vec<_> = (0..8)
-        .map(|i| gpu(name, &format!("0000:{:02x}:00.0", 0x11 + i * 0x10), i))
-        .collect();
-    let pairs: Vec<_> = (0..8)
-        .flat_map(|a| ((a + 1)..8).map(move |b| json!({"a": a, "b": b, "topology": "SYS"})))
-        .collect();
-    let fake = json!({"driver_version": "550.127.05", "cuda_version": 12040, "gpus": gpus, "pairs": pairs});
+    let fake = many_gpus(8, "NVIDIA GeForce RTX 4090", "550.127.05", "none");
     let r = run_gpu(
         "p2p",
         &common::sysroot::load_rig("epyc-2x4090-nonroot"),

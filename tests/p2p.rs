@@ -804,14 +804,7 @@ fn a_preflight_with_the_accepted_workaround_pays_no_p2p_deadline() {
 /// side by side: 4 GPUs that all hang cost 4 deadlines, not 6.
 #[test]
 fn progress_in_a_log_is_a_line_per_phase_and_per_hang() {
-    let name = "NVIDIA GeForce RTX 3090";
-    let gpus: Vec<_> = (0..4)
-        .map(|i| gpu(name, &format!("0000:{:02x}:00.0", 0x11 + i * 0x10), i))
-        .collect();
-    let pairs: Vec<_> = (0..4)
-        .flat_map(|a| ((a + 1)..4).map(move |b| json!({"a": a, "b": b, "fault": "hang"})))
-        .collect();
-    let fake = json!({"driver_version": "550.127.05", "cuda_version": 12040, "gpus": gpus, "pairs": pairs});
+    let fake = many_gpus(4, "NVIDIA GeForce RTX 3090", "550.127.05", "hang");
     let dir = sysroot_of(&load_rig("epyc-2x4090-nonroot"));
     let t = std::time::Instant::now();
     let out = on_fake(dir.path(), &fake)

@@ -116,6 +116,22 @@ pub fn gpu(name: &str, bus: &str, n: usize) -> Value {
            "pcie": {"gen": 4, "width": 16, "max_gen": 4, "max_width": 16}})
 }
 
+/// A fake rig of `n` identical GPUs (bus 11, 21, 31, ...), every pair across NUMA nodes (SYS)
+/// with `fault` ("none", "hang", ...).
+pub fn many_gpus(n: usize, name: &str, driver: &str, fault: &str) -> Value {
+    let gpus: Vec<Value> = (0..n)
+        .map(|i| gpu(name, &format!("0000:{:02x}:00.0", 0x11 + i * 0x10), i))
+        .collect();
+    let pairs: Vec<Value> = (0..n)
+        .flat_map(|a| {
+            ((a + 1)..n).map(
+                move |b| serde_json::json!({"a": a, "b": b, "fault": fault, "topology": "SYS"}),
+            )
+        })
+        .collect();
+    serde_json::json!({"driver_version": driver, "cuda_version": 12040, "gpus": gpus, "pairs": pairs})
+}
+
 /// The binary with the fake driver emulating `fake` (its rig file written under `root`).
 pub fn on_fake(root: &Path, fake: &Value) -> Command {
     let rig_file = root.join("fake-rig.json");
