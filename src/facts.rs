@@ -339,7 +339,9 @@ pub struct KernelCmdline {
 
 impl KernelCmdline {
     /// Every `key=value` parameter as (key, value); a bare flag has value "".
-    /// Double quotes group a value with spaces, as the kernel's own parser allows.
+    /// Double quotes group a value with spaces, as the kernel's own parser allows. Ours, not
+    /// procfs-core's `KernelCmdline`: that one splits at every ' ', so `dyndbg="file a.c +p"`
+    /// becomes three words, and the trailing newline stays on the last parameter.
     pub fn params(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
         let mut cur = String::new();

@@ -5,7 +5,7 @@ use std::io::{ErrorKind, Read};
 use std::path::{Path, PathBuf};
 
 /// The biggest file a probe reads: sysfs/procfs files are small; PCI config space is 4 KiB.
-const MAX_READ: u64 = 1 << 20;
+pub const MAX_READ: u64 = 1 << 20;
 
 #[derive(Debug, Clone)]
 pub struct Sysroot {

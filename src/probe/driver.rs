@@ -32,6 +32,9 @@ pub fn probe(root: &Sysroot) -> NvidiaDriver {
         params: root
             .read_string("/proc/driver/nvidia/params")
             .map(|t| parse_colon_pairs(&t)),
+        // /sys/module/<name>, not /proc/modules (procfs-core's `KernelModules`): sysfs answers
+        // with one lookup and also shows a driver built into the kernel, which /proc/modules
+        // never lists.
         nouveau_loaded: root.exists("/sys/module/nouveau"),
     }
 }
