@@ -71,6 +71,7 @@ codes! {
     PcieLinkDegraded "pcie-link-degraded" [Warn] "a GPU link trained narrower or slower than card and slot support";
     PcieReplayErrors "pcie-replay-errors" [Warn] "a GPU link retransmitted packets while copies ran";
     BandwidthLow "bandwidth-low" [Warn] "a copy is far below what its link carries";
+    BandwidthImpossible "bandwidth-impossible" [Error] "a figure exceeds what its link can carry: the copy did not cross it";
     P2pSlowerThanHost "p2p-slower-than-host" [Warn] "peer-to-peer is slower than copying through host memory";
     Throttling "throttling" [Warn] "a GPU throttled its clocks while copies ran";
     PcieSlotLimited "pcie-slot-limited" [Info] "a link is limited by the slot, not the card";

@@ -13,6 +13,9 @@ pub fn low_fraction(method: Method) -> f64 {
     }
 }
 
+/// A figure this far over the link's rate cannot have crossed it (`bandwidth-impossible`).
+pub const IMPOSSIBLE_OVER: f64 = 1.05;
+
 /// NVLink per-link GB/s per direction by compute capability: GA102 (sm_86: RTX 3090, A6000,
 /// A40) has 4 NVLink 3 links of 14.0625 GB/s (112.5 GB/s both ways); NVLink 2-4 on data-centre
 /// parts (V100, A100, H100) carry 25 GB/s per link; NVLink 1 (P100) 20.
@@ -39,6 +42,12 @@ pub struct Expectation {
 impl Expectation {
     pub fn percent(&self, gbps: f64) -> f64 {
         100.0 * gbps / self.theoretical
+    }
+
+    /// Above what the link can carry at all (5% over the larger of its rate under load and the
+    /// rate card and slot support, for clock and rounding slack): the bytes did not cross it.
+    pub fn is_impossible(&self, gbps: f64) -> bool {
+        gbps > IMPOSSIBLE_OVER * self.theoretical.max(self.capable_gbps)
     }
 
     /// Below the share of the capable link that a healthy one reaches.

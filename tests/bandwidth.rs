@@ -11,7 +11,8 @@ use std::time::Duration;
 /// Small copies: the model's figures do not depend on the size, and the tests stay fast.
 const FAST: [&str; 6] = ["--size", "1M", "--iters", "4", "--samples", "2"];
 
-const BANDWIDTH_IDS: [&str; 9] = [
+const BANDWIDTH_IDS: [&str; 10] = [
+    "bandwidth-impossible",
     "pcie-link-degraded",
     "pcie-replay-errors",
     "bandwidth-low",
@@ -475,4 +476,42 @@ fn card_maximum_is_capped_by_the_slot() {
     );
     assert_eq!(bw_ids(&r), Vec::<String>::new(), "{}", r.text);
     shows(&r, "GPU0  Gen3 x16         Gen3 x16");
+}
+
+/// A P2P figure of 40 GB/s on a Gen4 x16 link (31.5 GB/s per direction) did not cross that
+/// link: an error naming the pair, and the figure marked in the table. The healthy rigs above
+/// (PCIe and NVLink) stay quiet.
+#[test]
+fn a_figure_above_the_link_is_impossible() {
+    let name = "NVIDIA GeForce RTX 4090";
+    let fake = json!({"gpus": [gpu(name, "0000:41:00.0", 0), gpu(name, "0000:81:00.0", 1)],
+        "pairs": [{"a": 0, "b": 1, "topology": "SYS", "gbps": 40.0}]});
+    let r = run_gpu("bandwidth", &load_rig("epyc-2x4090-nonroot"), &fake, &FAST);
+    assert_eq!(
+        bw_ids(&r),
+        ["error bandwidth-impossible 0000:41:00.0,0000:81:00.0"],
+        "{}",
+        r.text
+    );
+    let f = text(findings(&r.report, "bandwidth-impossible")[0]);
+    assert!(
+        f.contains("but Gen4 x16 carries 31.5 GB/s per direction"),
+        "{f}"
+    );
+    assert!(f.contains("rigdoctor p2p --devices 0,1"), "{f}");
+    shows(&r, " ??");
+    assert!(
+        r.screen.contains("?? above what the link can carry"),
+        "{}",
+        r.screen
+    );
+    // At 30 GB/s (95% of the link) it is a fast link, not an impossible one.
+    let fake = json!({"gpus": [gpu(name, "0000:41:00.0", 0), gpu(name, "0000:81:00.0", 1)],
+        "pairs": [{"a": 0, "b": 1, "topology": "SYS", "gbps": 30.0}]});
+    let r = run_gpu("bandwidth", &load_rig("epyc-2x4090-nonroot"), &fake, &FAST);
+    assert!(
+        findings(&r.report, "bandwidth-impossible").is_empty(),
+        "{}",
+        r.text
+    );
 }

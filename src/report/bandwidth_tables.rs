@@ -53,7 +53,11 @@ impl Note {
 }
 
 /// What each mark in a cell means, for the one-line legend.
-const MARKS: [(&str, &str); 9] = [
+const MARKS: [(&str, &str); 10] = [
+    (
+        "??",
+        "above what the link can carry: not a result (bandwidth-impossible)",
+    ),
     ("!", "below 60% of the link"),
     ("<", "slower than staged through the host"),
     ("CORRUPT", "data did not verify"),
@@ -89,7 +93,7 @@ pub fn used_marks(lead: &str, items: &[(&str, &str)], sections: &[&Table]) -> St
 
 pub const LEGEND: [&str; 4] = [
     "GB/s per direction (GB = 1e9 bytes), median of the samples; % = share of the link as it ran under load (PCIe Gen x width from NVML while the copies ran, or the active NVLinks).",
-    "! below 60% (SM: 50%) of what the card and slot support: bandwidth-low · < P2P slower than the staged copy through host memory · CORRUPT data did not verify (no figure) · HANG killed after the step deadline · ERROR a CUDA call failed · SKIP not measured: this pair hung in the P2P test · - not measured (no peer access) · quick not measured (--quick: one direction per pair) · NOT-RUN not reached (interrupted)",
+    "?? above 105% of what the link can carry: not a result (bandwidth-impossible) · ! below 60% (SM: 50%) of what the card and slot support: bandwidth-low · < P2P slower than the staged copy through host memory · CORRUPT data did not verify (no figure) · HANG killed after the step deadline · ERROR a CUDA call failed · SKIP not measured: this pair hung in the P2P test · - not measured (no peer access) · quick not measured (--quick: one direction per pair) · NOT-RUN not reached (interrupted)",
     "P2P and staged matrices: rows send, columns receive (CUDA device numbers). Staged = peer access off, the driver copies through host memory: the control P2P should beat.",
     "docs/bandwidth.md explains every column and the expectation model.",
 ];
@@ -111,7 +115,9 @@ fn cell(f: &Facts, bw: &BandwidthFacts, m: Option<&Measurement>) -> String {
     let mut s = format!("{v:.1}");
     if let Some(e) = expectation(f, m) {
         s.push_str(&format!(" {:.0}%", e.percent(v)));
-        if e.is_low(v, m.method) {
+        if e.is_impossible(v) {
+            s.push_str(" ??");
+        } else if e.is_low(v, m.method) {
             s.push_str(" !");
         }
     }

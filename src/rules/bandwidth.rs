@@ -266,6 +266,75 @@ impl<K: PartialEq> Groups<K> {
 
 /// Figures below what the card and slot (or NVLinks) should carry, one finding per GPU for
 /// host copies and per pair for P2P.
+/// `bandwidth-impossible`: figures above what the link they crossed can carry. Such a copy did
+/// not go where it was meant to (a mirrored aperture, misrouted writes), or the link facts are
+/// wrong; either way the figure is not a result.
+pub fn impossible(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
+    let Some(b) = bw(facts) else {
+        return Vec::new();
+    };
+    let mut lines = Vec::new();
+    let mut devices: Vec<i32> = Vec::new();
+    let mut p2p_pairs: Vec<(i32, i32)> = Vec::new();
+    for m in b.measurements.iter().filter(|m| !m.latency) {
+        let (Some(v), Some(e)) = (measured(m), expectation(facts, m)) else {
+            continue;
+        };
+        if !e.is_impossible(v) {
+            continue;
+        }
+        lines.push(format!(
+            "{}: {v:.1} GB/s measured, but {} carries {:.1} GB/s per direction (card and slot: {}, {:.1} GB/s)",
+            m.describe(),
+            e.link,
+            e.theoretical,
+            e.capable,
+            e.capable_gbps
+        ));
+        for d in [m.from, m.to].into_iter().flatten() {
+            if !devices.contains(&d) {
+                devices.push(d);
+            }
+        }
+        if let (Kind::P2p, Some(a), Some(c)) = (m.kind, m.from, m.to) {
+            p2p_pairs.push((a.min(c), a.max(c)));
+        }
+    }
+    if lines.is_empty() {
+        return Vec::new();
+    }
+    let mut f = Finding::new(
+        Code::BandwidthImpossible,
+        Severity::Error,
+        format!(
+            "{} bandwidth figure(s) exceed what their link can carry: the copies did not cross it",
+            lines.len()
+        ),
+    )
+    .gpus(devices.iter().map(|&d| device_label(facts, d).1));
+    for l in lines {
+        f = f.evidence(l);
+    }
+    f = f.evidence(format!(
+        "a copy faster than {:.0}% of its link's rate went somewhere else: writes landing in a mirrored aperture (reported in VMs) or misrouted by a patched P2P driver; the tables mark these figures ??",
+        crate::expect::IMPOSSIBLE_OVER * 100.0
+    ));
+    p2p_pairs.sort_unstable();
+    p2p_pairs.dedup();
+    for (a, c) in &p2p_pairs {
+        f = f.fix(format!(
+            "do not trust P2P between GPU {a} and GPU {c}: verify where the bytes go with rigdoctor p2p --devices {a},{c} (every byte compared), and check for a patched or community P2P driver"
+        ));
+    }
+    vec![f
+        .fix("in a VM, test on the host (or with the GPUs passed through whole): emulated or mirrored BARs give figures no PCIe link can carry")
+        .refs([
+            "https://github.com/NVIDIA/nccl/issues/2335",
+            "https://github.com/aikitoria/open-gpu-kernel-modules/pull/36",
+            KERNEL_SYSFS_PCI,
+        ])]
+}
+
 pub fn low(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
     let Some(b) = bw(facts) else {
         return Vec::new();

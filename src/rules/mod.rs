@@ -54,6 +54,7 @@ const RULES: &[(&[Code], Rule)] = &[
     (&[Code::PcieLinkDegraded], bandwidth::link_degraded),
     (&[Code::PcieReplayErrors], bandwidth::replay_errors),
     (&[Code::BandwidthLow], bandwidth::low),
+    (&[Code::BandwidthImpossible], bandwidth::impossible),
     (&[Code::P2pSlowerThanHost], bandwidth::slower_than_host),
     (&[Code::Throttling], bandwidth::throttling),
     (
