@@ -264,7 +264,6 @@ fn watchdog_test(g: &GlobalArgs, gpu: &GpuArgs) -> Result<u8> {
 /// `rigdoctor explain [ID]`: one finding's entry from docs/findings.md, or every code.
 fn explain(id: Option<&str>) -> Result<u8> {
     use crate::code::Code;
-    const DOC: &str = include_str!("../docs/findings.md");
     let Some(id) = id else {
         let width = Code::ALL.iter().map(|c| c.id().len()).max().unwrap_or(0);
         let mut out = String::new();
@@ -284,17 +283,11 @@ fn explain(id: Option<&str>) -> Result<u8> {
     let Some(code) = Code::from_id(id) else {
         bail!("{id:?} is no finding id: `rigdoctor explain` lists them");
     };
-    let head = format!("## `{}`\n", code.id());
-    let section = DOC
-        .find(&head)
-        .map(|i| &DOC[i..])
-        .map(|s| &s[..s[3..].find("\n## ").map_or(s.len(), |e| e + 3)])
-        .unwrap_or_default();
     print(&format!(
         "{}: {}\n\n{}\n",
         code.id(),
         code.summary(),
-        section.trim_end()
+        code.docs_section().unwrap_or_default().trim_end()
     ))?;
     Ok(EXIT_OK)
 }

@@ -98,6 +98,25 @@ impl Code {
     pub fn docs(self) -> String {
         format!("docs/findings.md#{}", self.id())
     }
+
+    /// Its entry in docs/findings.md (built in): from its heading to the next one.
+    pub fn docs_section(self) -> Option<&'static str> {
+        section(FINDINGS_DOC, self.id())
+    }
+}
+
+/// docs/findings.md, as `rigdoctor explain` prints it.
+pub const FINDINGS_DOC: &str = include_str!("../docs/findings.md");
+
+/// The section of `doc` under the heading of `id`, heading included, up to the next heading.
+fn section<'a>(doc: &'a str, id: &str) -> Option<&'a str> {
+    let head = format!("## `{id}`\n");
+    let start = doc.find(&head)?;
+    let rest = &doc[start..];
+    let end = rest[head.len()..]
+        .find("\n## ")
+        .map_or(rest.len(), |e| e + head.len());
+    Some(&rest[..end])
 }
 
 impl std::fmt::Display for Code {
@@ -110,19 +129,11 @@ impl std::fmt::Display for Code {
 mod tests {
     use super::*;
 
-    /// The docs section of `id`: from its heading to the next.
-    fn section<'a>(doc: &'a str, id: &str) -> Option<&'a str> {
-        let head = format!("## `{id}`\n");
-        let start = doc.find(&head)? + head.len();
-        let rest = &doc[start..];
-        Some(&rest[..rest.find("\n## ").unwrap_or(rest.len())])
-    }
-
     #[test]
     fn every_code_is_documented_with_its_severities() {
-        let doc = include_str!("../docs/findings.md");
         for &c in Code::ALL {
-            let s = section(doc, c.id())
+            let s = c
+                .docs_section()
                 .unwrap_or_else(|| panic!("{c} has no heading in docs/findings.md"));
             if s.contains("Severity from") || s.contains("Severity is") {
                 continue;
@@ -139,8 +150,7 @@ mod tests {
 
     #[test]
     fn every_documented_heading_is_a_code() {
-        let doc = include_str!("../docs/findings.md");
-        for line in doc.lines().filter(|l| l.starts_with("## `")) {
+        for line in FINDINGS_DOC.lines().filter(|l| l.starts_with("## `")) {
             let id = line.trim_start_matches("## `").trim_end_matches('`');
             assert!(
                 Code::from_id(id).is_some(),

@@ -36,14 +36,9 @@ fn tables(md: &str) -> usize {
 }
 
 fn post_of(file: &std::path::Path, extra: &[&str]) -> String {
-    let out = rigdoctor()
-        .args(["diagnose", "--format", "markdown"])
-        .args(extra)
-        .arg(file)
-        .output()
-        .unwrap();
-    assert!(matches!(out.status.code(), Some(0 | 1)), "{out:?}");
-    String::from_utf8(out.stdout).unwrap()
+    let mut args = vec!["--format", "markdown"];
+    args.extend_from_slice(extra);
+    diagnose_file(file, &args)
 }
 
 #[test]

@@ -13,14 +13,9 @@ fn stable(s: &str) -> String {
 }
 
 fn diagnose(file: &std::path::Path, args: &[&str]) -> String {
-    let out = rigdoctor()
-        .args(["diagnose", "--color", "never"])
-        .args(args)
-        .arg(file)
-        .output()
-        .unwrap();
-    assert!(matches!(out.status.code(), Some(0 | 1)), "{out:?}");
-    stable(&String::from_utf8(out.stdout).unwrap())
+    let mut all = vec!["--color", "never"];
+    all.extend_from_slice(args);
+    stable(&diagnose_file(file, &all))
 }
 
 #[test]

@@ -59,6 +59,18 @@ pub struct PeerAccess {
     pub native_atomics: Probed<bool>,
 }
 
+/// Whether CUDA grants `from` access to `to`'s memory (cuDeviceCanAccessPeer said yes).
+pub fn granted(access: &[PeerAccess], from: i32, to: i32) -> bool {
+    access
+        .iter()
+        .any(|p| p.from == from && p.to == to && p.can_access == Probed::Known(true))
+}
+
+/// Whether CUDA grants P2P between `a` and `b` in at least one direction.
+pub fn granted_either(access: &[PeerAccess], a: i32, b: i32) -> bool {
+    granted(access, a, b) || granted(access, b, a)
+}
+
 /// The verified transfer of data from GPU `from` to GPU `to`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PairTest {

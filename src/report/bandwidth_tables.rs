@@ -130,12 +130,10 @@ fn cell(f: &Facts, bw: &BandwidthFacts, m: Option<&Measurement>) -> String {
 /// Why a GPU pair's cell holds no measurement: "-" only when CUDA grants no peer access
 /// between them; "quick" for the direction `--quick` leaves out; else "NOT-RUN" (interrupted).
 fn missing(bw: &BandwidthFacts, kind: Kind, a: i32, b: i32) -> String {
-    let granted = bw.access.known().is_some_and(|acc| {
-        acc.iter().any(|p| {
-            ((p.from, p.to) == (a, b) || (p.from, p.to) == (b, a))
-                && p.can_access == Probed::Known(true)
-        })
-    });
+    let granted = bw
+        .access
+        .known()
+        .is_some_and(|acc| crate::facts::granted_either(acc, a, b));
     if kind == Kind::P2p && !granted {
         "-".into()
     } else if !bw.config.all_pairs && a > b {

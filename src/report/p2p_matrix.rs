@@ -186,10 +186,7 @@ pub fn tables(f: &Facts) -> Option<P2pTables> {
             let test = p2p.tests.iter().find(|t| t.from == a && t.to == b);
             // "-" says one thing: no P2P granted. A granted pair without a test was not
             // reached (an interrupted run).
-            let granted = access.iter().any(|p| {
-                ((p.from, p.to) == (a, b) || (p.from, p.to) == (b, a))
-                    && p.can_access == Probed::Known(true)
-            });
+            let granted = crate::facts::granted_either(access, a, b);
             let word = match test {
                 Some(t) => verdict_word(t),
                 None if granted => "NOT-RUN",

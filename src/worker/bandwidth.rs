@@ -128,11 +128,7 @@ pub fn measurement_steps(
     access: &[PeerAccess],
     cfg: &BandwidthConfig,
 ) -> Vec<Step> {
-    let granted = |a: i32, b: i32| {
-        access
-            .iter()
-            .any(|p| p.from == a && p.to == b && p.can_access.known() == Some(&true))
-    };
+    let granted = |a: i32, b: i32| crate::facts::granted(access, a, b);
     let pairs: Vec<(i32, i32)> = devices
         .iter()
         .flat_map(|&a| devices.iter().map(move |&b| (a, b)))

@@ -40,11 +40,7 @@ pub fn matrix(devices: Option<Vec<i32>>) -> Result<(MatrixAnswer, Vec<Step>), St
             access.push(peer_access(from, to));
         }
     }
-    let granted = |a: i32, b: i32| {
-        access
-            .iter()
-            .any(|p| p.from == a && p.to == b && p.can_access.known() == Some(&true))
-    };
+    let granted = |a: i32, b: i32| crate::facts::granted(&access, a, b);
     let mut steps: Vec<Step> = devices
         .iter()
         .map(|&d| Step::GpuSelftest { device: d })

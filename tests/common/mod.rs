@@ -116,6 +116,18 @@ pub fn gpu(name: &str, bus: &str, n: usize) -> Value {
            "pcie": {"gen": 4, "width": 16, "max_gen": 4, "max_width": 16}})
 }
 
+/// stdout of `rigdoctor diagnose FILE ARGS` (exit 0 or 1: findings or none, never an error).
+pub fn diagnose_file(file: &Path, args: &[&str]) -> String {
+    let out = rigdoctor()
+        .arg("diagnose")
+        .args(args)
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(matches!(out.status.code(), Some(0 | 1)), "{out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// A fake rig of `n` identical GPUs (bus 11, 21, 31, ...), every pair across NUMA nodes (SYS)
 /// with `fault` ("none", "hang", ...).
 pub fn many_gpus(n: usize, name: &str, driver: &str, fault: &str) -> Value {
