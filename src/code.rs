@@ -65,7 +65,8 @@ codes! {
     NcclWrongResult "nccl-wrong-result" [Error] "the all-reduce sums to wrong values";
     NcclKnownBad "nccl-known-bad" [Error, Warn, Info] "this NCCL release is reported broken here";
     NcclSlow "nccl-slow" [Warn] "the all-reduce is far below what the links measured";
-    IommuTranslation "iommu-translation" [Warn] "the IOMMU translates GPU DMA";
+    IommuTranslation "iommu-translation" [Error, Warn] "the IOMMU translates GPU DMA";
+    IommuFaults "iommu-faults" [Error] "the kernel logged IOMMU faults for a GPU's DMA";
     AcsRedirect "acs-redirect" [Warn] "PCIe ACS redirects peer traffic up to the CPU";
     AcsNotChecked "acs-not-checked" [Info] "ACS on the bridges between GPUs could not be read";
     PcieLinkDegraded "pcie-link-degraded" [Warn] "a GPU link trained narrower or slower than card and slot support";
@@ -73,9 +74,12 @@ codes! {
     BandwidthLow "bandwidth-low" [Warn] "a copy is far below what its link carries";
     BandwidthImpossible "bandwidth-impossible" [Error] "a figure exceeds what its link can carry: the copy did not cross it";
     P2pSlowerThanHost "p2p-slower-than-host" [Warn] "peer-to-peer is slower than copying through host memory";
-    Throttling "throttling" [Warn] "a GPU throttled its clocks while copies ran";
+    Throttling "throttling" [Warn] "a GPU throttled its clocks while copies ran (heat or a software cap)";
+    PowerBrake "power-brake" [Warn] "the power supply side braked a GPU's clocks under load";
     PcieSlotLimited "pcie-slot-limited" [Info] "a link is limited by the slot, not the card";
     PcieAerErrors "pcie-aer-errors" [Error, Warn] "PCIe Advanced Error Reporting counted errors on a GPU";
+    GpuFellOffBus "gpu-fell-off-bus" [Error] "a GPU stopped answering on PCIe (Xid 79)";
+    XidErrors "xid-errors" [Error, Warn, Info] "the NVIDIA driver logged Xid errors for a GPU";
     SmallBar1 "small-bar1" [Info] "Resizable BAR is off";
     VirtualMachine "virtual-machine" [Info] "rigdoctor runs in a virtual machine";
     ShmTooSmall "shm-too-small" [Warn] "/dev/shm is too small for NCCL's shared-memory transport";

@@ -7,12 +7,14 @@
 mod bandwidth;
 mod failure;
 pub mod float;
+mod kernel_log;
 mod nccl;
 mod p2p;
 mod worker;
 
 pub use bandwidth::*;
 pub use failure::*;
+pub use kernel_log::*;
 pub use nccl::*;
 pub use p2p::*;
 use serde::{Deserialize, Serialize};
@@ -329,6 +331,9 @@ pub struct Host {
     pub iommu: Iommu,
     pub virtualization: Virtualization,
     pub shm: Probed<Shm>,
+    /// What the current boot's kernel log says about GPUs and their PCIe paths.
+    #[serde(default = "not_in_report")]
+    pub kernel_log: Probed<KernelLog>,
 }
 
 /// `/proc/cmdline`, kept whole; rules ask it for parameters.

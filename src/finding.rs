@@ -82,8 +82,14 @@ impl Finding {
         self
     }
 
+    /// Add sources; one already listed is not listed twice.
     pub fn refs<S: Into<String>>(mut self, r: impl IntoIterator<Item = S>) -> Self {
-        self.refs.extend(r.into_iter().map(Into::into));
+        for r in r {
+            let r = r.into();
+            if !self.refs.contains(&r) {
+                self.refs.push(r);
+            }
+        }
         self
     }
 

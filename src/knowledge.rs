@@ -11,6 +11,7 @@ use std::cmp::Ordering;
 const GPUS_TOML: &str = include_str!("../checks/gpus.toml");
 const DRIVERS_TOML: &str = include_str!("../checks/drivers.toml");
 const NCCL_TOML: &str = include_str!("../checks/nccl.toml");
+const XID_TOML: &str = include_str!("../checks/xid.toml");
 
 #[derive(Debug, Clone)]
 pub struct Knowledge {
@@ -18,6 +19,31 @@ pub struct Knowledge {
     pub families_source: String,
     pub drivers: Vec<DriverEntry>,
     pub nccl: Vec<NcclEntry>,
+    /// NVIDIA's Xid catalogue, by code.
+    pub xids: Vec<XidEntry>,
+    pub xids_source: String,
+}
+
+/// One Xid code of NVIDIA's catalogue (docs.nvidia.com/deploy/xid-errors), with what a rig
+/// builder should check.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XidEntry {
+    pub code: u32,
+    pub name: String,
+    pub severity: Severity,
+    /// The catalogue's cause columns: "hw", "driver", "app", "bus", "memory", ...
+    pub cause: Vec<String>,
+    pub meaning: String,
+    pub hint: String,
+    pub sources: Vec<String>,
+}
+
+impl XidEntry {
+    /// The catalogue says a program, not the machine, usually causes it.
+    pub fn usually_the_program(&self) -> bool {
+        self.cause.iter().all(|c| c == "app")
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -104,6 +130,17 @@ struct NcclFile {
     nccl: Vec<NcclEntry>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct XidFile {
+    source: String,
+    xid: Vec<XidEntry>,
+}
+
+const XID_CAUSES: [&str; 11] = [
+    "hw", "driver", "app", "memory", "bus", "thermal", "power", "fb", "nvlink", "firmware", "other",
+];
+
 /// A dotted numeric version ("545.29.06"); missing components compare as 0, so "545" == "545.0.0".
 #[derive(Debug, Clone, Deserialize)]
 #[serde(try_from = "String")]
@@ -164,18 +201,21 @@ impl Eq for Version {}
 impl Knowledge {
     /// The knowledge base compiled into this binary.
     pub fn embedded() -> Result<Knowledge> {
-        Knowledge::parse(GPUS_TOML, DRIVERS_TOML, NCCL_TOML)
+        Knowledge::parse(GPUS_TOML, DRIVERS_TOML, NCCL_TOML, XID_TOML)
     }
 
-    pub fn parse(gpus: &str, drivers: &str, nccl: &str) -> Result<Knowledge> {
+    pub fn parse(gpus: &str, drivers: &str, nccl: &str, xid: &str) -> Result<Knowledge> {
         let gpus: GpusFile = toml::from_str(gpus).context("checks/gpus.toml")?;
         let drivers: DriversFile = toml::from_str(drivers).context("checks/drivers.toml")?;
         let nccl: NcclFile = toml::from_str(nccl).context("checks/nccl.toml")?;
+        let xid: XidFile = toml::from_str(xid).context("checks/xid.toml")?;
         let kb = Knowledge {
             families: gpus.family,
             families_source: gpus.source,
             drivers: drivers.driver,
             nccl: nccl.nccl,
+            xids: xid.xid,
+            xids_source: xid.source,
         };
         kb.validate()?;
         Ok(kb)
@@ -227,7 +267,33 @@ impl Knowledge {
                 bail!("{}: no versions", n.id);
             }
         }
+        for (i, x) in self.xids.iter().enumerate() {
+            let id = format!("xid-{}", x.code);
+            if self.xids[..i].iter().any(|o| o.code >= x.code) {
+                bail!("checks/xid.toml: {id} is out of order or listed twice");
+            }
+            if x.sources.is_empty() || x.sources.iter().any(|s| !s.starts_with("https://")) {
+                bail!("{id}: every entry needs at least one public https source");
+            }
+            if x.name.is_empty() || x.meaning.is_empty() || x.hint.is_empty() {
+                bail!("{id}: name, meaning and hint must say something");
+            }
+            if let Some(c) = x.cause.iter().find(|c| !XID_CAUSES.contains(&c.as_str())) {
+                bail!(
+                    "{id}: unknown cause {c:?} (known: {})",
+                    XID_CAUSES.join(", ")
+                );
+            }
+        }
         Ok(())
+    }
+
+    /// The catalogue entry of an Xid code.
+    pub fn xid(&self, code: u32) -> Option<&XidEntry> {
+        self.xids
+            .binary_search_by_key(&code, |x| x.code)
+            .ok()
+            .map(|i| &self.xids[i])
     }
 
     /// The architecture of an NVIDIA device ID, if it falls in a known block.
@@ -286,6 +352,24 @@ mod tests {
         assert_eq!(kb.family_of(0x2330), Some("hopper"));
         assert_eq!(kb.family_of(0x1b06), Some("pascal"));
         assert_eq!(kb.family_of(0x0001), None);
+        let x79 = kb.xid(79).expect("Xid 79 is in the catalogue");
+        assert_eq!(x79.severity, Severity::Error);
+        assert!(kb.xid(13).unwrap().usually_the_program());
+        assert!(kb.xid(100_000).is_none());
+    }
+
+    #[test]
+    fn malformed_xid_entries_are_rejected() {
+        let first = XID_TOML.find("[[xid]]").unwrap();
+        let second = first + 7 + XID_TOML[first + 7..].find("[[xid]]").unwrap();
+        let twice = format!("{XID_TOML}\n{}", &XID_TOML[first..second]);
+        let unknown_cause = XID_TOML.replacen("cause = [", "cause = [\"gremlins\", ", 1);
+        for (i, text) in [twice, unknown_cause].iter().enumerate() {
+            assert!(
+                Knowledge::parse(GPUS_TOML, DRIVERS_TOML, NCCL_TOML, text).is_err(),
+                "case {i} accepted"
+            );
+        }
     }
 
     #[test]
@@ -317,7 +401,7 @@ mod tests {
         for (i, text) in bad.iter().enumerate() {
             assert_ne!(text, good_drivers, "case {i} did not change the file");
             assert!(
-                Knowledge::parse(GPUS_TOML, text, NCCL_TOML).is_err(),
+                Knowledge::parse(GPUS_TOML, text, NCCL_TOML, XID_TOML).is_err(),
                 "case {i} accepted"
             );
         }
@@ -325,9 +409,9 @@ mod tests {
             "{NCCL_TOML}\n{}",
             &NCCL_TOML[NCCL_TOML.find("[[nccl]]").unwrap()..]
         );
-        assert!(Knowledge::parse(GPUS_TOML, DRIVERS_TOML, &dup).is_err());
+        assert!(Knowledge::parse(GPUS_TOML, DRIVERS_TOML, &dup, XID_TOML).is_err());
         let overlap = GPUS_TOML.replace("[[0x2300, 0x23ff]]", "[[0x2200, 0x23ff]]");
-        assert!(Knowledge::parse(&overlap, DRIVERS_TOML, NCCL_TOML).is_err());
+        assert!(Knowledge::parse(&overlap, DRIVERS_TOML, NCCL_TOML, XID_TOML).is_err());
     }
 
     #[test]

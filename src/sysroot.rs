@@ -64,6 +64,22 @@ impl Sysroot {
         }
     }
 
+    /// The last `limit` bytes of a regular file, and whether older bytes were left out (a log
+    /// is read from its end: the newest lines are the ones that matter).
+    pub fn read_tail(&self, abs: &str, limit: u64) -> Probed<(Vec<u8>, bool)> {
+        let path = match self.confined(abs) {
+            Ok(p) => p,
+            Err(u) => return u.retype(),
+        };
+        match read_regular_tail(&path, limit) {
+            Ok(v) => Probed::Known(v),
+            Err(e) if e.kind() == ErrorKind::InvalidInput => {
+                Probed::unknown(Why::IoError, format!("{abs}: {e}"))
+            }
+            Err(e) => io_unknown(abs, &e),
+        }
+    }
+
     pub fn read_string(&self, abs: &str) -> Probed<String> {
         self.read_bytes(abs)
             .map(|b| String::from_utf8_lossy(&b).into_owned())
@@ -109,9 +125,7 @@ impl Sysroot {
     }
 }
 
-/// Up to `limit` bytes of a regular file. Opened non-blocking and checked before reading, so
-/// a FIFO, a device or a socket is refused instead of blocking rigdoctor forever.
-pub fn read_regular(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     let f = std::fs::OpenOptions::new()
         .read(true)
@@ -123,6 +137,27 @@ pub fn read_regular(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
             "not a regular file (a FIFO, device or socket is never read)",
         ));
     }
+    Ok(f)
+}
+
+/// The last `limit` bytes of a regular file, and whether the file is longer.
+fn read_regular_tail(path: &Path, limit: u64) -> std::io::Result<(Vec<u8>, bool)> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = open_regular(path)?;
+    let len = f.metadata()?.len();
+    let cut = len > limit;
+    if cut {
+        f.seek(SeekFrom::Start(len - limit))?;
+    }
+    let mut buf = Vec::new();
+    f.take(limit).read_to_end(&mut buf)?;
+    Ok((buf, cut))
+}
+
+/// Up to `limit` bytes of a regular file. Opened non-blocking and checked before reading, so
+/// a FIFO, a device or a socket is refused instead of blocking rigdoctor forever.
+pub fn read_regular(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    let f = open_regular(path)?;
     let mut buf = Vec::new();
     f.take(limit).read_to_end(&mut buf)?;
     Ok(buf)

@@ -11,13 +11,14 @@ use std::time::Duration;
 /// Small copies: the model's figures do not depend on the size, and the tests stay fast.
 const FAST: [&str; 6] = ["--size", "1M", "--iters", "4", "--samples", "2"];
 
-const BANDWIDTH_IDS: [&str; 10] = [
+const BANDWIDTH_IDS: [&str; 11] = [
     "bandwidth-impossible",
     "pcie-link-degraded",
     "pcie-replay-errors",
     "bandwidth-low",
     "p2p-slower-than-host",
     "throttling",
+    "power-brake",
     "p2p-corrupt",
     "p2p-hang",
     "copy-corrupt",
@@ -294,9 +295,56 @@ fn throttled_gpu() {
         "{f}"
     );
     assert!(
-        f.contains("check cooling") && f.contains("check power"),
+        f.contains("check cooling") && f.contains("reached its power limit"),
         "{f}"
     );
+    // Heat that engages the hardware slowdown (0x8 with 0x40) is still throttling.
+    let r = bandwidth(
+        &x99(|f| f["gpus"][1]["throttle_under_load"] = json!(0x8 | 0x40)),
+        &[],
+    );
+    assert_eq!(bw_ids(&r), ["warn throttling 0000:05:00.0"], "{}", r.text);
+}
+
+#[test]
+fn a_power_brake_points_at_the_supply_with_draw_and_limits() {
+    let r = bandwidth(
+        &x99(|f| {
+            let g = &mut f["gpus"][0];
+            g["throttle_under_load"] = json!(0x80 | 0x8);
+            g["power_under_load_w"] = json!(341);
+            g["power_max_w"] = json!(390);
+        }),
+        &[],
+    );
+    assert_eq!(bw_ids(&r), ["warn power-brake 0000:03:00.0"], "{}", r.text);
+    let f = findings(&r.report, "power-brake")[0];
+    let ev = text(&f["evidence"]);
+    assert!(ev.contains("0x88 (HW slowdown, HW power brake)"), "{ev}");
+    assert!(
+        ev.contains("up to 341 W of its 350 W limit (default 350 W, settable 100-390 W)"),
+        "{ev}"
+    );
+    // Both GPUs' peaks: the other ran at the fake's 60% of 350 W.
+    assert!(ev.contains("all 2 GPUs together drew up to 551 W"), "{ev}");
+    let fix = text(&f["fix"]);
+    assert!(
+        fix.contains("sudo nvidia-smi -i 0000:03:00.0 -pl 280"),
+        "{fix}"
+    );
+    assert!(fix.contains("no daisy-chained"), "{fix}");
+    assert!(findings(&r.report, "throttling").is_empty());
+    // HW slowdown alone is the power side too; the software power cap alone is not.
+    let r = bandwidth(
+        &x99(|f| f["gpus"][0]["throttle_under_load"] = json!(0x8)),
+        &[],
+    );
+    assert_eq!(bw_ids(&r), ["warn power-brake 0000:03:00.0"], "{}", r.text);
+    let r = bandwidth(
+        &x99(|f| f["gpus"][0]["throttle_under_load"] = json!(0x4)),
+        &[],
+    );
+    assert_eq!(bw_ids(&r), ["warn throttling 0000:03:00.0"], "{}", r.text);
 }
 
 #[test]

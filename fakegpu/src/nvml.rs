@@ -400,6 +400,31 @@ uint_getter!(nvmlDeviceGetMaxPcieLinkWidth, |g: &crate::rig::Gpu| g
 uint_getter!(nvmlDeviceGetPowerManagementLimit, |g: &crate::rig::Gpu| g
     .power_limit_w
     * 1000);
+uint_getter!(nvmlDeviceGetEnforcedPowerLimit, |g: &crate::rig::Gpu| g
+    .power_limit_w
+    * 1000);
+uint_getter!(
+    nvmlDeviceGetPowerManagementDefaultLimit,
+    |g: &crate::rig::Gpu| g.power_default_w.unwrap_or(g.power_limit_w) * 1000
+);
+uint_getter!(nvmlDeviceGetPowerUsage, |g: &crate::rig::Gpu| g
+    .power_now_mw(crate::stream::busy(index_of(g))));
+
+/// nvmlDeviceGetPowerManagementLimitConstraints(device, *min, *max), in milliwatts.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetPowerManagementLimitConstraints(
+    h: *mut c_void,
+    min: *mut c_uint,
+    max: *mut c_uint,
+) -> Ret {
+    if min.is_null() || max.is_null() {
+        return INVALID_ARGUMENT;
+    }
+    ret(device(h).map(|g| {
+        *min = g.power_min_w.unwrap_or(g.power_limit_w * 2 / 7) * 1000;
+        *max = g.power_max_w.unwrap_or(g.power_limit_w) * 1000;
+    }))
+}
 uint_getter!(nvmlDeviceGetPersistenceMode, |g: &crate::rig::Gpu| {
     u32::from(g.persistence)
 });

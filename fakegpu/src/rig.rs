@@ -207,6 +207,27 @@ pub struct Gpu {
     /// NVML clock throttle reason bits while copies run (0x20 SW thermal, 0x8 HW slowdown).
     #[serde(default)]
     pub throttle_under_load: u64,
+    /// Watts NVML reads while copies run (default 60% of the limit) and at rest (default 25).
+    pub power_under_load_w: Option<u32>,
+    pub power_idle_w: Option<u32>,
+    /// The board's default power limit and the range `nvidia-smi -pl` may set (defaults: the
+    /// limit; 2/7 of it to the limit, like a 3090's 100-350 W).
+    pub power_default_w: Option<u32>,
+    pub power_min_w: Option<u32>,
+    pub power_max_w: Option<u32>,
+}
+
+impl Gpu {
+    /// What NVML reads as power draw now, in milliwatts.
+    pub fn power_now_mw(&self, busy: bool) -> u32 {
+        let w = if busy {
+            self.power_under_load_w
+                .unwrap_or(self.power_limit_w * 3 / 5)
+        } else {
+            self.power_idle_w.unwrap_or(25)
+        };
+        w * 1000
+    }
 }
 
 fn default_brand() -> String {

@@ -230,6 +230,17 @@ pub struct LinkUnderLoad {
     pub samples: u32,
     /// nvmlDeviceGetCurrentClocksThrottleReasons bits seen under load, OR-ed.
     pub throttle_reasons: u64,
+    /// The highest power draw read while copies ran, milliwatts (nvmlDeviceGetPowerUsage).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_peak_mw: Option<u32>,
+    /// The enforced power limit, the board's default and the range it may be set to
+    /// (nvmlDeviceGetEnforcedPowerLimit, ...DefaultLimit, ...LimitConstraints), milliwatts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_limit_mw: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_default_mw: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_range_mw: Option<[u32; 2]>,
     /// nvmlDeviceGetPcieReplayCounter before the first and after the last copy.
     pub replays_before: Option<u64>,
     pub replays_after: Option<u64>,

@@ -278,6 +278,16 @@ pub struct Reading {
     pub max_width: Option<u32>,
     pub throttle: Option<u64>,
     pub replays: Option<u64>,
+    /// nvmlDeviceGetPowerUsage, milliwatts.
+    #[serde(default)]
+    pub power_mw: Option<u32>,
+    /// With `full`: the enforced power limit, the board default and the settable range.
+    #[serde(default)]
+    pub power_limit_mw: Option<u32>,
+    #[serde(default)]
+    pub power_default_mw: Option<u32>,
+    #[serde(default)]
+    pub power_range_mw: Option<[u32; 2]>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unread: Vec<String>,
 }

@@ -36,6 +36,7 @@ pub fn probe(root: &Sysroot) -> Host {
             dmi_product_name: root.read_attr("/sys/class/dmi/id/product_name"),
             container_markers: container_markers(root),
         },
+        kernel_log: super::kernel_log::probe(root),
     }
 }
 

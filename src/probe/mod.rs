@@ -5,6 +5,7 @@ mod driver;
 mod env;
 pub mod gpu;
 mod host;
+mod kernel_log;
 pub mod pci;
 
 pub use config_space::decode_bridge_config;

@@ -28,12 +28,17 @@ pub fn errors(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
             .iter()
             .filter(|(_, a)| a.correctable_total() + a.nonfatal_total() + a.fatal_total() > 0)
             .collect();
-        if bad.is_empty() {
+        // The kernel log names reports the counters may not show (counters unreadable, an
+        // older kernel without aer_stats): either is evidence.
+        let logged = super::kernel_log::aer_evidence(facts, g);
+        let logged_uncorrectable = super::kernel_log::aer_uncorrectable(facts, g) == Some(true);
+        if bad.is_empty() && logged.is_empty() {
             continue;
         }
-        let uncorrectable = bad
-            .iter()
-            .any(|(_, a)| a.nonfatal_total() + a.fatal_total() > 0);
+        let uncorrectable = logged_uncorrectable
+            || bad
+                .iter()
+                .any(|(_, a)| a.nonfatal_total() + a.fatal_total() > 0);
         let (severity, title) = if uncorrectable {
             (
                 Severity::Error,
@@ -58,8 +63,13 @@ pub fn errors(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
                 a.nonzero().join(", ")
             ));
         }
+        for e in logged {
+            f = f.evidence(e);
+        }
+        if facts.host.kernel_log.known().is_none() {
+            f = f.fix("see when they happened: sudo dmesg | grep -i -e 'PCIe Bus Error' -e AER");
+        }
         f = f
-            .fix("see when they happened: sudo dmesg | grep -i -e 'PCIe Bus Error' -e AER")
             .fix("reseat or replace the riser, or set that slot to a lower PCIe generation in the BIOS (Gen3 is far more tolerant of risers than Gen4)")
             .fix("`rigdoctor bandwidth` shows whether the counters grow under load")
             .refs([AER_STATS, KERNEL_SYSFS_PCI]);

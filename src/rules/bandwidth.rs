@@ -95,6 +95,15 @@ pub fn link_degraded(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
         if !host.is_empty() {
             f = f.evidence(format!("measured: {}", host.join(", ")));
         }
+        if let Some(gpu) = l
+            .bus_id
+            .as_deref()
+            .and_then(|b| super::gpu_by_bdf(facts, b))
+        {
+            for e in super::kernel_log::link_evidence(facts, gpu) {
+                f = f.evidence(e);
+            }
+        }
         if w < mw {
             f = f
                 .fix("reseat the card and the riser at both ends; a riser or cable rated for a lower generation, or too long, trains fewer lanes")
@@ -201,10 +210,15 @@ fn limiter(
         return format!("the link ran {link} under load though card and slot support {capable}: riser, slot wiring, x8/x8 split or a link that trained down (see pcie-link-degraded)");
     }
     let devices: Vec<i32> = [m.from, m.to].into_iter().flatten().collect();
-    let throttled = devices
-        .iter()
-        .any(|&d| b.link(d).is_some_and(|l| l.throttle_reasons & BRAKES != 0));
-    if throttled {
+    let braked = |pick: fn(u64) -> u64| {
+        devices
+            .iter()
+            .any(|&d| b.link(d).is_some_and(|l| pick(l.throttle_reasons) != 0))
+    };
+    if braked(power_bits) {
+        return "the GPU's clocks were braked by its power supply while copies ran (see power-brake)".into();
+    }
+    if braked(|r| r & BRAKES) {
         return "the GPU's clocks were braked while copies ran (see throttling)".into();
     }
     if let Some(topo) = facts.pci.known() {
@@ -454,17 +468,22 @@ pub fn slower_than_host(facts: &Facts, kb: &Knowledge) -> Vec<Finding> {
         .collect()
 }
 
-/// Clock-throttle reasons that brake the GPU: SW power cap 0x4, HW slowdown 0x8, SW thermal
-/// 0x20, HW thermal 0x40, HW power brake 0x80 (nvmlClocksEventReasons).
-const BRAKES: u64 = 0x4 | 0x8 | 0x20 | 0x40 | 0x80;
+/// Clock-event reasons (nvmlClocksEventReasons, nvml.h): SW power cap 0x4, HW slowdown 0x8,
+/// SW thermal 0x20, HW thermal 0x40, HW power brake 0x80.
+const SW_POWER_CAP: u64 = 0x4;
+const HW_SLOWDOWN: u64 = 0x8;
+const SW_THERMAL: u64 = 0x20;
+const HW_THERMAL: u64 = 0x40;
+const HW_POWER_BRAKE: u64 = 0x80;
+const BRAKES: u64 = SW_POWER_CAP | HW_SLOWDOWN | SW_THERMAL | HW_THERMAL | HW_POWER_BRAKE;
 
 fn brake_names(bits: u64) -> Vec<&'static str> {
     [
-        (0x4, "SW power cap"),
-        (0x8, "HW slowdown"),
-        (0x20, "SW thermal slowdown"),
-        (0x40, "HW thermal slowdown"),
-        (0x80, "HW power brake"),
+        (SW_POWER_CAP, "SW power cap"),
+        (HW_SLOWDOWN, "HW slowdown"),
+        (SW_THERMAL, "SW thermal slowdown"),
+        (HW_THERMAL, "HW thermal slowdown"),
+        (HW_POWER_BRAKE, "HW power brake"),
     ]
     .into_iter()
     .filter(|(b, _)| bits & b != 0)
@@ -472,17 +491,33 @@ fn brake_names(bits: u64) -> Vec<&'static str> {
     .collect()
 }
 
+/// The bits that point at the power supply: the external power brake (0x80), or HW slowdown
+/// (0x8) without HW thermal slowdown (0x40). NVML: HW slowdown is engaged by high temperature,
+/// an External Power Brake Assertion (e.g. by the system power supply) or power draw too high
+/// for Fast Trigger protection; 0x40 and 0x80 say which of the first two it is.
+fn power_bits(bits: u64) -> u64 {
+    let slowdown = if bits & HW_SLOWDOWN != 0 && bits & HW_THERMAL == 0 {
+        HW_SLOWDOWN
+    } else {
+        0
+    };
+    (bits & HW_POWER_BRAKE) | slowdown
+}
+
+/// Thermal and software caps: `throttling`. The power-supply brakes are `power-brake`'s.
 pub fn throttling(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
     let Some(b) = bw(facts) else {
         return Vec::new();
     };
     b.links
         .iter()
-        .filter(|l| l.throttle_reasons & BRAKES != 0)
-        .map(|l| {
+        .filter_map(|l| {
+            let bits = l.throttle_reasons & BRAKES & !power_bits(l.throttle_reasons);
+            (bits != 0).then_some((l, bits))
+        })
+        .map(|(l, bits)| {
             let (label, id) = device_label(facts, l.device);
-            let names = brake_names(l.throttle_reasons);
-            let thermal = l.throttle_reasons & (0x20 | 0x40 | 0x8) != 0;
+            let names = brake_names(bits);
             let mut f = Finding::new(
                 Code::Throttling,
                 Severity::Warn,
@@ -492,16 +527,92 @@ pub fn throttling(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
             .evidence(format!(
                 "NVML clock throttle reasons under load: 0x{:x} ({})",
                 l.throttle_reasons,
-                names.join(", ")
+                brake_names(l.throttle_reasons).join(", ")
             ))
             .evidence("a braked GPU gives lower and noisier figures, and slows training the same way");
-            if thermal {
+            if bits & (SW_THERMAL | HW_THERMAL) != 0 {
                 f = f.fix("check cooling: airflow between stacked cards, fan curves, a blocked intake (nvidia-smi -q -d TEMPERATURE)");
             }
-            if l.throttle_reasons & (0x4 | 0x80) != 0 {
-                f = f.fix("check power: the power limit (nvidia-smi -q -d POWER), PSU capacity and the PCIe power cables (one cable per 8-pin, no daisy-chain)");
+            if bits & SW_POWER_CAP != 0 {
+                f = f.fix("the GPU reached its power limit (a software cap, not a fault): see it with nvidia-smi -q -d POWER; a lower limit set on purpose costs this speed");
             }
             f.fix("watch it live: nvidia-smi -q -d PERFORMANCE").refs([NVML_THROTTLE])
+        })
+        .collect()
+}
+
+fn watts(mw: u32) -> String {
+    format!("{:.0} W", f64::from(mw) / 1000.0)
+}
+
+/// `power-brake`: the clocks were braked by the power side (PSU, cables, slot power).
+pub fn power_brake(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
+    let Some(b) = bw(facts) else {
+        return Vec::new();
+    };
+    // Every GPU's peak, for the rig's total: they share one power supply on a home rig.
+    let peaks: Vec<u32> = b.links.iter().filter_map(|l| l.power_peak_mw).collect();
+    let total: u32 = peaks.iter().sum();
+    let limits: u32 = b.links.iter().filter_map(|l| l.power_limit_mw).sum();
+    b.links
+        .iter()
+        .filter(|l| power_bits(l.throttle_reasons) != 0)
+        .map(|l| {
+            let (label, id) = device_label(facts, l.device);
+            let bits = power_bits(l.throttle_reasons);
+            let mut f = Finding::new(
+                Code::PowerBrake,
+                Severity::Warn,
+                format!("{label} was braked by its power supply while copies ran: {}", brake_names(bits).join(", ")),
+            )
+            .gpus([id.clone()])
+            .evidence(format!(
+                "NVML clock throttle reasons under load: 0x{:x} ({})",
+                l.throttle_reasons,
+                brake_names(l.throttle_reasons).join(", ")
+            ));
+            f = f.evidence(if bits & HW_POWER_BRAKE != 0 {
+                "HW power brake: the board's external power-brake signal was asserted, which the power supply side raises (NVML clock event reasons), not heat and not a software limit"
+            } else {
+                "HW slowdown without HW thermal slowdown: the hardware halved the clocks for power (an external power brake, or draw too high for its fast-trigger protection), not for heat; NVML also shows it for a moment at a P-state change, so one run is a hint and a repeat is the evidence"
+            });
+            let draw = match (l.power_peak_mw, l.power_limit_mw) {
+                (Some(p), Some(lim)) => Some(format!("power draw under load up to {} of its {} limit", watts(p), watts(lim))),
+                (Some(p), None) => Some(format!("power draw under load up to {} (limit not read)", watts(p))),
+                (None, Some(lim)) => Some(format!("power limit {} (draw not read)", watts(lim))),
+                (None, None) => None,
+            };
+            if let Some(mut d) = draw {
+                if let (Some(def), Some([lo, hi])) = (l.power_default_mw, l.power_range_mw) {
+                    d.push_str(&format!(
+                        " (default {}, settable {:.0}-{})",
+                        watts(def),
+                        f64::from(lo) / 1000.0,
+                        watts(hi)
+                    ));
+                }
+                f = f.evidence(d);
+            }
+            if peaks.len() > 1 {
+                f = f.evidence(format!(
+                    "all {} GPUs together drew up to {} while copies ran (their limits add up to {}); copies load a GPU far less than training, which draws near the limits",
+                    peaks.len(),
+                    watts(total),
+                    watts(limits)
+                ));
+            }
+            f = f
+                .fix(format!("check the power supply: its rating against the GPUs' limits together ({} here) plus about 250 W for CPU and board; GPUs draw short spikes well above their limit, which trip a PSU sized to the average", watts(limits.max(l.power_limit_mw.unwrap_or(0)))))
+                .fix("check the cables: each PCIe power connector on its own PSU cable (no daisy-chained pigtails), fully seated; on 12VHPWR/12V-2x6, the plug pushed in to the latch");
+            if let Some(lim) = l.power_limit_mw {
+                let lo = l.power_range_mw.map_or(0, |r| r[0]);
+                let test = (lim / 1000 * 4 / 5).max(lo.div_ceil(1000));
+                f = f.fix(format!(
+                    "to see whether power is the cause, lower this GPU's limit for a run: sudo nvidia-smi -i {id} -pl {test} (about 80% of {}; lost at reboot); if the brake goes away, the supply or its cabling cannot hold the load. rigdoctor did not measure what the lower limit costs: compare your job's speed with it",
+                    watts(lim)
+                ));
+            }
+            f.refs([NVML_THROTTLE])
         })
         .collect()
 }

@@ -61,8 +61,10 @@ pub fn translation(facts: &Facts, kb: &Knowledge) -> Vec<Finding> {
             group.id
         ));
     }
-    let cmdline = facts.host.cmdline.known();
-    let mentioned = cmdline
+    let mentioned = facts
+        .host
+        .cmdline
+        .known()
         .map(|c| c.mentions(&IOMMU_PARAMS))
         .unwrap_or_default();
     f = f.evidence(match (&facts.host.cmdline, mentioned.is_empty()) {
@@ -76,27 +78,64 @@ pub fn translation(facts: &Facts, kb: &Knowledge) -> Vec<Finding> {
         }
         (_, false) => format!("kernel command line: {}", mentioned.join(" ")),
     });
-    let has_pt = cmdline.is_some_and(|c| {
+    let faulted: Vec<(&&crate::facts::GpuPci, usize)> = translated
+        .iter()
+        .map(|(g, _)| (g, super::kernel_log::iommu_fault_count(facts, g)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    if !faulted.is_empty() {
+        // The kernel saw the IOMMU refuse these GPUs' DMA: not a risk but a fault.
+        f.severity = Severity::Error;
+        for (g, n) in &faulted {
+            f = f.evidence(format!(
+                "the kernel logged {n} IOMMU fault(s) for {} this boot (see iommu-faults)",
+                g.bdf
+            ));
+        }
+    }
+    if passthrough_requested(facts) {
+        f = f.evidence(
+            "passthrough is requested on the command line, yet the GPUs' domains are translated",
+        );
+    }
+    for fix in fixes(facts) {
+        f = f.fix(fix);
+    }
+    f = f.refs([KERNEL_PARAMS]);
+    vec![f]
+}
+
+fn passthrough_requested(facts: &Facts) -> bool {
+    facts.host.cmdline.known().is_some_and(|c| {
         c.get("iommu").as_deref() == Some("pt")
             || c.get("iommu.passthrough").as_deref() == Some("1")
-    });
-    let cpu = facts.host.cpu.known();
-    let off_param = match cpu {
+    })
+}
+
+/// How to stop the IOMMU translating GPU DMA on this machine: passthrough, or off when
+/// passthrough is already asked for and did not take.
+pub fn fixes(facts: &Facts) -> Vec<String> {
+    let has_pt = passthrough_requested(facts);
+    let off_param = match facts.host.cpu.known() {
         Some(c) if c.is_amd() => "amd_iommu=off",
         Some(c) if c.is_intel() => "intel_iommu=off",
         _ => "iommu=off",
     };
-    if has_pt {
-        f = f
-            .evidence("passthrough is requested on the command line, yet the GPUs' domains are translated")
-            .fix(format!("switch the IOMMU off instead: in the BIOS (AMD: IOMMU = Disabled; Intel: VT-d = Disabled), or {}", kernel_param_fix(off_param)));
+    let off = format!(
+        "in the BIOS (AMD: IOMMU = Disabled; Intel: VT-d = Disabled), or {}",
+        kernel_param_fix(off_param)
+    );
+    let mut out = if has_pt {
+        vec![format!("switch the IOMMU off instead: {off}")]
     } else {
-        f = f
-            .fix(format!("keep the IOMMU for VMs but stop translating host devices: {}", kernel_param_fix("iommu=pt")))
-            .fix(format!("or switch it off: in the BIOS (AMD: IOMMU = Disabled; Intel: VT-d = Disabled), or {}", kernel_param_fix(off_param)));
-    }
-    f = f
-        .fix("either way, `iommu=pt` does not switch PCIe ACS off: check `acs-redirect` too (run `sudo rigdoctor host`)")
-        .refs([KERNEL_PARAMS]);
-    vec![f]
+        vec![
+            format!(
+                "keep the IOMMU for VMs but stop translating host devices: {}",
+                kernel_param_fix("iommu=pt")
+            ),
+            format!("or switch it off: {off}"),
+        ]
+    };
+    out.push("either way, `iommu=pt` does not switch PCIe ACS off: check `acs-redirect` too (run `sudo rigdoctor host`)".into());
+    out
 }

@@ -57,16 +57,37 @@ pub fn degraded(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
         if cur >= capable {
             return;
         }
+        let mut f = Finding::new(
+            Code::PcieLinkDegraded,
+            Severity::Warn,
+            format!(
+                "PCIe link of {} trained at x{cur}, though both ends support x{capable}",
+                end(l.device, l.is_gpu)
+            ),
+        )
+        .gpus([g.bdf.clone()])
+        .evidence(format!(
+            "{}: current {} (sysfs current_link_*)",
+            if l.is_gpu {
+                gpu_label(g)
+            } else {
+                l.device.to_string()
+            },
+            l.device_link.describe_current()
+        ))
+        .evidence(format!(
+            "{} supports {}; port {} supports {}",
+            l.device,
+            l.device_link.describe_max(),
+            l.port,
+            l.port_link.map_or("?".into(), Link::describe_max)
+        ))
+        .evidence("read at idle; `rigdoctor bandwidth` measures the link under load");
+        for e in super::kernel_log::link_evidence(facts, g) {
+            f = f.evidence(e);
+        }
         out.push(
-            Finding::new(
-                Code::PcieLinkDegraded,
-                Severity::Warn,
-                format!("PCIe link of {} trained at x{cur}, though both ends support x{capable}", end(l.device, l.is_gpu)),
-            )
-            .gpus([g.bdf.clone()])
-            .evidence(format!("{}: current {} (sysfs current_link_*)", if l.is_gpu { gpu_label(g) } else { l.device.to_string() }, l.device_link.describe_current()))
-            .evidence(format!("{} supports {}; port {} supports {}", l.device, l.device_link.describe_max(), l.port, l.port_link.map_or("?".into(), Link::describe_max)))
-            .evidence("read at idle; `rigdoctor bandwidth` measures the link under load")
+            f
             .fix("reseat the card (and the riser at both ends); a riser rated for a lower generation or too long often trains fewer lanes")
             .fix("try another slot, and check the board manual for slots sharing lanes with M.2/U.2 and the BIOS bifurcation setting (x16 vs x8x8 vs x4x4x4x4)")
             .refs([KERNEL_SYSFS_PCI]),

@@ -12,6 +12,7 @@ mod env;
 mod gpu;
 mod host_limits;
 mod iommu;
+mod kernel_log;
 mod link;
 mod nccl;
 mod p2p;
@@ -57,6 +58,7 @@ const RULES: &[(&[Code], Rule)] = &[
     (&[Code::BandwidthImpossible], bandwidth::impossible),
     (&[Code::P2pSlowerThanHost], bandwidth::slower_than_host),
     (&[Code::Throttling], bandwidth::throttling),
+    (&[Code::PowerBrake], bandwidth::power_brake),
     (
         &[
             Code::P2pCorrupt,
@@ -69,6 +71,9 @@ const RULES: &[(&[Code], Rule)] = &[
     ),
     (&[Code::PcieSlotLimited], link::slot_limited),
     (&[Code::PcieAerErrors], aer::errors),
+    (&[Code::GpuFellOffBus], kernel_log::fell_off_bus),
+    (&[Code::XidErrors], kernel_log::xid_errors),
+    (&[Code::IommuFaults], kernel_log::iommu_faults),
     (&[Code::SmallBar1], bar::small_bar1),
     (&[Code::VirtualMachine], virt::virtual_machine),
     (&[Code::NcclNotFound], nccl::not_found),
@@ -133,6 +138,12 @@ pub fn diagnose(facts: &Facts, kb: &Knowledge) -> Vec<Finding> {
 /// The NVIDIA GPUs found on the PCI bus (none when the bus could not be read).
 fn gpus(facts: &Facts) -> &[GpuPci] {
     facts.pci.known().map_or(&[], |p| p.gpus.as_slice())
+}
+
+/// The GPU on the PCI bus with this bus id (any spelling NVML or CUDA use).
+fn gpu_by_bdf<'a>(facts: &'a Facts, bus_id: &str) -> Option<&'a GpuPci> {
+    let id = crate::facts::normalize_bus_id(bus_id);
+    gpus(facts).iter().find(|g| g.bdf == id)
 }
 
 /// "0000:41:00.0 (NVIDIA GeForce RTX 3090)".

@@ -77,13 +77,32 @@ pub fn not_checked(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
             "known-bad driver releases",
         );
     }
-    let off = off_the_bus(facts);
+    let mut off = off_the_bus(facts);
+    // The kernel log is root-only on most distributions (kernel.dmesg_restrict=1): like the
+    // root-only config space, not reading it for that reason is a note; any other reason is
+    // a warning like every other unread file.
+    if let Some(why) = facts.host.kernel_log.why_unknown() {
+        let line = format!("the kernel log (/dev/kmsg, journalctl -k) not read ({why}): Xid errors, GPUs fallen off the bus, IOMMU faults and the kernel's AER and link lines not checked");
+        match &facts.host.kernel_log {
+            Probed::Unknown {
+                unknown: Why::NeedsRoot | Why::Absent,
+                ..
+            } => off.push(line),
+            _ => lines.push(line),
+        }
+    }
     if lines.is_empty() && off.is_empty() {
         return Vec::new();
     }
     // Unread files are a warning (a run as root, or with the host's /sys, reads them); GPUs
     // that this kernel cannot see on its bus (WSL2) are a note: nothing here would change it.
-    let mut f = if lines.is_empty() {
+    let mut f = if lines.is_empty() && off_the_bus(facts).is_empty() {
+        Finding::new(
+            Code::NotChecked,
+            Severity::Info,
+            "the kernel log could not be read: its checks did not run",
+        )
+    } else if lines.is_empty() {
         Finding::new(
             Code::NotChecked,
             Severity::Info,
@@ -105,7 +124,10 @@ pub fn not_checked(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
     if !lines.is_empty() {
         f = f.fix("run as root on the machine itself (sudo rigdoctor check); in a container, mount the host's /sys and /proc read-only, or run rigdoctor on the host");
     }
-    if !off.is_empty() {
+    if lines.is_empty() && facts.host.kernel_log.known().is_none() {
+        f = f.fix("run as root (sudo rigdoctor check), or add your user to the adm or systemd-journal group so journalctl -k shows the kernel log");
+    }
+    if !off_the_bus(facts).is_empty() {
         f = f.fix(if wsl(facts) {
             "nothing inside WSL2 changes the PCIe path: IOMMU and ACS are set in the Windows host's BIOS, and kernel parameters of the WSL2 kernel (iommu=, pci=) do not apply; for these checks, run rigdoctor on Linux installed on the machine"
         } else {

@@ -44,8 +44,8 @@ impl Sampler {
             .clone()
     }
 
-    /// Link generation/width and throttle reasons of `device`; with `full`, also the maximum
-    /// link and the replay counter.
+    /// Link generation/width, throttle reasons and power draw of `device`; with `full`, also
+    /// the maximum link, the replay counter and the power limits.
     pub fn read(&mut self, device: i32, full: bool) -> Reading {
         let bus_id = self.bus_id(device);
         let mut r = Reading {
@@ -82,7 +82,20 @@ impl Sampler {
             u,
         )
         .map(|t| t.bits());
+        r.power_mw = nvml_read(d.power_usage(), "PowerUsage", u);
         if full {
+            r.power_limit_mw = nvml_read(d.enforced_power_limit(), "EnforcedPowerLimit", u);
+            r.power_default_mw = nvml_read(
+                d.power_management_limit_default(),
+                "PowerManagementDefaultLimit",
+                u,
+            );
+            r.power_range_mw = nvml_read(
+                d.power_management_limit_constraints(),
+                "PowerManagementLimitConstraints",
+                u,
+            )
+            .map(|c| [c.min_limit, c.max_limit]);
             r.max_gen = nvml_read(d.max_pcie_link_gen(), "MaxPcieLinkGeneration", u);
             r.max_width = nvml_read(d.max_pcie_link_width(), "MaxPcieLinkWidth", u);
             r.replays = nvml_read(d.pcie_replay_counter(), "PcieReplayCounter", u).map(u64::from);

@@ -39,6 +39,15 @@ pub struct Rig {
     pub nouveau_loaded: bool,
     /// Content of /etc/nccl.conf.
     pub nccl_conf: Option<String>,
+    /// Kernel messages of this boot after a healthy start, each "<seconds> <message>";
+    /// written as /dev/kmsg records to dev/kmsg.
+    #[serde(default)]
+    pub kmsg: Vec<String>,
+    /// A var/log/kern.log (syslog format) written instead of dev/kmsg.
+    pub kern_log: Option<String>,
+    /// Write no kernel log at all (a tree captured without one).
+    #[serde(default)]
+    pub no_kernel_log: bool,
     /// Write a pci.ids with the NVIDIA names of the rig's GPUs to /usr/share/misc/pci.ids.
     #[serde(default)]
     pub pci_ids: bool,
@@ -274,6 +283,31 @@ fn device_dir(rig: &Rig, bdf: &str, parent: &str) -> String {
     format!("sys/devices/{}", chain.join("/"))
 }
 
+/// dev/kmsg as `cat /dev/kmsg` prints it: "prio,seq,usec,-;message", a healthy boot of the
+/// rig's kernel with the NVIDIA module loading, then the rig's own messages.
+pub fn kmsg_records(rig: &Rig) -> String {
+    let mut lines = vec![
+        (0.0, format!("Linux version {} (buildd@lcy02-amd64-017) (x86_64-linux-gnu-gcc-12 (Ubuntu 12.3.0-1ubuntu1~22.04) 12.3.0, GNU ld (GNU Binutils for Ubuntu) 2.38) #14~22.04.1-Ubuntu SMP PREEMPT_DYNAMIC", rig.kernel)),
+        (0.0, format!("Command line: {}", rig.cmdline)),
+        (4.1, "nvidia: loading out-of-tree module taints kernel.".to_string()),
+        (4.2, "nvidia-nvlink: Nvlink Core is being initialized, major device number 510".to_string()),
+    ];
+    for m in &rig.kmsg {
+        let (t, msg) = m
+            .split_once(' ')
+            .unwrap_or_else(|| panic!("kmsg line without a time: {m}"));
+        lines.push((
+            t.parse().unwrap_or_else(|_| panic!("kmsg time {t:?}")),
+            msg.to_string(),
+        ));
+    }
+    lines
+        .iter()
+        .enumerate()
+        .map(|(seq, (t, msg))| format!("6,{seq},{},-;{msg}\n", (t * 1e6) as u64))
+        .collect()
+}
+
 pub fn build(rig: &Rig, root: &Path) {
     write(
         root,
@@ -337,6 +371,11 @@ pub fn build(rig: &Rig, root: &Path) {
     fs::create_dir_all(root.join("sys/bus/pci/devices")).unwrap();
     if let Some(c) = &rig.nccl_conf {
         write(root, "etc/nccl.conf", c);
+    }
+    if let Some(k) = &rig.kern_log {
+        write(root, "var/log/kern.log", k);
+    } else if !rig.no_kernel_log {
+        write(root, "dev/kmsg", kmsg_records(rig));
     }
     if rig.nouveau_loaded {
         fs::create_dir_all(root.join("sys/module/nouveau")).unwrap();

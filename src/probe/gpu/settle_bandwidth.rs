@@ -201,6 +201,10 @@ fn links(
                     .iter()
                     .filter_map(|r| r.throttle)
                     .fold(0, |x, y| x | y),
+                power_peak_mw: under.iter().filter_map(|r| r.power_mw).max(),
+                power_limit_mw: b.and_then(|b| b.power_limit_mw),
+                power_default_mw: b.and_then(|b| b.power_default_mw),
+                power_range_mw: b.and_then(|b| b.power_range_mw),
                 replays_before: b.and_then(|b| b.replays),
                 replays_after: a.and_then(|a| a.replays),
                 unread,
