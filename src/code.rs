@@ -58,6 +58,7 @@ codes! {
     P2pHang "p2p-hang" [Error] "peer-to-peer transfers hang";
     P2pEnableFailed "p2p-enable-failed" [Error] "enabling peer access failed";
     P2pNotSupported "p2p-not-supported" [Info] "CUDA grants no peer-to-peer between two GPUs";
+    P2pGates "p2p-gates" [Warn, Info] "what blocks or endangers peer-to-peer, gate by gate";
     NvlinkInactive "nvlink-inactive" [Warn] "some NVLink links of a GPU are down";
     NcclNotFound "nccl-not-found" [Info] "no NCCL library to load";
     NcclHang "nccl-hang" [Error] "NCCL's initialisation or all-reduce hangs";

@@ -477,6 +477,11 @@ pub struct GpuPci {
     pub aer: Probed<Aer>,
     /// `None` when the device has no IOMMU group (IOMMU off).
     pub iommu_group: Probed<Option<IommuGroup>>,
+    /// DRM connectors of this GPU whose `status` is `connected` (a display is attached), from
+    /// `<device>/drm/card*/card*-*/status`. Empty also when the driver registers no DRM
+    /// connectors (nvidia-drm without modeset): no proof that no display is attached.
+    #[serde(default = "not_in_report")]
+    pub displays: Probed<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -838,3 +838,37 @@ fn progress_in_a_log_is_a_line_per_phase_and_per_hang() {
     assert!(took < std::time::Duration::from_secs(9), "{took:?}");
     assert!(!log.contains("GPU tests"), "{log}");
 }
+
+/// Two 4090s on the open module (a community P2P build is a fork of it), ReBAR on one card only:
+/// p2p-gates lists the gates in order and names the card whose BAR1 is small.
+#[test]
+fn p2p_gates_name_the_card_without_resizable_bar() {
+    let mut rig = load_rig("epyc-2x4090-nonroot");
+    rig.gpu[1].bar1_mib = 256;
+    let name = "NVIDIA GeForce RTX 4090";
+    let fake = |access: bool| {
+        json!({"driver_version": "550.127.05", "cuda_version": 12040,
+            "gpus": [gpu(name, "0000:41:00.0", 0), gpu(name, "0000:81:00.0", 1)],
+            "pairs": [{"a": 0, "b": 1, "access": access, "topology": "SYS", "nvml_status": "GNS"}]})
+    };
+    let r = p2p(&rig, &fake(false), &[]);
+    let f = findings(&r.report, "p2p-gates");
+    assert_eq!(f.len(), 1, "{}", r.text);
+    assert_eq!(
+        f[0]["severity"], "warn",
+        "the open module on GeForce is an attempt at P2P"
+    );
+    let ev = text(&f[0]["evidence"]);
+    let policy = ev
+        .find("policy: GPU 0 (0000:41:00.0) <-> GPU 1 (0000:81:00.0)")
+        .expect(&ev);
+    let bar = ev
+        .find("BAR1: GPU 1 (0000:81:00.0): 256 MiB of 24576 MiB")
+        .expect(&ev);
+    assert!(policy < bar, "policy first: {ev}");
+    assert!(!ev.contains("BAR1: GPU 0"), "{ev}");
+    // Granted both ways, nothing in the way: quiet.
+    rig.gpu[1].bar1_mib = 32768;
+    let r = p2p(&rig, &fake(true), &[]);
+    assert!(findings(&r.report, "p2p-gates").is_empty(), "{}", r.text);
+}

@@ -65,6 +65,7 @@ pub fn probe(root: &Sysroot, driver: &NvidiaDriver) -> Probed<PciTopology> {
                 .and_then(|t| bar_size(&t, 1)),
             aer: read_aer(root, &dir),
             iommu_group: iommu_group(root, &dir),
+            displays: displays(root, &dir),
             vendor_id: NVIDIA_VENDOR,
             device_id,
             class,
@@ -97,6 +98,39 @@ pub fn probe(root: &Sysroot, driver: &NvidiaDriver) -> Probed<PciTopology> {
         bridges,
         unidentified,
     })
+}
+
+/// The connected DRM connectors of a device (drivers/gpu/drm/drm_sysfs.c: each connector is
+/// `card<N>-<type>-<n>` under `card<N>`, with a `status` of connected/disconnected/unknown).
+fn displays(root: &Sysroot, dir: &str) -> Probed<Vec<String>> {
+    let cards = match root.list_dir(&format!("{dir}/drm")) {
+        Probed::Known(c) => c,
+        Probed::Unknown {
+            unknown: Why::Absent,
+            ..
+        } => return Probed::Known(Vec::new()),
+        u => return u.retype(),
+    };
+    let mut out = Vec::new();
+    for card in cards.iter().filter(|c| c.starts_with("card")) {
+        let Probed::Known(entries) = root.list_dir(&format!("{dir}/drm/{card}")) else {
+            continue;
+        };
+        for conn in entries
+            .iter()
+            .filter(|e| e.starts_with(&format!("{card}-")))
+        {
+            if root
+                .read_attr(&format!("{dir}/drm/{card}/{conn}/status"))
+                .known()
+                .map(String::as_str)
+                == Some("connected")
+            {
+                out.push(conn.clone());
+            }
+        }
+    }
+    Probed::Known(out)
 }
 
 /// Vendor and class of a function: the sysfs attributes, else the same fields of the config

@@ -16,6 +16,7 @@ mod kernel_log;
 mod link;
 mod nccl;
 mod p2p;
+mod p2p_gates;
 pub mod topology;
 mod unread;
 mod virt;
@@ -47,6 +48,7 @@ const RULES: &[(&[Code], Rule)] = &[
     (&[Code::P2pHang], p2p::hang),
     (&[Code::P2pEnableFailed], p2p::enable_failed),
     (&[Code::P2pNotSupported], p2p::not_supported),
+    (&[Code::P2pGates], p2p_gates::gates),
     (&[Code::NvlinkInactive], p2p::nvlink_inactive),
     (&[Code::IommuTranslation], iommu::translation),
     (&[Code::AcsRedirect], acs::redirect),

@@ -15,14 +15,14 @@ const NCCL_ENV: &str = "https://docs.nvidia.com/deeplearning/nccl/user-guide/doc
 const WORKAROUND: &str = "workaround until the cause is fixed: export NCCL_P2P_DISABLE=1 before starting the job (NCCL then copies through host memory: correct, slower)";
 
 /// A CUDA device as the findings name it: "GPU 1 (0000:41:00.0)".
-struct Gpu<'a> {
-    ordinal: i32,
-    bdf: Option<&'a str>,
-    name: Option<&'a str>,
+pub(super) struct Gpu<'a> {
+    pub(super) ordinal: i32,
+    pub(super) bdf: Option<&'a str>,
+    pub(super) name: Option<&'a str>,
 }
 
 impl Gpu<'_> {
-    fn label(&self) -> String {
+    pub(super) fn label(&self) -> String {
         match self.bdf {
             Some(b) => format!("GPU {} ({b})", self.ordinal),
             None => format!("GPU {}", self.ordinal),
@@ -30,7 +30,7 @@ impl Gpu<'_> {
     }
 }
 
-fn gpu(facts: &Facts, ordinal: i32) -> Gpu<'_> {
+pub(super) fn gpu(facts: &Facts, ordinal: i32) -> Gpu<'_> {
     let d = facts
         .gpu
         .as_ref()
@@ -51,13 +51,13 @@ fn tests(facts: &Facts) -> &[PairTest] {
         .map_or(&[], |p| p.tests.as_slice())
 }
 
-fn pci_gpu<'a>(facts: &'a Facts, bdf: Option<&str>) -> Option<&'a GpuPci> {
+pub(super) fn pci_gpu<'a>(facts: &'a Facts, bdf: Option<&str>) -> Option<&'a GpuPci> {
     let bdf = bdf?;
     facts.pci.known()?.gpus.iter().find(|g| g.bdf == bdf)
 }
 
 /// Whether an active NVLink joins the two GPUs (NVML link states, by remote bus id).
-fn nvlinked(facts: &Facts, a: Option<&str>, b: Option<&str>) -> bool {
+pub(super) fn nvlinked(facts: &Facts, a: Option<&str>, b: Option<&str>) -> bool {
     let (Some(a), Some(b)) = (a, b) else {
         return false;
     };

@@ -209,6 +209,10 @@ fn iommu(msg: &str, time_s: Option<f64>) -> Option<IommuFault> {
     let at = msg.find("DMAR: [")?;
     let body = &msg[at + "DMAR: [".len()..];
     let (kind, rest) = body.split_once(']')?;
+    // An interrupt-remapping fault is not a refused DMA.
+    if kind.starts_with("INTR-REMAP") {
+        return None;
+    }
     let kind = kind.trim_end_matches(" NO_PASID").to_string();
     let dev = rest.split_once("Request device [")?.1.split_once(']')?.0;
     let address = rest
@@ -340,6 +344,7 @@ mod tests {
         let Some(Event::Iommu(f)) = parse("DMAR: [DMA Write] Request device [65:00.0] PASID ffffffff fault addr 7fe7b000 [fault reason 05] PTE Write access is not set", None) else { panic!() };
         assert_eq!(f.kind, "DMA Write");
         assert!(parse("DMAR: DRHD: handling fault status reg 2", None).is_none());
+        assert!(parse("DMAR: [INTR-REMAP] Request device [65:00.0] fault index 0x1c [fault reason 0x22] Present field in the IRTE entry is clear", None).is_none());
     }
 
     #[test]
