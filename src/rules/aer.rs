@@ -2,11 +2,43 @@
 
 use super::{gpu_label, KERNEL_SYSFS_PCI};
 use crate::code::Code;
-use crate::facts::{Aer, Facts};
+use crate::facts::{Aer, Facts, GpuPci, PciTopology};
 use crate::finding::{Finding, Severity};
 use crate::knowledge::Knowledge;
 
 const AER_STATS: &str = "https://docs.kernel.org/ABI/testing/sysfs-bus-pci-devices-aer_stats";
+
+/// The AER counters on a GPU's path that counted errors since boot: the GPU's and every
+/// bridge's above it, since both ends of a link count its errors.
+pub(super) fn counted_on_path<'a>(topo: &'a PciTopology, g: &'a GpuPci) -> Vec<(String, &'a Aer)> {
+    let mut devices: Vec<(String, &Aer)> = Vec::new();
+    if let Some(a) = g.aer.known() {
+        devices.push((gpu_label(g), a));
+    }
+    for b in g.path.known().map(|p| p.bridges.as_slice()).unwrap_or(&[]) {
+        if let Some(a) = topo.bridge(b).and_then(|br| br.aer.known()) {
+            devices.push((b.clone(), a));
+        }
+    }
+    devices.retain(|(_, a)| a.correctable_total() + a.nonfatal_total() + a.fatal_total() > 0);
+    devices
+}
+
+/// One evidence line per device of [`counted_on_path`].
+pub(super) fn describe_counted(counted: &[(String, &Aer)]) -> Vec<String> {
+    counted
+        .iter()
+        .map(|(name, a)| {
+            format!(
+                "{name}: AER counters since boot: {} correctable, {} non-fatal, {} fatal ({})",
+                a.correctable_total(),
+                a.nonfatal_total(),
+                a.fatal_total(),
+                a.nonzero().join(", ")
+            )
+        })
+        .collect()
+}
 
 pub fn errors(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
     let Some(topo) = facts.pci.known() else {
@@ -14,20 +46,7 @@ pub fn errors(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
     };
     let mut out = Vec::new();
     for g in &topo.gpus {
-        // Counters on both ends of a link count its errors: the GPU's and every bridge's above it.
-        let mut devices: Vec<(String, &Aer)> = Vec::new();
-        if let Some(a) = g.aer.known() {
-            devices.push((gpu_label(g), a));
-        }
-        for b in g.path.known().map(|p| p.bridges.as_slice()).unwrap_or(&[]) {
-            if let Some(a) = topo.bridge(b).and_then(|br| br.aer.known()) {
-                devices.push((b.clone(), a));
-            }
-        }
-        let bad: Vec<&(String, &Aer)> = devices
-            .iter()
-            .filter(|(_, a)| a.correctable_total() + a.nonfatal_total() + a.fatal_total() > 0)
-            .collect();
+        let bad = counted_on_path(topo, g);
         // The kernel log names reports the counters may not show (counters unreadable, an
         // older kernel without aer_stats): either is evidence.
         let logged = super::kernel_log::aer_evidence(facts, g);
@@ -54,14 +73,8 @@ pub fn errors(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
             )
         };
         let mut f = Finding::new(Code::PcieAerErrors, severity, title).gpus([g.bdf.clone()]);
-        for (name, a) in bad {
-            f = f.evidence(format!(
-                "{name}: since boot {} correctable, {} non-fatal, {} fatal ({})",
-                a.correctable_total(),
-                a.nonfatal_total(),
-                a.fatal_total(),
-                a.nonzero().join(", ")
-            ));
+        for l in describe_counted(&bad) {
+            f = f.evidence(l);
         }
         for e in logged {
             f = f.evidence(e);

@@ -324,20 +324,9 @@ pub fn fell_off_bus(facts: &Facts, kb: &Knowledge) -> Vec<Finding> {
                 for e in aer_evidence(facts, g) {
                     f = f.evidence(e);
                 }
-                for d in std::iter::once(g.bdf.clone()).chain(path_devices(g).into_iter().skip(1)) {
-                    let aer = if d == g.bdf {
-                        g.aer.known()
-                    } else {
-                        facts.pci.known().and_then(|t| t.bridge(&d)).and_then(|b| b.aer.known())
-                    };
-                    if let Some(a) = aer.filter(|a| a.correctable_total() + a.nonfatal_total() + a.fatal_total() > 0) {
-                        f = f.evidence(format!(
-                            "{d}: AER counters since boot {} correctable, {} non-fatal, {} fatal ({})",
-                            a.correctable_total(),
-                            a.nonfatal_total(),
-                            a.fatal_total(),
-                            a.nonzero().join(", ")
-                        ));
+                if let Some(topo) = facts.pci.known() {
+                    for e in super::aer::describe_counted(&super::aer::counted_on_path(topo, g)) {
+                        f = f.evidence(e);
                     }
                 }
             }
