@@ -162,7 +162,7 @@ fn a_hang_keeps_the_transports_nccl_chose() {
     let (r, _) = run(&four(json!({"fault": "hang"})), &["--timeout", "1.5"]);
     assert_eq!(r.ids(), ["error nccl-hang"]);
     assert!(
-        r.finding("nccl-hang").contains("P2P/IPC/read"),
+        r.finding("nccl-hang").contains("P2P/direct pointer"),
         "{}",
         r.finding("nccl-hang")
     );

@@ -67,13 +67,13 @@ fn healthy_four_gpus_match_the_model() {
     // tree's reverse hops (3 per channel) at init: 14 hops, all P2P.
     let ch = n["channels"].as_array().unwrap();
     assert_eq!(ch.len(), 14);
-    assert!(ch.iter().all(|c| c["via"] == "P2P/IPC/read"));
+    assert!(ch.iter().all(|c| c["via"] == "P2P/direct pointer"));
     shows(
         &r,
         "NCCL 2.18.5 all-reduce (libnccl.so.2, 4 ranks in one process)",
     );
     shows(&r, "4194304   1048576");
-    shows(&r, "00       0 -> 1        P2P/IPC/read");
+    shows(&r, "00       0 -> 1        P2P/direct pointer");
 }
 
 #[test]
@@ -93,7 +93,7 @@ fn hanging_collective_costs_one_deadline() {
     );
     // A collective that never completes is seen where the host waits for it.
     assert!(f.contains("(in: 1048576 bytes: timed iterations)"), "{f}");
-    assert!(f.contains("P2P/IPC/read x14"), "{f}");
+    assert!(f.contains("P2P/direct pointer x14"), "{f}");
     assert!(f.contains("NCCL_P2P_DISABLE=1"), "{f}");
     assert_eq!(results(&r).len(), 1);
     shows(&r, "HANG");

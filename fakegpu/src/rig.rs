@@ -23,6 +23,40 @@ pub struct Rig {
     pub pairs: Vec<Pair>,
     /// The fake libnccl.
     pub nccl: Option<Nccl>,
+    /// The host CPU, as NCCL's topology reads it (its P2P level depends on it).
+    #[serde(default)]
+    pub cpu: Cpu,
+}
+
+/// The host CPU of the rig.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cpu {
+    /// cpuid's vendor string: "AuthenticAMD", "GenuineIntel", "CentaurHauls" (Zhaoxin).
+    /// Default AuthenticAMD: the Threadripper/EPYC rigs rigdoctor is mostly run on (the test
+    /// harness copies the vendor of the host sysroot it pairs the rig with).
+    #[serde(default = "amd")]
+    pub vendor: String,
+    /// uname's machine: "x86_64", "aarch64", "ppc64le".
+    #[serde(default = "x86_64")]
+    pub arch: String,
+}
+
+impl Default for Cpu {
+    fn default() -> Cpu {
+        Cpu {
+            vendor: amd(),
+            arch: x86_64(),
+        }
+    }
+}
+
+fn amd() -> String {
+    "AuthenticAMD".into()
+}
+
+fn x86_64() -> String {
+    "x86_64".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -42,6 +76,14 @@ pub struct Nccl {
     pub fault: String,
     /// All-reduce bus bandwidth; default 85% of the slowest ring hop of the model.
     pub busbw_gbps: Option<f64>,
+    /// GB/s of a hop through the socket transport (neither P2P nor SHM, e.g.
+    /// NCCL_P2P_DISABLE=1 with NCCL_SHM_DISABLE=1): a model figure, default 2.
+    #[serde(default = "socket_gbps")]
+    pub socket_gbps: f64,
+}
+
+fn socket_gbps() -> f64 {
+    2.0
 }
 
 fn nccl_version() -> i32 {

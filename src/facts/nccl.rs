@@ -101,11 +101,16 @@ pub fn allreduce_bus_factor(ranks: usize) -> f64 {
 /// Parse an NCCL_DEBUG=INFO channel line, as NCCL prints it (`host:pid:tid [dev] NCCL INFO
 /// Channel 01/0 : 8[0] -> 15[7] via P2P/IPC/read`; older releases `Channel 00 : 11[3e000] ->
 /// 9[1b000] via P2P/direct pointer`; network peers add `[send]`/`[receive]` before `via`).
+/// A `[receive]` line is the other end of a `[send]` line (net.cc prints both, one on each
+/// rank): None, so that each connection counts once.
 pub fn parse_channel(line: &str) -> Option<NcclChannel> {
     let rest = &line[line.find("NCCL INFO Channel ")? + "NCCL INFO Channel ".len()..];
     let (chan, rest) = rest.split_once(" : ")?;
     let channel = chan.split('/').next()?.trim().parse().ok()?;
     let (peers, via) = rest.split_once(" via ")?;
+    if peers.contains("[receive]") {
+        return None;
+    }
     let mut ends = peers.split("->");
     let rank = |s: &str| -> Option<u32> { s.trim().split('[').next()?.trim().parse().ok() };
     let from_rank = rank(ends.next()?)?;
@@ -149,6 +154,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!((c.to_rank, c.transport.as_str()), (6, "NET"));
+        assert_eq!(
+            parse_channel(
+                "h:926:1152 [6] NCCL INFO Channel 03/0 : 15[7] -> 6[6] [receive] via NET/Socket/3"
+            ),
+            None
+        );
         let c =
             parse_channel("h:1:2 [0] NCCL INFO Channel 00/02 : 0[0] -> 1[1] via SHM/direct/direct")
                 .unwrap();

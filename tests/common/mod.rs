@@ -167,10 +167,29 @@ pub struct Run {
 /// `rigdoctor COMMAND --gpu` on `sysroot` with the fake driver emulating `fake`: once as
 /// JSON, and the JSON re-rendered as text by `diagnose` (no second GPU run).
 pub fn run_gpu(command: &str, sysroot: &Rig, fake: &Value, args: &[&str]) -> Run {
+    run_gpu_env(command, sysroot, fake, args, &[])
+}
+
+/// [`run_gpu`] with these environment variables set for rigdoctor (and so its workers).
+pub fn run_gpu_env(
+    command: &str,
+    sysroot: &Rig,
+    fake: &Value,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Run {
     let root = sysroot_of(sysroot);
+    // One machine: the fake NCCL reads the CPU vendor of the host sysroot (NCCL's P2P level
+    // depends on it) unless the test gives the fake rig its own.
+    let mut fake = fake.clone();
+    if fake.get("cpu").is_none() {
+        fake["cpu"] = serde_json::json!({"vendor": sysroot.cpu.vendor});
+    }
+    let fake = &fake;
     let report_file = root.path().join("report.json");
     let t = Instant::now();
     let out = on_fake(root.path(), fake)
+        .envs(env.iter().copied())
         .args([command, "--gpu", "--json", "--sysroot"])
         .arg(root.path())
         .args(args)

@@ -10,11 +10,12 @@
 //! src/transport/p2p.cc and shm.cc (the `Channel` connection lines), src/transport/generic.cc
 //! ("Connected all rings/trees").
 //!
-//! The host's network (interface name and address) and CPU are not in the rig: the lines name
+//! The host's network (interface name and address) and CPU sockets are not in the rig: the lines name
 //! a fixed `enp5s0` interface and one CPU socket. WARN line numbers are those of the tagged
 //! sources (nearest release at or below the claimed one).
 
-use super::log::{self, ALL, BOOTSTRAP, ENV, GRAPH, INIT, NET, P2P, PROFILE, SHM, TUNING};
+use super::log::{self, BOOTSTRAP, ENV, GRAPH, INIT, NET, P2P, PROFILE, SHM, TUNING};
+use super::transport::{self, Via};
 use std::sync::Once;
 
 /// Bootstrap / socket interface, as `Bootstrap : Using%s` and `NET/Socket : Using%s` print it.
@@ -37,8 +38,8 @@ pub struct Topo {
     pub ranks: Vec<RankView>,
     pub comm_id: u64,
     pub nchannels: usize,
-    /// p2p[a][b]: rank a sends to rank b over P2P (else SHM).
-    pub p2p: Vec<Vec<bool>>,
+    /// via[a][b]: how rank a sends to rank b ([`transport::via`]).
+    pub via: Vec<Vec<Via>>,
 }
 
 /// (release code, line) of a WARN or INFO site: the entry at or below `version`.
@@ -142,6 +143,23 @@ const ENQUEUE_LAUNCH: &[(i32, u32)] = &[
 /// misc/socket.cc: "socketProgress: Connection closed by remote peer %s".
 const SOCKET_CLOSED: &[(i32, u32)] = &[(21805, 49), (21903, 50), (22403, 71)];
 
+/// graph/paths.cc ncclTopoCheckP2p: "P2P is disabled between NVLINK connected GPUs".
+const NVLINK_REFUSED: &[(i32, u32)] = &[
+    (21805, 324),
+    (21903, 323),
+    (22003, 323),
+    (22105, 325),
+    (22203, 327),
+    (22304, 318),
+    (22403, 339),
+    (22501, 339),
+    (22602, 339),
+    (22703, 343),
+    (22803, 350),
+];
+pub fn nvlink_refused_line(v: i32) -> u32 {
+    site(v, NVLINK_REFUSED)
+}
 pub fn init_ndev_line(v: i32) -> u32 {
     site(v, INIT_NDEV)
 }
@@ -234,12 +252,6 @@ pub fn param_from_env(name: &str, value: i64) {
     }
 }
 
-/// ncclGetLevel (graph/paths.cc): `NCCL_P2P_DISABLE set by environment to 1`, once.
-pub fn p2p_disable_from_env() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| log::info(ALL, "NCCL_P2P_DISABLE set by environment to 1"));
-}
-
 /// PCI bandwidth of a link as NCCL's topology prints it (12.0 for Gen3 x16).
 fn pci_bw(gpu: Option<usize>) -> f64 {
     let Some(g) = gpu.and_then(|g| crate::rig().gpus.get(g)) else {
@@ -251,19 +263,7 @@ fn pci_bw(gpu: Option<usize>) -> f64 {
 
 /// NCCL's path type between two ranks' GPUs ("NVL", "PIX", "PXB", "PHB", "SYS").
 fn path_type(a: &RankView, b: &RankView) -> &'static str {
-    let r = crate::rig();
-    let Some(link) = a.gpu.zip(b.gpu).and_then(|(x, y)| r.link(x, y)) else {
-        return "PHB";
-    };
-    if link.nvlinks > link.nvlinks_down {
-        return "NVL";
-    }
-    match link.topology.as_str() {
-        "PIX" => "PIX",
-        "PXB" => "PXB",
-        "SYS" => "SYS",
-        _ => "PHB",
-    }
+    transport::path(a.gpu, b.gpu).name()
 }
 
 /// ncclCpusetToStr of this process' CPU affinity: 32-bit hex words, high first.
@@ -494,23 +494,51 @@ impl Topo {
         );
     }
 
-    /// One connection line, p2p.cc or shm.cc.
+    /// Rank a's send connection to rank b: p2p.cc's or shm.cc's line (p2pSendSetup,
+    /// shmSendSetup), or net.cc's `[send]` line.
     fn connection(&self, c: usize, a: usize, b: usize) {
         let (x, y) = (&self.ranks[a], &self.ranks[b]);
-        if self.p2p[a][b] {
-            log::info(
+        let via = self.via[a][b];
+        let text = via.text();
+        match via {
+            Via::P2p { .. } => log::info(
                 INIT | P2P,
                 &format!(
-                    "Channel {c:02}/0 : {}[{}] -> {}[{}] via P2P/IPC/read",
+                    "Channel {c:02}/0 : {}[{}] -> {}[{}] via {text}",
                     x.rank, x.nvml_dev, y.rank, y.nvml_dev
                 ),
-            );
-        } else {
-            log::info(
+            ),
+            Via::Shm => log::info(
                 INIT | SHM,
                 &format!(
-                    "Channel {c:02} : {}[{}] -> {}[{}] via SHM/direct/direct",
+                    "Channel {c:02} : {}[{}] -> {}[{}] via {text}",
                     x.rank, x.nvml_dev, y.rank, y.nvml_dev
+                ),
+            ),
+            Via::Net => log::info(
+                INIT | NET,
+                &format!(
+                    "Channel {c:02}/0 : {}[{}] -> {}[{}] [send] via {text}",
+                    x.rank, x.nvml_dev, y.rank, y.nvml_dev
+                ),
+            ),
+        }
+    }
+
+    /// Rank b's receive side of a connection from rank a: only the network transport logs
+    /// it (netRecvSetup; p2p.cc and shm.cc trace it).
+    fn reception(&self, c: usize, a: usize, b: usize) {
+        if self.via[a][b] == Via::Net {
+            let (x, y) = (&self.ranks[a], &self.ranks[b]);
+            log::info(
+                INIT | NET,
+                &format!(
+                    "Channel {c:02}/0 : {}[{}] -> {}[{}] [receive] via {}",
+                    x.rank,
+                    x.nvml_dev,
+                    y.rank,
+                    y.nvml_dev,
+                    Via::Net.text()
                 ),
             );
         }
@@ -523,6 +551,7 @@ impl Topo {
             return;
         }
         for c in 0..self.nchannels {
+            self.reception(c, self.prev(r), r);
             self.connection(c, r, self.next(r));
         }
         log::info(INIT, "Connected all rings");
@@ -549,6 +578,12 @@ impl Topo {
         if up >= 0 && up as usize != self.next(r) {
             for c in 0..self.nchannels {
                 self.connection(c, r, up as usize);
+            }
+        }
+        let down = self.down(r);
+        if down >= 0 && down as usize != self.prev(r) {
+            for c in 0..self.nchannels {
+                self.reception(c, down as usize, r);
             }
         }
         log::info(INIT, "Connected all trees");

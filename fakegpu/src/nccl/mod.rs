@@ -10,6 +10,8 @@
 //! - communicators have a service thread and a lifecycle ([`comm`]): ncclCommDestroy,
 //!   ncclCommAbort, ncclCommGetAsyncError, ncclGetLastError;
 //! - `FAKEGPU_NCCL_TRACE` records every call ([`trace`]);
+//! - each hop's transport by NCCL's rules for the release, topology, CPU and environment
+//!   ([`transport`]);
 //! - rig faults (`nccl.fault`): none, hang, wrong, error, async-error, init-error,
 //!   hang-on-exit.
 //!
@@ -19,6 +21,7 @@ mod comm;
 mod lines;
 mod log;
 mod trace;
+mod transport;
 
 use crate::memory::state;
 use crate::rig;
@@ -116,19 +119,9 @@ fn gpu(d: c_int) -> Option<usize> {
     usize::try_from(d).ok().and_then(|d| rig().cuda_index(d))
 }
 
-/// NCCL_P2P_DISABLE as ncclGetLevel reads it (strtol, disabled when 1).
-fn p2p_disabled() -> bool {
-    env_int("NCCL_P2P_DISABLE", 0) == 1
-}
-
-/// How NCCL would connect CUDA device a to b: P2P when the rig grants it (and
-/// NCCL_P2P_DISABLE is not 1), else shared memory through the host.
-fn p2p_between(a: c_int, b: c_int) -> bool {
-    !p2p_disabled()
-        && match (gpu(a), gpu(b)) {
-            (Some(x), Some(y)) => rig().pair(x, y).is_some_and(|p| p.access),
-            _ => false,
-        }
+/// Each CUDA device's GPU (index into the rig's GPUs).
+fn gpus_of(devs: &[c_int]) -> Vec<Option<usize>> {
+    devs.iter().map(|&d| gpu(d)).collect()
 }
 
 fn topo_of(clique: &Clique, reg: &comm::Registry) -> Topo {
@@ -147,18 +140,52 @@ fn topo_of(clique: &Clique, reg: &comm::Registry) -> Topo {
             }
         })
         .collect();
-    let devs = &clique.devs;
-    let p2p = devs
-        .iter()
-        .map(|&a| devs.iter().map(|&b| p2p_between(a, b)).collect())
+    let gpus = gpus_of(&clique.devs);
+    let n = gpus.len();
+    let via = (0..n)
+        .map(|a| (0..n).map(|b| transport::via(&gpus, a, b)).collect())
         .collect();
     Topo {
         version: version(),
         ranks,
         comm_id: clique.comm_id,
         nchannels: CHANNELS,
-        p2p,
+        via,
     }
+}
+
+/// ncclTopoComputePaths in each rank's init: ncclTopoCheckP2p for every pair of GPUs
+/// (graph/paths.cc), with its INFO line where NVML refuses P2P below SYS, and its WARN and
+/// failure where it refuses it on NVLink. False when a rank's init fails.
+fn paths_ok(devs: &[c_int]) -> bool {
+    let gpus = gpus_of(devs);
+    let r = rig();
+    let nvml = |g: Option<usize>| {
+        g.and_then(|g| (0..r.gpus.len()).find(|&i| r.nvml_index(i) == Some(g)))
+            .unwrap_or(0)
+    };
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    per_rank_threads(devs, &|_| {
+        for g in 0..gpus.len() {
+            for p in 0..gpus.len() {
+                let (a, b) = (nvml(gpus[p]), nvml(gpus[g]));
+                match transport::check(&gpus, p, g) {
+                    transport::Check::Refused
+                        if transport::path(gpus[p], gpus[g]) < transport::Path::Sys =>
+                    {
+                        log::info(log::INIT, &format!("P2P is disabled between connected GPUs {a} and {b}. You can repress this message with NCCL_IGNORE_DISABLED_P2P=1."));
+                    }
+                    transport::Check::NvlinkRefused => {
+                        log::warn("graph/paths.cc", lines::nvlink_refused_line(version()), &format!("P2P is disabled between NVLINK connected GPUs {a} and {b}. This should not be the case given their connectivity, and is probably due to a hardware issue. If you still want to proceed, you can set NCCL_IGNORE_DISABLED_P2P=1."));
+                        failed.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                    _ => {}
+                }
+            }
+        }
+    });
+    !failed.load(Ordering::SeqCst)
 }
 
 /// Run `f(rank)` in one thread per rank, each on its rank's device, as NCCL's group jobs run
@@ -447,8 +474,11 @@ unsafe fn init_all(comms: *mut *mut c_void, n: c_int, devs: *const c_int) -> (c_
     if !list.is_empty() {
         log::show_version(&lines::version_string(v));
     }
-    if p2p_disabled() {
-        lines::p2p_disable_from_env();
+    // ncclTopoComputePaths: the level of NCCL_P2P_DISABLE / NCCL_P2P_LEVEL, read once, then
+    // every rank checks P2P between every pair of the host's GPUs.
+    transport::user_level();
+    if !paths_ok(&list) {
+        return (UNHANDLED_CUDA_ERROR, Vec::new());
     }
     static COMM_IDS: AtomicU64 = AtomicU64::new(0x6b1f_03c2_9e4d_7a55);
     let comm_id = COMM_IDS.fetch_add(0x1_0000_0001, Ordering::SeqCst);
@@ -787,11 +817,17 @@ fn launch(calls: Vec<Call>) -> c_int {
 /// keeps the collective from ever completing.
 fn complete(done: Open, devs: &[c_int]) {
     let n = devs.len();
+    let gpus = gpus_of(devs);
     // A ring hop over a P2P pair whose transfers hang or corrupt does the same to NCCL.
     let hop_fault = (0..n).find_map(|i| {
         let (a, b) = (devs[i], devs[(i + 1) % n]);
         let pair = rig().pair(gpu(a)?, gpu(b)?)?;
-        if n < 2 || !p2p_between(a, b) {
+        if n < 2
+            || !matches!(
+                transport::via(&gpus, i, (i + 1) % n),
+                transport::Via::P2p { .. }
+            )
+        {
             return None;
         }
         match pair.fault.as_str() {
@@ -862,28 +898,34 @@ fn complete(done: Open, devs: &[c_int]) {
 }
 
 /// Ring all-reduce time: bytes x 2(n-1)/n at the slowest hop's bus bandwidth (the rig's
-/// `nccl.busbw_gbps`, else 85% of the slowest neighbour link: P2P where granted, else staged).
+/// `nccl.busbw_gbps`, else 85% of the slowest ring hop by the transport NCCL chose for it:
+/// a P2P hop at the pair's P2P copy rate, SHM at the rate of a copy staged through host
+/// memory, the socket transport at `nccl.socket_gbps`).
 fn seconds(devs: &[c_int], bytes: usize) -> f64 {
     let n = devs.len();
     if n < 2 {
         return 10e-6 + bytes as f64 / 800e9;
     }
     let r = rig();
+    let gpus = gpus_of(devs);
     let busbw = r
         .nccl
         .as_ref()
         .and_then(|x| x.busbw_gbps)
         .unwrap_or_else(|| {
-            let hop = |a: c_int, b: c_int| -> f64 {
-                let (Some(x), Some(y)) = (gpu(a), gpu(b)) else {
+            let hop = |i: usize| -> f64 {
+                let j = (i + 1) % n;
+                let (Some(x), Some(y)) = (gpus[i], gpus[j]) else {
                     return 1.0;
                 };
-                let p2p = p2p_between(a, b);
+                let p2p = match transport::via(&gpus, i, j) {
+                    transport::Via::P2p { .. } => true,
+                    transport::Via::Shm => false,
+                    transport::Via::Net => return r.nccl.as_ref().map_or(2.0, |x| x.socket_gbps),
+                };
                 1e-9 / r.copy_seconds(Some(x), Some(y), p2p, false, 1 << 30) * (1u64 << 30) as f64
             };
-            0.85 * (0..n)
-                .map(|i| hop(devs[i], devs[(i + 1) % n]))
-                .fold(f64::INFINITY, f64::min)
+            0.85 * (0..n).map(hop).fold(f64::INFINITY, f64::min)
         });
     let factor = 2.0 * (n as f64 - 1.0) / n as f64;
     10e-6 + bytes as f64 * factor / (busbw * 1e9)

@@ -541,12 +541,12 @@ fn a_clean_run_logs_as_nccl_2_18_and_destroys() {
     assert!(idx(&l, "=== System").is_none());
     // Before 2.22 the connections are made at init.
     let mark = idx(&l, "MARK first all-reduce").unwrap();
-    let ch = idx(&l, "via P2P/IPC/read").unwrap();
+    let ch = idx(&l, "via P2P/direct pointer").unwrap();
     assert!(ch < mark, "{}", c.stdout);
     assert!(idx(&l, "Connected all trees").unwrap() < mark);
     assert!(l
         .iter()
-        .any(|x| x.contains("NCCL INFO Channel 00/0 : 0[0] -> 1[1] via P2P/IPC/read")));
+        .any(|x| x.contains("NCCL INFO Channel 00/0 : 0[0] -> 1[1] via P2P/direct pointer")));
     assert!(idx(&l, "Destroy COMPLETE").unwrap() < idx(&l, "MARK destroyed").unwrap());
     // One init thread per rank: rank lines carry their own tid and device.
     let r1: Vec<&&str> = l
@@ -578,7 +578,7 @@ fn runtime_connect_moves_the_channel_lines_to_the_first_collective() {
     let l: Vec<&str> = lazy.stdout.lines().collect();
     let mark = idx(&l, "MARK first all-reduce").unwrap();
     assert!(
-        idx(&l, "via P2P/IPC/read").unwrap() > mark,
+        idx(&l, "via P2P/direct pointer").unwrap() > mark,
         "{}",
         lazy.stdout
     );
@@ -600,7 +600,7 @@ fn runtime_connect_moves_the_channel_lines_to_the_first_collective() {
     );
     eager.ok();
     let l: Vec<&str> = eager.stdout.lines().collect();
-    assert!(idx(&l, "via P2P/IPC/read").unwrap() < idx(&l, "MARK first all-reduce").unwrap());
+    assert!(idx(&l, "via P2P/direct pointer").unwrap() < idx(&l, "MARK first all-reduce").unwrap());
     assert!(l
         .iter()
         .any(|x| x.ends_with("NCCL INFO NCCL_RUNTIME_CONNECT set by environment to 0.")));
@@ -609,7 +609,7 @@ fn runtime_connect_moves_the_channel_lines_to_the_first_collective() {
     let c = run("clean", &old, &[("NCCL_DEBUG", "INFO")], LIMIT);
     c.ok();
     let l: Vec<&str> = c.stdout.lines().collect();
-    assert!(idx(&l, "via P2P/IPC/read").unwrap() < idx(&l, "MARK first all-reduce").unwrap());
+    assert!(idx(&l, "via P2P/direct pointer").unwrap() < idx(&l, "MARK first all-reduce").unwrap());
 }
 
 #[test]
