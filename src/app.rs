@@ -323,7 +323,14 @@ fn probe_machine(g: &GlobalArgs, gpu_args: &GpuArgs, battery: Battery) -> Result
         // Failing to install the handlers only costs that.
         crate::measure::install_signal_handlers();
         let deadline = Duration::from_secs_f64(gpu_args.timeout);
+        // NCCL's choice of SHM over verified P2P is measured against NCCL_P2P_LEVEL=SYS only
+        // when the user set neither variable (then their setting is what runs).
+        let try_p2p_level_sys = p2p
+            && nccl.is_some()
+            && facts.env.lookup("NCCL_P2P_LEVEL").is_none()
+            && facts.env.lookup("NCCL_P2P_DISABLE").is_none();
         let plan = probe::gpu::Plan {
+            try_p2p_level_sys,
             p2p,
             devices: gpu_args.devices.clone().map(|d| d.0),
             bandwidth,

@@ -66,6 +66,7 @@ codes! {
     NcclWrongResult "nccl-wrong-result" [Error] "the all-reduce sums to wrong values";
     NcclKnownBad "nccl-known-bad" [Error, Warn, Info] "this NCCL release is reported broken here";
     NcclSlow "nccl-slow" [Warn] "the all-reduce is far below what the links measured";
+    NcclP2pUnused "nccl-p2p-unused" [Warn, Info] "NCCL copies through host memory where P2P works";
     IommuTranslation "iommu-translation" [Error, Warn] "the IOMMU translates GPU DMA";
     IommuFaults "iommu-faults" [Error] "the kernel logged IOMMU faults for a GPU's DMA";
     AcsRedirect "acs-redirect" [Warn] "PCIe ACS redirects peer traffic up to the CPU";

@@ -19,6 +19,8 @@ pub struct Knowledge {
     pub families_source: String,
     pub drivers: Vec<DriverEntry>,
     pub nccl: Vec<NcclEntry>,
+    /// NCCL's default P2P level per release, oldest first.
+    pub p2p_defaults: Vec<P2pDefault>,
     /// NVIDIA's Xid catalogue, by code.
     pub xids: Vec<XidEntry>,
     pub xids_source: String,
@@ -128,6 +130,16 @@ struct DriversFile {
 #[serde(deny_unknown_fields)]
 struct NcclFile {
     nccl: Vec<NcclEntry>,
+    p2p_default: Vec<P2pDefault>,
+}
+
+/// NCCL's default P2P level from release `since` on (checks/nccl.toml `[[p2p_default]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct P2pDefault {
+    pub since: Version,
+    pub summary: String,
+    pub sources: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -214,11 +226,21 @@ impl Knowledge {
             families_source: gpus.source,
             drivers: drivers.driver,
             nccl: nccl.nccl,
+            p2p_defaults: {
+                let mut d = nccl.p2p_default;
+                d.sort_by(|a, b| a.since.cmp(&b.since));
+                d
+            },
             xids: xid.xid,
             xids_source: xid.source,
         };
         kb.validate()?;
         Ok(kb)
+    }
+
+    /// NCCL's default P2P level in release `v`.
+    pub fn p2p_default(&self, v: &Version) -> Option<&P2pDefault> {
+        self.p2p_defaults.iter().rev().find(|d| d.since <= *v)
     }
 
     fn validate(&self) -> Result<()> {

@@ -229,3 +229,114 @@ fn disabled_transports_are_never_used() {
     fake["pairs"][0]["access"] = json!(false);
     assert_eq!(transports(&nccl("amd", &fake, &[])), [SHM]);
 }
+
+/// `rigdoctor check` (P2P verified, then NCCL) on an AMD host.
+fn check(fake: &Value, env: &[(&str, &str)]) -> Run {
+    run_gpu_env("check", &load_rig("x570-2x3090-r535"), fake, &[], env)
+}
+
+fn p2p_unused(r: &Run) -> Vec<&Value> {
+    findings(&r.report, "nccl-p2p-unused")
+}
+
+#[test]
+fn nccl_p2p_unused_measures_the_fix_on_a_threadripper_with_four_gpus() {
+    let r = check(&rig(4, "PHB", 22304), &[]);
+    let f = p2p_unused(&r);
+    assert_eq!(f.len(), 1, "{}", r.text);
+    assert_eq!(f[0]["severity"], "warn");
+    let t = text(f[0]);
+    assert!(
+        t.contains("NCCL 2.23.4 connected 8 of 8 channel hops through host memory (SHM)"),
+        "{t}"
+    );
+    assert!(
+        t.contains("since 2.23.4 P2P only through PCIe switches (level PXB)"),
+        "{t}"
+    );
+    assert!(t.contains("again with NCCL_P2P_LEVEL=SYS: NCCL_DEBUG=INFO transports per channel hop: P2P/direct pointer x8"), "{t}");
+    assert!(t.contains("export NCCL_P2P_LEVEL=SYS"), "{t}");
+    assert!(
+        t.contains("https://github.com/NVIDIA/nccl/commit/68b54236"),
+        "{t}"
+    );
+    // Both figures are the two runs' own, and the second is faster.
+    let n = &r.report["facts"]["gpu"]["nccl"];
+    let bw = |n: &Value| {
+        n["results"].as_array().unwrap().last().unwrap()["busbw_gbps"]
+            .as_f64()
+            .unwrap()
+    };
+    let (shm, sys) = (bw(n), bw(&n["p2p_level_sys"]));
+    assert!(sys > 1.3 * shm, "{shm} vs {sys}");
+    assert!(
+        t.contains(&format!(
+            "{shm:.1} GB/s, {sys:.1} GB/s with NCCL_P2P_LEVEL=SYS"
+        )),
+        "{t}"
+    );
+    assert_eq!(
+        n["p2p_level_sys"]["env_set"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap(),
+        &json!({"name": "NCCL_P2P_LEVEL", "value": "SYS"})
+    );
+    // Every worker of both runs is accounted for, numbered on.
+    let workers = r.report["facts"]["gpu"]["workers"].as_array().unwrap();
+    let idx: Vec<u64> = workers
+        .iter()
+        .map(|w| w["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(idx, (1..=idx.len() as u64).collect::<Vec<_>>());
+    assert!(idx.len() >= 2);
+}
+
+#[test]
+fn nccl_p2p_unused_stays_quiet_where_nccl_uses_p2p_or_p2p_is_broken() {
+    // NCCL 2.21 on AMD, a PLX rig, two GPUs on AMD: NCCL uses P2P; no second run.
+    let mut plx = rig(4, "PXB", 22304);
+    plx["pairs"][0]["topology"] = json!("PIX");
+    for fake in [rig(4, "PHB", 22105), plx, rig(2, "PHB", 22304)] {
+        let r = check(&fake, &[]);
+        assert!(p2p_unused(&r).is_empty(), "{}", r.text);
+        assert!(r.report["facts"]["gpu"]["nccl"]
+            .get("p2p_level_sys")
+            .is_none());
+    }
+    // The user's choice ran: NCCL_P2P_DISABLE (nccl-env-override speaks of it) or a level.
+    for env in [("NCCL_P2P_DISABLE", "1"), ("NCCL_P2P_LEVEL", "PXB")] {
+        let r = check(&rig(4, "PHB", 22304), &[env]);
+        assert!(p2p_unused(&r).is_empty(), "{env:?}: {}", r.text);
+        assert!(r.report["facts"]["gpu"]["nccl"]
+            .get("p2p_level_sys")
+            .is_none());
+    }
+    // P2P corrupts between GPUs 1 and 2: never recommended, never tried.
+    let mut bad = rig(4, "PHB", 22304);
+    bad["pairs"][3]["fault"] = json!("corrupt");
+    let r = check(&bad, &[]);
+    assert!(!findings(&r.report, "p2p-corrupt").is_empty(), "{}", r.text);
+    assert!(p2p_unused(&r).is_empty(), "{}", r.text);
+    assert!(r.report["facts"]["gpu"]["nccl"]
+        .get("p2p_level_sys")
+        .is_none());
+}
+
+#[test]
+fn nccl_p2p_unused_is_info_when_p2p_is_not_faster_for_nccl() {
+    // P2P copies as slow as staged ones: NCCL's choice costs nothing.
+    let mut fake = rig(4, "PHB", 22304);
+    for p in fake["pairs"].as_array_mut().unwrap() {
+        p["gbps"] = json!(5.0);
+        p["staged_gbps"] = json!(5.0);
+    }
+    let r = check(&fake, &[]);
+    let f = p2p_unused(&r);
+    assert_eq!(f.len(), 1, "{}", r.text);
+    assert_eq!(f[0]["severity"], "info");
+    let t = text(f[0]);
+    assert!(t.contains("P2P was not faster for NCCL here"), "{t}");
+    assert!(!t.contains("export NCCL_P2P_LEVEL"), "{t}");
+}

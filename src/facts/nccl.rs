@@ -34,6 +34,57 @@ pub struct NcclFacts {
     /// NCCL's own WARN lines from its log (bounded).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// The same all-reduce again with `NCCL_P2P_LEVEL=SYS`, in a worker of its own, when
+    /// NCCL chose SHM between GPUs whose P2P this run verified (see [`p2p_unused`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p2p_level_sys: Option<Box<NcclFacts>>,
+}
+
+impl NcclFacts {
+    /// The largest size whose sums were right on every rank: (bytes, busbw GB/s).
+    pub fn largest_correct(&self) -> Option<(u64, f64)> {
+        self.results
+            .iter()
+            .filter_map(|r| match &r.outcome {
+                AllReduceOutcome::Measured {
+                    busbw_gbps, wrong, ..
+                } if wrong.iter().all(|&w| w == 0) => Some((r.bytes, *busbw_gbps)),
+                _ => None,
+            })
+            .max_by_key(|(b, _)| *b)
+    }
+
+    /// Every size ran and summed right on every rank.
+    pub fn all_correct(&self) -> bool {
+        self.init_error.is_none()
+            && !self.results.is_empty()
+            && self.results.iter().all(|r| {
+                matches!(&r.outcome, AllReduceOutcome::Measured { wrong, .. } if wrong.iter().all(|&w| w == 0))
+            })
+    }
+
+    /// The (from, to) CUDA devices of the channel hops NCCL made over SHM, each once.
+    pub fn shm_hops(&self) -> Vec<(i32, i32)> {
+        let mut hops = Vec::new();
+        for c in self.channels.iter().filter(|c| c.transport == "SHM") {
+            let dev = |r: u32| self.devices.get(r as usize).copied();
+            if let (Some(a), Some(b)) = (dev(c.from_rank), dev(c.to_rank)) {
+                if !hops.contains(&(a, b)) {
+                    hops.push((a, b));
+                }
+            }
+        }
+        hops
+    }
+}
+
+/// NCCL went through host memory (SHM) where P2P works: the SHM hops, when there are some and
+/// this run verified P2P correct in both directions between the GPUs of every one of them.
+/// None when any of them was not verified (untested, or broken: then P2P must stay off).
+pub fn p2p_unused(n: &NcclFacts, tests: &[super::PairTest]) -> Option<Vec<(i32, i32)>> {
+    let hops = n.shm_hops();
+    let ok = |a: i32, b: i32| super::verified(tests, a, b) && super::verified(tests, b, a);
+    (!hops.is_empty() && hops.iter().all(|&(a, b)| ok(a, b))).then_some(hops)
 }
 
 /// An environment variable rigdoctor set for NCCL.

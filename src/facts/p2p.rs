@@ -71,6 +71,22 @@ pub fn granted_either(access: &[PeerAccess], a: i32, b: i32) -> bool {
     granted(access, a, b) || granted(access, b, a)
 }
 
+/// P2P from `from` to `to` was verified correct in this run: its test ran to an answer,
+/// nothing on it broke, and a P2P path (copy engine or SM kernel over peer access) moved the
+/// data right.
+pub fn verified(tests: &[PairTest], from: i32, to: i32) -> bool {
+    tests.iter().any(|t| {
+        t.from == from
+            && t.to == to
+            && matches!(t.outcome, PairOutcome::Tested { .. })
+            && !t.outcome.broken()
+            && t.outcome
+                .paths()
+                .iter()
+                .any(|p| p.path.is_p2p() && p.verdict == Verdict::Ok)
+    })
+}
+
 /// The verified transfer of data from GPU `from` to GPU `to`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PairTest {

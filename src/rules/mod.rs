@@ -84,6 +84,7 @@ const RULES: &[(&[Code], Rule)] = &[
     (&[Code::NcclWrongResult], nccl::wrong_result),
     (&[Code::NcclKnownBad], nccl::known_bad),
     (&[Code::NcclSlow], nccl::slow),
+    (&[Code::NcclP2pUnused], nccl::p2p_unused),
     (&[Code::ShmTooSmall], env::shm_too_small),
     (&[Code::NcclEnvOverride], env::nccl_env_override),
     (&[Code::NotChecked], unread::not_checked),

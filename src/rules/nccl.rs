@@ -302,18 +302,7 @@ pub fn slow(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
     if ranks < 2 {
         return Vec::new();
     }
-    // The largest size that completed with correct sums.
-    let Some((bytes, busbw)) = n
-        .results
-        .iter()
-        .filter_map(|r| match &r.outcome {
-            AllReduceOutcome::Measured {
-                busbw_gbps, wrong, ..
-            } if wrong.iter().all(|&w| w == 0) => Some((r.bytes, *busbw_gbps)),
-            _ => None,
-        })
-        .max_by_key(|(b, _)| *b)
-    else {
+    let Some((bytes, busbw)) = n.largest_correct() else {
         return Vec::new();
     };
     let measured = |kind: Kind, a: i32, b: i32| -> Option<f64> {
@@ -363,6 +352,153 @@ pub fn slow(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
     .fix("run the job once with NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=INIT,GRAPH: look for SHM or NET where P2P was expected, and for NCCL_P2P_LEVEL / NCCL_P2P_DISABLE / NCCL_ALGO overrides (see nccl-env-override)")
     .fix("compare with nccl-tests: all_reduce_perf -b 64M -e 256M -g <GPUs>")
     .refs([NCCL_TESTS_PERF, NCCL_TROUBLESHOOTING])]
+}
+
+const NCCL_P2P_LEVEL_DOC: &str =
+    "https://docs.nvidia.com/deeplearning/nccl/user-guide/docs/env.html#nccl-p2p-level";
+
+/// NCCL_P2P_LEVEL=SYS counts as faster from this gain on: below it, run-to-run noise.
+const P2P_LEVEL_GAIN: f64 = 0.05;
+
+/// NCCL went through host memory (SHM) between GPUs whose P2P this run verified correct both
+/// ways, with NCCL_P2P_LEVEL and NCCL_P2P_DISABLE unset: NCCL's default P2P level left P2P
+/// out (PXB since 2.23.4 unless an AMD CPU has two GPUs or fewer; PXB on Intel before). The
+/// rerun with NCCL_P2P_LEVEL=SYS says whether P2P is correct and faster for NCCL too; only
+/// then is setting it the fix.
+pub fn p2p_unused(facts: &Facts, kb: &Knowledge) -> Vec<Finding> {
+    let Some(n) = nccl(facts) else {
+        return Vec::new();
+    };
+    // The user's own level or switch is what ran (nccl-env-override speaks of it).
+    if facts.env.lookup("NCCL_P2P_LEVEL").is_some()
+        || facts.env.lookup("NCCL_P2P_DISABLE").is_some()
+    {
+        return Vec::new();
+    }
+    let Some(tests) = facts
+        .gpu
+        .as_ref()
+        .and_then(|g| g.p2p.as_ref())
+        .map(|p| &p.tests)
+    else {
+        return Vec::new();
+    };
+    // A failed all-reduce is its own finding; a P2P pair that failed verification keeps
+    // NCCL's SHM the right choice.
+    let Some(hops) = crate::facts::p2p_unused(n, tests).filter(|_| n.all_correct()) else {
+        return Vec::new();
+    };
+    let Some((bytes, busbw)) = n.largest_correct() else {
+        return Vec::new();
+    };
+    let version = n
+        .library
+        .known()
+        .map(|l| l.version.clone())
+        .unwrap_or_default();
+    let shm = n.channels.iter().filter(|c| c.transport == "SHM").count();
+    let list: Vec<String> = hops
+        .iter()
+        .map(|(a, b)| format!("GPU {a} -> GPU {b}"))
+        .collect();
+    let mut evidence = vec![
+        format!(
+            "NCCL {version} connected {shm} of {} channel hops through host memory (SHM): {}",
+            n.channels.len(),
+            list.join(", ")
+        ),
+        "P2P verified correct in both directions between the GPUs of each of those hops in this run".into(),
+    ];
+    let default = Version::parse(&version).and_then(|v| kb.p2p_default(&v));
+    if let Some(d) = default {
+        evidence.push(format!(
+            "NCCL_P2P_LEVEL and NCCL_P2P_DISABLE are unset, so NCCL's default applies: since {} {}",
+            d.since, d.summary
+        ));
+    }
+    evidence.push(format!(
+        "NCCL's default: busbw {busbw:.1} GB/s (all-reduce of {bytes} bytes per rank)"
+    ));
+    let mut refs: Vec<String> = default.map(|d| d.sources.clone()).unwrap_or_default();
+    refs.push(NCCL_P2P_LEVEL_DOC.into());
+    let gpu_list = gpus(facts, n);
+    let finding = |severity, title: String, evidence: Vec<String>| {
+        let f = Finding::new(Code::NcclP2pUnused, severity, title).gpus(gpu_list.clone());
+        evidence
+            .into_iter()
+            .fold(f, Finding::evidence)
+            .refs(refs.clone())
+    };
+    let Some(again) = n.p2p_level_sys.as_deref() else {
+        return vec![finding(
+            Severity::Info,
+            "NCCL copies through host memory between GPUs whose P2P works".into(),
+            evidence,
+        )
+        .fix("measure it: run the same job (or rigdoctor check) with NCCL_P2P_LEVEL=SYS and compare the all-reduce bus bandwidth; keep it only if it is faster and correct")];
+    };
+    evidence.push(format!(
+        "again with NCCL_P2P_LEVEL=SYS: {}",
+        transports(again).unwrap_or_else(|| "NCCL's transports were not logged".into())
+    ));
+    if !again.all_correct() {
+        let what = if again.init_error.is_some() {
+            "failed at init"
+        } else if again.results.iter().any(|r| matches!(&r.outcome, AllReduceOutcome::Measured { wrong, .. } if wrong.iter().any(|&w| w > 0))) {
+            "gave wrong sums"
+        } else {
+            "did not finish (hung or failed)"
+        };
+        return vec![finding(
+            Severity::Warn,
+            format!("NCCL copies through host memory where P2P works, but with NCCL_P2P_LEVEL=SYS its all-reduce {what}"),
+            evidence,
+        )
+        .fix("keep NCCL's default (leave NCCL_P2P_LEVEL unset): NCCL's own P2P path fails on this rig although plain P2P copies verified; report it with this run's JSON")];
+    }
+    let same = again
+        .results
+        .iter()
+        .find(|r| r.bytes == bytes)
+        .and_then(|r| match &r.outcome {
+            AllReduceOutcome::Measured { busbw_gbps, .. } => Some(*busbw_gbps),
+            _ => None,
+        });
+    let Some(sys) = same else {
+        return Vec::new();
+    };
+    evidence.push(format!(
+        "with NCCL_P2P_LEVEL=SYS: busbw {sys:.1} GB/s (same size), sums correct on every rank"
+    ));
+    let used_p2p = again.shm_hops().is_empty() && uses_p2p(again);
+    let gain = if busbw > 0.0 { sys / busbw - 1.0 } else { 0.0 };
+    if !used_p2p || gain < P2P_LEVEL_GAIN {
+        let why = if used_p2p {
+            format!(
+                "P2P was not faster for NCCL here ({:+.0}%): nothing to change",
+                100.0 * gain
+            )
+        } else {
+            "NCCL still used host memory with NCCL_P2P_LEVEL=SYS: nothing to gain from it".into()
+        };
+        return vec![finding(
+            Severity::Info,
+            format!("NCCL copies through host memory where P2P works; {why}"),
+            evidence,
+        )];
+    }
+    vec![finding(
+        Severity::Warn,
+        format!(
+            "NCCL copies through host memory where P2P works: {busbw:.1} GB/s, {sys:.1} GB/s with NCCL_P2P_LEVEL=SYS ({:+.0}%)",
+            100.0 * gain
+        ),
+        evidence,
+    )
+    .fix(format!(
+        "export NCCL_P2P_LEVEL=SYS before starting the job (or add NCCL_P2P_LEVEL=SYS to /etc/nccl.conf): measured here {:+.0}% all-reduce bus bandwidth, sums correct",
+        100.0 * gain
+    ))]
 }
 
 /// busbw below this share of the slowest hop's measured bandwidth is `nccl-slow`. NCCL rings on

@@ -25,6 +25,10 @@ pub struct Plan {
     pub bandwidth: Option<crate::facts::BandwidthConfig>,
     /// Run the NCCL all-reduce with these settings.
     pub nccl: Option<NcclConfig>,
+    /// Neither NCCL_P2P_LEVEL nor NCCL_P2P_DISABLE is set (environment or nccl.conf): when
+    /// NCCL then chooses SHM between GPUs whose P2P this run verified, run the all-reduce
+    /// again with NCCL_P2P_LEVEL=SYS to measure what NCCL's default costs.
+    pub try_p2p_level_sys: bool,
 }
 
 pub type GpuReport = StepReport<Gpu>;
@@ -191,6 +195,7 @@ pub fn collect(
         f.interrupted = crate::measure::interrupted();
         f
     });
+    let mut workers = run.workers;
     let nccl = plan.nccl.as_ref().map(|cfg| {
         let log = log_dir
             .as_ref()
@@ -198,6 +203,22 @@ pub fn collect(
             .unwrap_or_default();
         let mut f = settle_nccl::settle(cfg, nccl_reports, &log, nccl_deadline.as_secs_f64());
         f.env_set = env_set;
+        let tests = p2p_facts.as_ref().map_or(&[][..], |p| &p.tests[..]);
+        if plan.try_p2p_level_sys
+            && f.all_correct()
+            && crate::facts::p2p_unused(&f, tests).is_some()
+            && !crate::measure::interrupted()
+        {
+            if let Some(cfg) = &config.nccl {
+                let (again, more) = nccl_again(step_deadline, cfg, nccl_deadline, progress);
+                let offset = workers.len();
+                workers.extend(more.into_iter().map(|mut w| {
+                    w.index += offset;
+                    w
+                }));
+                f.p2p_level_sys = again.map(Box::new);
+            }
+        }
         f
     });
     GpuRuntime {
@@ -207,10 +228,52 @@ pub fn collect(
         p2p: p2p_facts,
         bandwidth,
         nccl,
-        workers: run.workers,
+        workers,
         limits: Some(process_limits()),
         step_deadline_s: Some(step_deadline.as_secs_f64()),
     }
+}
+
+/// The NCCL sweep again with NCCL_P2P_LEVEL=SYS, in a worker of its own (NCCL reads the level
+/// once per process), logged to a directory of its own; None when no worker could start.
+fn nccl_again(
+    step_deadline: Duration,
+    cfg: &NcclConfig,
+    nccl_deadline: Duration,
+    progress: &mut dyn FnMut(Progress<'_, Gpu>),
+) -> (
+    Option<crate::facts::NcclFacts>,
+    Vec<crate::facts::WorkerRecord>,
+) {
+    let Ok(mut dog) = watchdog(step_deadline) else {
+        return (None, Vec::new());
+    };
+    let config = WorkerConfig {
+        bandwidth: None,
+        nccl: Some(cfg.clone()),
+    };
+    dog.env.push((
+        CONFIG_ENV.to_string(),
+        serde_json::to_string(&config).unwrap_or_default(),
+    ));
+    let log_dir = nccl_log::LogDir::new();
+    let mut env_set = nccl_log::environment(log_dir.as_ref(), |k| std::env::var(k).ok());
+    env_set.push(crate::facts::EnvSet {
+        name: "NCCL_P2P_LEVEL".into(),
+        value: "SYS".into(),
+        replaced: None,
+    });
+    dog.env
+        .extend(env_set.iter().map(|e| (e.name.clone(), e.value.clone())));
+    dog.long_step = Box::new(move |s| (*s == Step::NcclAllReduce).then_some(nccl_deadline));
+    let run = dog.run(&[Step::NcclInit], progress);
+    let log = log_dir
+        .as_ref()
+        .map(nccl_log::LogDir::read)
+        .unwrap_or_default();
+    let mut f = settle_nccl::settle(cfg, run.reports, &log, nccl_deadline.as_secs_f64());
+    f.env_set = env_set;
+    (Some(f), run.workers)
 }
 
 /// One deadline per GPU pair in the P2P verification: after a to b hung, b to a is not tried

@@ -23,6 +23,7 @@ pub fn settle(cfg: &NcclConfig, reports: Vec<GpuReport>, log: &[String], secs: f
         init_error: None,
         env_set: Vec::new(),
         warnings: Vec::new(),
+        p2p_level_sys: None,
     };
     // Channel lines come at init (before NCCL 2.22) or at the first collective (2.22+, lazy
     // connection): wherever they are in the log, each is counted once.
