@@ -238,6 +238,10 @@ pub struct NvmlDevice {
     pub power_limit_mw: Probed<u32>,
     pub temperature_c: Probed<u32>,
     pub persistence_mode: Probed<bool>,
+    /// nvmlDeviceGetDisplayActive: a display is initialised on the GPU (an X server or a
+    /// console has memory for a screen), even with no monitor plugged in.
+    #[serde(default = "not_in_report")]
+    pub display_active: Probed<bool>,
     /// Links that exist on this GPU (empty: none, or NVLink not supported).
     #[serde(default = "not_in_report")]
     pub nvlinks: Probed<Vec<NvLinkState>>,
@@ -474,6 +478,9 @@ pub struct GpuPci {
     /// Bound kernel driver ("nvidia", "nouveau", "vfio-pci"); `None` when unbound.
     pub driver: Probed<Option<String>>,
     pub bar1_bytes: Probed<u64>,
+    /// BAR1's Resizable BAR capability: `None` when the GPU has none (its VBIOS cannot resize).
+    #[serde(default = "not_in_report")]
+    pub bar1_rebar: Probed<Option<ResizableBar>>,
     pub aer: Probed<Aer>,
     /// `None` when the device has no IOMMU group (IOMMU off).
     pub iommu_group: Probed<Option<IommuGroup>>,
@@ -482,6 +489,23 @@ pub struct GpuPci {
     /// connectors (nvidia-drm without modeset): no proof that no display is attached.
     #[serde(default = "not_in_report")]
     pub displays: Probed<Vec<String>>,
+}
+
+/// What a BAR's Resizable BAR capability (PCIe extended capability 0x15) offers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResizableBar {
+    /// Every size the device supports, in bytes, smallest first.
+    pub sizes: Vec<u64>,
+    /// The size firmware programmed, when config space was read (sysfs gives the sizes only).
+    pub current_bytes: Option<u64>,
+    /// Where it was read: "config space" or "sysfs resource1_resize".
+    pub source: String,
+}
+
+impl ResizableBar {
+    pub fn largest(&self) -> Option<u64> {
+        self.sizes.last().copied()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

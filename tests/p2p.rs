@@ -845,6 +845,9 @@ fn progress_in_a_log_is_a_line_per_phase_and_per_hang() {
 fn p2p_gates_name_the_card_without_resizable_bar() {
     let mut rig = load_rig("epyc-2x4090-nonroot");
     rig.gpu[1].bar1_mib = 256;
+    // The card can do 32 GiB (sysfs resource1_resize says so to a non-root reader): firmware
+    // left it small.
+    rig.gpu[1].rebar_max_mib = Some(32768);
     let name = "NVIDIA GeForce RTX 4090";
     let fake = |access: bool| {
         json!({"driver_version": "550.127.05", "cuda_version": 12040,
@@ -867,8 +870,67 @@ fn p2p_gates_name_the_card_without_resizable_bar() {
         .expect(&ev);
     assert!(policy < bar, "policy first: {ev}");
     assert!(!ev.contains("BAR1: GPU 0"), "{ev}");
+    assert!(
+        ev.contains("the card offers BAR1 sizes up to 32 GiB (sysfs resource1_resize): firmware can enlarge it"),
+        "{ev}"
+    );
+    // A card whose VBIOS offers nothing larger needs the VBIOS first.
+    rig.gpu[1].rebar_max_mib = None;
+    let r = p2p(&rig, &fake(false), &[]);
+    let ev = text(&findings(&r.report, "p2p-gates")[0]["evidence"]);
+    assert!(
+        ev.contains(
+            "up to 256 MiB only (sysfs resource1_resize): firmware cannot enlarge it; a VBIOS"
+        ),
+        "{ev}"
+    );
+    // No capability and no root: not known, and said so.
+    rig.gpu[1].rebar_max_mib = Some(0);
+    let r = p2p(&rig, &fake(false), &[]);
+    let ev = text(&findings(&r.report, "p2p-gates")[0]["evidence"]);
+    assert!(
+        ev.contains("which BAR1 sizes the card supports was not read (needs root: 0000:81:00.0 config space readable to 64 bytes only (run as root))"),
+        "{ev}"
+    );
     // Granted both ways, nothing in the way: quiet.
     rig.gpu[1].bar1_mib = 32768;
+    rig.gpu[1].rebar_max_mib = None;
     let r = p2p(&rig, &fake(true), &[]);
     assert!(findings(&r.report, "p2p-gates").is_empty(), "{}", r.text);
+}
+
+/// A GPU that drives a display is a P2P gate, whether the kernel's DRM connector says so or
+/// NVML's display-active flag (an X server's screen without a connector): both are named, and
+/// the GPU without one is not.
+#[test]
+fn p2p_gates_name_the_gpu_that_drives_a_display() {
+    let mut rig = load_rig("epyc-2x4090-nonroot");
+    rig.gpu[0].displays = vec!["card0-DP-1".into()];
+    let name = "NVIDIA GeForce RTX 4090";
+    let mut g0 = gpu(name, "0000:41:00.0", 0);
+    g0["display_active"] = json!(true);
+    let fake = json!({"driver_version": "550.127.05", "cuda_version": 12040,
+        "gpus": [g0, gpu(name, "0000:81:00.0", 1)],
+        "pairs": [{"a": 0, "b": 1, "access": false, "topology": "SYS", "nvml_status": "GNS"}]});
+    let r = p2p(&rig, &fake, &[]);
+    let f = findings(&r.report, "p2p-gates");
+    assert_eq!(f.len(), 1, "{}", r.text);
+    let ev = text(&f[0]["evidence"]);
+    assert!(
+        ev.contains("display: GPU 0 (0000:41:00.0) drives card0-DP-1 (DRM connector status connected) and a display (nvmlDeviceGetDisplayActive)"),
+        "{ev}"
+    );
+    assert!(!ev.contains("display: GPU 1"), "{ev}");
+    assert!(
+        !ev.contains("HDMI"),
+        "a disconnected connector is no display: {ev}"
+    );
+    // NVML alone is enough.
+    rig.gpu[0].displays.clear();
+    let r = p2p(&rig, &fake, &[]);
+    let ev = text(&findings(&r.report, "p2p-gates")[0]["evidence"]);
+    assert!(
+        ev.contains("display: GPU 0 (0000:41:00.0) drives a display (nvmlDeviceGetDisplayActive)"),
+        "{ev}"
+    );
 }

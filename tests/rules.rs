@@ -324,8 +324,36 @@ fn aer_errors() {
 
 #[test]
 fn small_bar1() {
-    let r = rig_findings(HEALTHY, |r| r.gpu[0].bar1_mib = 256, &[]);
+    // The card lists 32 GiB in its Resizable BAR capability (config space, read as root):
+    // firmware left BAR1 small.
+    let r = rig_findings(
+        HEALTHY,
+        |r| {
+            r.gpu[0].bar1_mib = 256;
+            r.gpu[0].rebar_max_mib = Some(32768);
+        },
+        &[],
+    );
     assert!(has(&r, "info small-bar1"));
+    let ev = findings(&r, "small-bar1")[0]["evidence"].to_string();
+    assert!(
+        ev.contains("BAR1 256 MiB (sysfs resource, line 1); the card offers BAR1 sizes up to 32 GiB (config space): firmware can enlarge it"),
+        "{ev}"
+    );
+    // No capability at all: the VBIOS comes first.
+    let r = rig_findings(
+        HEALTHY,
+        |r| {
+            r.gpu[0].bar1_mib = 256;
+            r.gpu[0].rebar_max_mib = Some(0);
+        },
+        &[],
+    );
+    let ev = findings(&r, "small-bar1")[0]["evidence"].to_string();
+    assert!(
+        ev.contains("the card has no Resizable BAR capability (config space)"),
+        "{ev}"
+    );
     assert!(quiet(&rig_findings(HEALTHY, |_| {}, &[]), "small-bar1"));
 }
 

@@ -428,6 +428,11 @@ pub unsafe extern "C" fn nvmlDeviceGetPowerManagementLimitConstraints(
 uint_getter!(nvmlDeviceGetPersistenceMode, |g: &crate::rig::Gpu| {
     u32::from(g.persistence)
 });
+// nvml.h: nvmlDeviceGetDisplayActive(device, nvmlEnableState_t *isActive), an enum of
+// NVML_FEATURE_DISABLED = 0 / NVML_FEATURE_ENABLED = 1.
+uint_getter!(nvmlDeviceGetDisplayActive, |g: &crate::rig::Gpu| {
+    u32::from(g.display_active)
+});
 
 #[no_mangle]
 pub unsafe extern "C" fn nvmlDeviceGetTemperature(

@@ -235,6 +235,9 @@ pub struct Gpu {
     pub temperature_c: u32,
     #[serde(default)]
     pub persistence: bool,
+    /// nvmlDeviceGetDisplayActive: an X server or console drives a screen from this GPU.
+    #[serde(default)]
+    pub display_active: bool,
     #[serde(default = "default_sms")]
     pub sms: i32,
     /// GB/s of pinned host -> GPU and GPU -> host copies; default 82% / 85% of the link

@@ -1,9 +1,9 @@
 //! NVIDIA GPUs on the PCI bus and the bridges on their paths, from sysfs.
 
-use super::config_space::decode_bridge_config;
+use super::config_space::{decode_bridge_config, decode_rebar, rebar_sizes};
 use crate::facts::{
     Aer, Bridge, GpuPci, IommuGroup, Link, NvidiaDriver, PciPath, PciTopology, Probed,
-    Unidentified, Why,
+    ResizableBar, Unidentified, Why,
 };
 use crate::sysroot::{file_name, Sysroot};
 use std::collections::BTreeMap;
@@ -63,6 +63,7 @@ pub fn probe(root: &Sysroot, driver: &NvidiaDriver) -> Probed<PciTopology> {
             bar1_bytes: root
                 .read_string(&format!("{dir}/resource"))
                 .and_then(|t| bar_size(&t, 1)),
+            bar1_rebar: bar1_rebar(root, &dir, &bdf),
             aer: read_aer(root, &dir),
             iommu_group: iommu_group(root, &dir),
             displays: displays(root, &dir),
@@ -98,6 +99,38 @@ pub fn probe(root: &Sysroot, driver: &NvidiaDriver) -> Probed<PciTopology> {
         bridges,
         unidentified,
     })
+}
+
+/// BAR1's Resizable BAR capability: decoded from config space when it can be read in full
+/// (root), else from sysfs `resource1_resize`, which any user may read (Linux >= 5.15,
+/// drivers/pci/pci-sysfs.c: the `pci_rebar_get_possible_sizes` mask as %016llx, present only
+/// for a resizable BAR). Without either, whether the card can resize is not known.
+fn bar1_rebar(root: &Sysroot, dir: &str, bdf: &str) -> Probed<Option<ResizableBar>> {
+    let config = root
+        .read_bytes(&format!("{dir}/config"))
+        .and_then(|c| decode_rebar(bdf, &c, 1));
+    if config.known().is_some() {
+        return config;
+    }
+    match root.read_attr(&format!("{dir}/resource1_resize")) {
+        Probed::Known(t) => match u64::from_str_radix(t.trim(), 16) {
+            Ok(mask) => Probed::Known(Some(ResizableBar {
+                sizes: rebar_sizes(mask),
+                current_bytes: None,
+                source: "sysfs resource1_resize".into(),
+            })),
+            Err(_) => Probed::unknown(
+                Why::Unparsable,
+                format!("{bdf}: resource1_resize reads {t:?}"),
+            ),
+        },
+        // No attribute: a BAR that cannot resize, or a kernel before 5.15; config space says.
+        Probed::Unknown {
+            unknown: Why::Absent,
+            ..
+        } => config,
+        u => u.retype(),
+    }
 }
 
 /// The connected DRM connectors of a device (drivers/gpu/drm/drm_sysfs.c: each connector is

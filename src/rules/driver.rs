@@ -152,7 +152,7 @@ pub fn gpu_not_bound(facts: &Facts, _: &Knowledge) -> Vec<Finding> {
 }
 
 /// NVML's record of the GPU at `bdf`, when the GPU steps ran.
-fn nvml_device<'a>(facts: &'a Facts, bdf: &str) -> Option<&'a crate::facts::NvmlDevice> {
+pub(super) fn nvml_device<'a>(facts: &'a Facts, bdf: &str) -> Option<&'a crate::facts::NvmlDevice> {
     facts
         .gpu
         .as_ref()?

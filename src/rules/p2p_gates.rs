@@ -102,10 +102,11 @@ pub fn gates(facts: &Facts, kb: &Knowledge) -> Vec<Finding> {
         if let (Some(&bar1), Some(vram)) = (p.bar1_bytes.known(), vram) {
             if bar1 > 0 && bar1 < vram {
                 lines.push(format!(
-                    "BAR1: {}: {} MiB of {} MiB of memory; Resizable BAR is off (firmware: Above 4G Decoding and Re-Size BAR; the card's VBIOS must support it)",
+                    "BAR1: {}: {} MiB of {} MiB of memory; {}",
                     g.label(),
                     bar1 >> 20,
-                    vram >> 20
+                    vram >> 20,
+                    super::bar::rebar_advice(p, bar1, Some(vram))
                 ));
                 name(g.bdf, &mut named);
             }
@@ -113,14 +114,24 @@ pub fn gates(facts: &Facts, kb: &Knowledge) -> Vec<Finding> {
     }
     // 3. A GPU that drives a display.
     for g in &gpus {
-        let Some(p) = pci_gpu(facts, g.bdf) else {
-            continue;
-        };
-        if let Some(d) = p.displays.known().filter(|d| !d.is_empty()) {
+        let mut seen: Vec<String> = pci_gpu(facts, g.bdf)
+            .and_then(|p| p.displays.known())
+            .filter(|d| !d.is_empty())
+            .map(|d| vec![format!("{} (DRM connector status connected)", d.join(", "))])
+            .unwrap_or_default();
+        // NVML also sees a screen that an X server set up without a DRM connector.
+        if g.bdf
+            .and_then(|b| super::driver::nvml_device(facts, b))
+            .and_then(|d| d.display_active.known())
+            == Some(&true)
+        {
+            seen.push("a display (nvmlDeviceGetDisplayActive)".into());
+        }
+        if !seen.is_empty() {
             lines.push(format!(
-                "display: {} drives {} (DRM connector status connected); the P2P builds need GPUs without a display",
+                "display: {} drives {}; the P2P builds need GPUs without a display",
                 g.label(),
-                d.join(", ")
+                seen.join(" and ")
             ));
             name(g.bdf, &mut named);
         }

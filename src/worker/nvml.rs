@@ -126,6 +126,7 @@ pub fn inventory() -> Probed<NvmlInventory> {
                     "nvmlDeviceGetTemperature",
                 ),
                 persistence_mode: fact(d.is_in_persistent_mode(), "nvmlDeviceGetPersistenceMode"),
+                display_active: fact(d.is_display_active(), "nvmlDeviceGetDisplayActive"),
                 nvlinks: nvlinks(&d),
             },
             Err(e) => {
@@ -148,6 +149,7 @@ pub fn inventory() -> Probed<NvmlInventory> {
                     power_limit_mw: why.clone().map(|_| 0),
                     temperature_c: why.clone().map(|_| 0),
                     persistence_mode: why.clone().map(|_| false),
+                    display_active: why.clone().map(|_| false),
                     nvlinks: why.map(|_| Vec::new()),
                 }
             }

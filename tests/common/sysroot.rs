@@ -131,6 +131,13 @@ pub struct RigGpu {
     /// Bound driver ("nvidia", "nouveau", "vfio-pci"); absent: unbound.
     pub driver: Option<String>,
     pub bar1_mib: u64,
+    /// The largest BAR1 size the card's Resizable BAR capability lists (0: no capability);
+    /// absent: BAR1's size when it is above 256 MiB (resized), else 256 MiB (a VBIOS that
+    /// offers nothing larger).
+    pub rebar_max_mib: Option<u64>,
+    /// DRM connectors with a monitor attached ("card0-DP-1"), under `<device>/drm/card0/`.
+    #[serde(default)]
+    pub displays: Vec<String>,
     #[serde(default)]
     pub aer_correctable: BTreeMap<String, u64>,
     #[serde(default)]
@@ -237,6 +244,22 @@ pub fn config_space(
         c.truncate(64);
     }
     c
+}
+
+/// Append a Resizable BAR capability for BAR1 to an endpoint's config space (PCIe r6.2 7.8.6):
+/// sizes from 64 MiB to `max_mib`, `cur_mib` programmed. Returns the supported-size mask with
+/// bit 0 = 1 MiB, as sysfs `resource1_resize` prints it.
+fn add_rebar(c: &mut [u8], max_mib: u64, cur_mib: u64) -> u64 {
+    let log = |mib: u64| 63 - mib.leading_zeros() as u64;
+    let mask: u64 = (6..=log(max_mib)).map(|k| 1u64 << k).sum();
+    // Chain it after the AER capability at 0x100.
+    let aer = u32::from_le_bytes(c[0x100..0x104].try_into().unwrap());
+    c[0x100..0x104].copy_from_slice(&(aer & 0x000F_FFFF | 0x200 << 20).to_le_bytes());
+    c[0x200..0x204].copy_from_slice(&(0x0015u32 | 1 << 16).to_le_bytes());
+    c[0x204..0x208].copy_from_slice(&((mask as u32) << 4).to_le_bytes());
+    let ctrl = 1u32 | 1 << 5 | (log(cur_mib) as u32) << 8;
+    c[0x208..0x20C].copy_from_slice(&ctrl.to_le_bytes());
+    mask
 }
 
 fn aer_text(counts: &BTreeMap<String, u64>, names: &[&str], total: &str) -> String {
@@ -459,7 +482,14 @@ pub fn build(rig: &Rig, root: &Path) {
         );
     }
     for g in &rig.gpu {
-        let cfg = config_space(0x10de, g.device_id, "endpoint", &g.link, None, rig.root);
+        let mut cfg = config_space(0x10de, g.device_id, "endpoint", &g.link, None, true);
+        let rebar_max = g
+            .rebar_max_mib
+            .unwrap_or(if g.bar1_mib > 256 { g.bar1_mib } else { 256 });
+        let rebar_mask = (rebar_max > 0).then(|| add_rebar(&mut cfg, rebar_max, g.bar1_mib));
+        if !rig.root {
+            cfg.truncate(64);
+        }
         let dir = add_device(
             Dev {
                 bdf: &g.bdf,
@@ -472,6 +502,28 @@ pub fn build(rig: &Rig, root: &Path) {
         );
         link_files(&dir, &g.link);
         write(root, &format!("{dir}/numa_node"), format!("{}\n", g.numa));
+        // drivers/gpu/drm/drm_sysfs.c: card<N>/card<N>-<type>-<n>/status; one disconnected
+        // connector beside each connected one, as a card with several outputs has.
+        for (i, conn) in g.displays.iter().enumerate() {
+            let card = conn.split('-').next().unwrap_or("card0");
+            write(
+                root,
+                &format!("{dir}/drm/{card}/{conn}/status"),
+                "connected\n",
+            );
+            write(
+                root,
+                &format!("{dir}/drm/{card}/{card}-HDMI-A-{}/status", i + 1),
+                "disconnected\n",
+            );
+        }
+        if let Some(mask) = rebar_mask {
+            write(
+                root,
+                &format!("{dir}/resource1_resize"),
+                format!("{mask:016x}\n"),
+            );
+        }
         let bar1 = 0xe000000000u64;
         write(
             root,
