@@ -231,6 +231,8 @@ if [[ -n $rig ]]; then
     if [[ -n $nccl_lib ]]; then
         echo "nccl: --nccl-lib $nccl_lib (found by $nccl_how)" >>"$tmp/notes"
         step nccl 60 "$rig" nccl --json -o "$out/nccl.json" --color never --nccl-lib "$nccl_lib"
+        # The same sweep with every rank in one process (ncclCommInitAll), for comparison.
+        step nccl-single 45 "$rig" nccl --single-process --max-size 64M --json --color never --nccl-lib "$nccl_lib"
     else
         echo "nccl: the nvidia-nccl-cu12 wheel was not found; rigdoctor searched on its own" >>"$tmp/notes"
         step nccl 60 "$rig" nccl --json -o "$out/nccl.json" --color never

@@ -331,6 +331,7 @@ fn probe_machine(g: &GlobalArgs, gpu_args: &GpuArgs, battery: Battery) -> Result
             && facts.env.lookup("NCCL_P2P_DISABLE").is_none();
         let plan = probe::gpu::Plan {
             try_p2p_level_sys,
+            nccl_per_process: nccl.as_ref().is_some_and(|c| !c.single_process),
             p2p,
             devices: gpu_args.devices.clone().map(|d| d.0),
             bandwidth,

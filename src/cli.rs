@@ -65,12 +65,15 @@ pub enum Command {
     Bandwidth(BandwidthArgs),
     /// NCCL all-reduce over a size sweep: results checked, busbw, transports, hangs
     ///
-    /// NCCL all-reduce (sum, float32) in one process, one rank per GPU (ncclCommInitAll), over
-    /// a size sweep: time, algbw and busbw as nccl-tests prints them, every rank's result
-    /// checked, the transport NCCL chose per channel (NCCL_DEBUG=INFO), and a hang killed after
-    /// --timeout. NCCL is loaded at run time: libnccl.so.2, --nccl-lib, or a pip wheel's copy.
+    /// NCCL all-reduce (sum, float32) with one worker process per GPU that join one
+    /// communicator (ncclGetUniqueId / ncclCommInitRank), as DDP and torchrun run it, over a
+    /// size sweep: time, algbw and busbw as nccl-tests prints them, every rank's result
+    /// checked, the transport NCCL chose per channel (NCCL_DEBUG=INFO), and a rank that hangs
+    /// or dies named and killed after --timeout. --single-process runs every rank in one
+    /// process (ncclCommInitAll) instead. NCCL is loaded at run time: libnccl.so.2,
+    /// --nccl-lib, or a pip wheel's copy.
     #[command(
-        after_help = "Examples:\n  rigdoctor nccl\n  rigdoctor nccl --max-size 1G --iters 50\n  rigdoctor nccl --nccl-lib ~/venv/lib/python3.11/site-packages/nvidia/nccl/lib/libnccl.so.2"
+        after_help = "Examples:\n  rigdoctor nccl\n  rigdoctor nccl --single-process\n  rigdoctor nccl --max-size 1G --iters 50\n  rigdoctor nccl --nccl-lib ~/venv/lib/python3.11/site-packages/nvidia/nccl/lib/libnccl.so.2"
     )]
     Nccl(NcclArgs),
     /// Host checks only, no GPU touched: kernel, IOMMU, PCIe, ACS, links, driver, env
@@ -222,6 +225,9 @@ impl CheckArgs {
             max_size: Some(max),
             iters: Some(iters),
             nccl_lib: self.nccl_lib.clone(),
+            // check keeps one process (ncclCommInitAll) until the one-process-per-GPU mode
+            // has run on real GPUs (docs/validation.md); `rigdoctor nccl` runs that mode.
+            single_process: true,
             gpu: self.gpu.clone(),
         }
         .config();
@@ -245,6 +251,9 @@ pub struct NcclArgs {
     /// nvidia-nccl pip wheel in the active virtualenv/conda env or site-packages).
     #[arg(long, value_name = "PATH", value_parser = existing_file)]
     pub nccl_lib: Option<PathBuf>,
+    /// Every rank in this one worker process (ncclCommInitAll), not one process per GPU.
+    #[arg(long)]
+    pub single_process: bool,
     #[command(flatten)]
     pub gpu: GpuArgs,
 }
@@ -267,6 +276,7 @@ impl NcclArgs {
             library: self.nccl_lib.as_ref().map(|p| p.display().to_string()),
             devices: None,
             abort_after_s: None,
+            single_process: self.single_process,
         }
     }
 }

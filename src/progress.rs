@@ -53,7 +53,7 @@ fn phase_of(step: &Step) -> &'static str {
         Step::NvmlInventory | Step::CudaInventory => "GPU inventory",
         Step::P2pMatrix { .. } | Step::GpuSelftest { .. } | Step::P2pPair { .. } => "P2P test",
         Step::BandwidthPlan { .. } | Step::Bandwidth(_) | Step::BandwidthEnd { .. } => "bandwidth",
-        Step::NcclInit | Step::NcclAllReduce => "NCCL",
+        Step::NcclInit | Step::NcclRank { .. } | Step::NcclAllReduce => "NCCL",
         Step::SpinHang { .. } => "watchdog test",
     }
 }
@@ -123,6 +123,15 @@ impl Bar {
                     self.bar.set_message(self.describe(step));
                 }
             }
+            Progress::SideBySide { steps, deadline }
+                if matches!(steps.first(), Some(Step::NcclRank { .. })) =>
+            {
+                self.set_running(Some(deadline));
+                self.bar.set_message(format!(
+                    "NCCL: {} ranks, one process per GPU (ncclCommInitRank)",
+                    steps.len()
+                ));
+            }
             Progress::SideBySide { steps, deadline } => {
                 self.set_running(Some(deadline));
                 let pairs: Vec<String> = steps.iter().map(|s| self.short(s)).collect();
@@ -133,6 +142,7 @@ impl Bar {
                 ));
             }
             Progress::Settled(r) => self.step(r),
+            Progress::Noted { .. } => {}
         }
     }
 
@@ -163,6 +173,15 @@ impl Bar {
             Step::Bandwidth(spec) => spec.label(),
             Step::BandwidthEnd { .. } => "closing link reading".into(),
             Step::NcclInit => "NCCL init (ncclCommInitAll)".into(),
+            Step::NcclRank {
+                rank,
+                nranks,
+                device,
+                ..
+            } => format!(
+                "NCCL rank {rank} of {nranks} on {} (ncclCommInitRank)",
+                self.gpu(*device)
+            ),
             Step::NcclAllReduce => "NCCL all-reduce sweep".into(),
             Step::SpinHang { device } => format!("spin kernel on {}", self.gpu(*device)),
         }

@@ -80,7 +80,8 @@ fn run(fake: &Value, args: &[&str]) -> (NcclRun, Vec<u32>) {
     std::fs::write(&rig_file, fake.to_string()).unwrap();
     let t = Instant::now();
     let out = rigdoctor()
-        .args(["nccl", "--gpu", "--json", "--sysroot"])
+        // The fake's ncclCommInitAll lifecycle, traced call by call: one process.
+        .args(["nccl", "--gpu", "--json", "--single-process", "--sysroot"])
         .arg(root.path())
         .args(SMALL)
         .args(args)

@@ -63,16 +63,51 @@ fn healthy_four_gpus_match_the_model() {
         let alg = x["algbw_gbps"].as_f64().unwrap();
         assert!((bus - 1.5 * alg).abs() < 1e-9, "busbw = algbw x 2(n-1)/n");
     }
-    // Transports parsed from NCCL's log: NCCL 2.18 prints a ring of 4 on 2 channels and the
-    // tree's reverse hops (3 per channel) at init: 14 hops, all P2P.
+    // Transports parsed from every rank's NCCL log: NCCL 2.18 prints a ring of 4 on 2
+    // channels and the tree's reverse hops (3 per channel) at init: 14 hops, all P2P, and
+    // between processes over CUDA IPC (cuMem is off by default before 2.19).
+    let ch = n["channels"].as_array().unwrap();
+    assert_eq!(ch.len(), 14);
+    assert!(ch.iter().all(|c| c["via"] == "P2P/IPC"), "{ch:?}");
+    assert_eq!(n["ranks"].as_array().unwrap().len(), 4);
+    assert!(n["ranks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|x| x["outcome"] == "ok"));
+    // One worker process per rank, each ended cleanly.
+    let workers = r.report["facts"]["gpu"]["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 5, "the inventory's worker and one per rank");
+    shows(
+        &r,
+        "NCCL 2.18.5 all-reduce (libnccl.so.2, 4 ranks, one process each)",
+    );
+    shows(&r, "4194304   1048576");
+    shows(&r, "00       0 -> 1        P2P/IPC");
+}
+
+/// --single-process: every rank in one process (ncclCommInitAll), P2P by direct pointer.
+#[test]
+fn single_process_runs_every_rank_in_one_worker() {
+    let r = nccl(&four(|_| {}), &["--single-process"]);
+    assert_eq!(nccl_ids(&r), Vec::<String>::new(), "{}", r.text);
+    let n = &r.report["facts"]["gpu"]["nccl"];
     let ch = n["channels"].as_array().unwrap();
     assert_eq!(ch.len(), 14);
     assert!(ch.iter().all(|c| c["via"] == "P2P/direct pointer"));
+    assert!(n.get("ranks").is_none(), "{n}");
+    assert_eq!(results(&r)[0]["wrong"], json!([0, 0, 0, 0]));
+    assert_eq!(
+        r.report["facts"]["gpu"]["workers"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     shows(
         &r,
         "NCCL 2.18.5 all-reduce (libnccl.so.2, 4 ranks in one process)",
     );
-    shows(&r, "4194304   1048576");
     shows(&r, "00       0 -> 1        P2P/direct pointer");
 }
 
@@ -92,8 +127,11 @@ fn hanging_collective_costs_one_deadline() {
         "{f}"
     );
     // A collective that never completes is seen where the host waits for it.
-    assert!(f.contains("(in: 1048576 bytes: timed iterations)"), "{f}");
-    assert!(f.contains("P2P/direct pointer x14"), "{f}");
+    assert!(
+        f.contains("(in: every rank: 1048576 bytes: timed iterations)"),
+        "{f}"
+    );
+    assert!(f.contains("P2P/IPC x14"), "{f}");
     assert!(f.contains("NCCL_P2P_DISABLE=1"), "{f}");
     assert_eq!(results(&r).len(), 1);
     shows(&r, "HANG");
@@ -164,4 +202,57 @@ fn nccl_error_is_reported_with_its_text() {
         "{f}"
     );
     shows(&r, "ERROR");
+}
+
+/// One process per GPU, as DDP runs it: a rank whose process dies mid-sweep is named as the
+/// cause, the ranks that waited for it are said as waiting, all within one deadline, and every
+/// worker is gone afterwards.
+#[test]
+fn a_rank_that_dies_is_named_and_the_others_waited() {
+    let r = nccl(
+        &four(|f| f["nccl"] = json!({"fault": "crash", "fault_rank": 2})),
+        &["--timeout", "1.5"],
+    );
+    assert_eq!(r.code, 1, "{}", r.text);
+    assert!(r.took < Duration::from_secs(12), "{:?}", r.took);
+    assert_eq!(nccl_ids(&r), ["error nccl-error"], "{}", r.text);
+    let f = text(findings(&r.report, "nccl-error")[0]);
+    assert!(f.contains("rank 2 (GPU 2): the worker"), "{f}");
+    assert!(
+        f.contains("the other ranks waited for it: rank 0 (GPU 0)"),
+        "{f}"
+    );
+    let ranks = r.report["facts"]["gpu"]["nccl"]["ranks"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(ranks[2]["outcome"]
+        .as_str()
+        .unwrap()
+        .contains("failed at 1048576 bytes: the worker"));
+    assert!(ranks[0]["outcome"]
+        .as_str()
+        .unwrap()
+        .starts_with("hung at 1048576 bytes"));
+    // The crashed rank's worker was killed by SIGABRT; the others were killed after their hang.
+    let workers = r.report["facts"]["gpu"]["workers"].as_array().unwrap();
+    let ends: Vec<&str> = workers
+        .iter()
+        .map(|w| w["exit"]["status"].as_str().unwrap())
+        .collect();
+    assert!(ends.contains(&"signaled"), "{ends:?}");
+    assert!(!ends.contains(&"hung-on-exit"), "{ends:?}");
+}
+
+/// A wrong sum on one rank's process is counted on that rank only.
+#[test]
+fn a_wrong_sum_on_one_process_is_that_ranks() {
+    let r = nccl(
+        &four(|f| f["nccl"] = json!({"fault": "wrong", "fault_rank": 1})),
+        &[],
+    );
+    assert_eq!(nccl_ids(&r), ["error nccl-wrong-result"]);
+    assert_eq!(results(&r)[0]["wrong"], json!([0, 1, 0, 0]));
+    let f = text(findings(&r.report, "nccl-wrong-result")[0]);
+    assert!(f.contains("rank 1 (GPU 1 (0000:0b:00.0)): 1 wrong"), "{f}");
 }

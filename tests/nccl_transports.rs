@@ -29,13 +29,17 @@ fn rig(n: usize, topology: &str, version: i32) -> Value {
     json!({"gpus": gpus, "pairs": pairs, "nccl": {"version": version}})
 }
 
-/// `rigdoctor nccl` on an AMD (X570) or Intel (X99) host.
+/// `rigdoctor nccl --single-process` on an AMD (X570) or Intel (X99) host: the transport
+/// rules are the same across processes, and within one process P2P reads `P2P/direct
+/// pointer` in every release (across processes it is P2P/IPC or P2P/CUMEM by release).
 fn nccl(host: &str, fake: &Value, env: &[(&str, &str)]) -> Run {
     let sysroot = match host {
         "amd" => load_rig("x570-2x3090-r535"),
         _ => load_rig("x99-2x3090-plx"),
     };
-    run_gpu_env("nccl", &sysroot, fake, &SMALL, env)
+    let mut args = SMALL.to_vec();
+    args.push("--single-process");
+    run_gpu_env("nccl", &sysroot, fake, &args, env)
 }
 
 /// The distinct transports of the channel hops NCCL logged.

@@ -78,6 +78,7 @@ fn one_worker_runs_everything_when_nothing_hangs() {
         Progress::Settled(_) => seen += 1,
         Progress::Started { .. } => started += 1,
         Progress::SideBySide { .. } => panic!("nothing hung"),
+        Progress::Noted { .. } => {}
     });
     assert_eq!((seen, started), (4, 4));
     let rep = &r.reports;

@@ -74,6 +74,10 @@ pub struct Nccl {
     /// (the process never finishes exiting once communicators were created).
     #[serde(default = "none")]
     pub fault: String,
+    /// With communicators that span processes (ncclCommInitRank): the one rank whose process
+    /// has the fault; absent: every rank. Also "crash": that rank's process aborts at its
+    /// first collective.
+    pub fault_rank: Option<usize>,
     /// All-reduce bus bandwidth; default 85% of the slowest ring hop of the model.
     pub busbw_gbps: Option<f64>,
     /// GB/s of a hop through the socket transport (neither P2P nor SHM, e.g.

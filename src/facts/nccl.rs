@@ -27,6 +27,14 @@ pub struct NcclFacts {
     /// ncclCommInitAll failed after the library was loaded (its version is then known).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_error: Option<StepError>,
+    /// One process per GPU: a rank's ncclCommInitRank did not finish (which ranks, how long),
+    /// while the library was loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_hang: Option<String>,
+    /// One process per GPU (ncclCommInitRank): how each rank's process did, in rank order;
+    /// empty for one process (ncclCommInitAll).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ranks: Vec<NcclRankRun>,
     /// NCCL variables rigdoctor set for the run (its log goes to a file of rigdoctor's), and
     /// the user's values they replaced.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -40,7 +48,40 @@ pub struct NcclFacts {
     pub p2p_level_sys: Option<Box<NcclFacts>>,
 }
 
+/// One rank's worker process in the one-process-per-GPU mode.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NcclRankRun {
+    pub rank: usize,
+    pub device: i32,
+    /// "ok", or what went wrong: "init failed: ...", "hung in ...", "worker ...", "not run: ...".
+    pub outcome: String,
+}
+
 impl NcclFacts {
+    /// "4 ranks in one process" or "4 ranks, one process each".
+    pub fn layout(&self) -> String {
+        let n = self.devices.len();
+        let ranks = if n == 1 { "rank" } else { "ranks" };
+        if self.ranks.is_empty() {
+            format!("{n} {ranks} in one process")
+        } else {
+            format!("{n} {ranks}, one process each")
+        }
+    }
+
+    /// Each rank whose process did not end well: "rank 2 (GPU 2): ..."; nothing when every
+    /// rank ended the same way (the results already say it for all).
+    pub fn troubled_ranks(&self) -> Vec<String> {
+        if self.ranks.windows(2).all(|w| w[0].outcome == w[1].outcome) {
+            return Vec::new();
+        }
+        self.ranks
+            .iter()
+            .filter(|r| r.outcome != "ok")
+            .map(|r| format!("rank {} (GPU {}): {}", r.rank, r.device, r.outcome))
+            .collect()
+    }
+
     /// The largest size whose sums were right on every rank: (bytes, busbw GB/s).
     pub fn largest_correct(&self) -> Option<(u64, f64)> {
         self.results

@@ -49,6 +49,16 @@ pub enum Step {
     },
     /// Load NCCL, create the communicators.
     NcclInit,
+    /// Load NCCL and join one communicator as `rank` of `nranks` on `device`, one process
+    /// per GPU as DDP runs it (ncclCommInitRank). Rank 0 has no `id`: it makes the unique id
+    /// (ncclGetUniqueId, whose bootstrap root lives in that process) and notes it, hex, for
+    /// the parent to hand to the other ranks.
+    NcclRank {
+        rank: usize,
+        nranks: usize,
+        device: i32,
+        id: Option<String>,
+    },
     /// The all-reduce sweep (one step: a hang costs one deadline).
     NcclAllReduce,
     /// `rigdoctor watchdog-test`: a spin kernel whose latch is never released.
@@ -72,6 +82,12 @@ impl std::fmt::Display for Step {
             Step::Bandwidth(s) => f.write_str(&s.label()),
             Step::BandwidthEnd { devices } => write!(f, "bw-end {}", list(devices)),
             Step::NcclInit => f.write_str("nccl-init"),
+            Step::NcclRank {
+                rank,
+                nranks,
+                device,
+                ..
+            } => write!(f, "nccl-rank {rank}/{nranks} (GPU {device})"),
             Step::NcclAllReduce => f.write_str("nccl-allreduce"),
             Step::SpinHang { device } => write!(f, "spin-hang {device}"),
         }
@@ -112,6 +128,10 @@ pub struct NcclConfig {
     /// a little under the parent's deadline, which stays the backstop.
     #[serde(default)]
     pub abort_after_s: Option<f64>,
+    /// `--single-process`: every rank in one process (ncclCommInitAll) instead of one worker
+    /// process per GPU (ncclCommInitRank).
+    #[serde(default)]
+    pub single_process: bool,
 }
 
 /// A worker's answer, one variant per kind of step.
@@ -142,6 +162,8 @@ pub enum Note {
     NcclResult(AllReduceResult),
     /// Cleaning up after the work (NCCL communicators destroyed or aborted).
     Teardown(String),
+    /// Rank 0's ncclUniqueId, hex, for the other ranks (see [`Step::NcclRank`]).
+    NcclUniqueId(String),
 }
 
 /// The sub-step the worker last announced, teardown included: where a hang happened.

@@ -73,6 +73,12 @@ pub enum Progress<'a, P: Protocol> {
     },
     /// A step has its report.
     Settled(&'a StepReport<P>),
+    /// The running step sent a note (something another process may wait for, such as NCCL's
+    /// unique id).
+    Noted {
+        step: &'a P::Step,
+        note: &'a P::Note,
+    },
 }
 
 /// What a run of the watchdog gives: a report per step, in plan order, and a record per worker.
@@ -615,6 +621,10 @@ impl<P: Protocol> Watchdog<P> {
                     });
                 }
                 Ok(Msg::Event(Event::Note { step, note })) if Some(&step) == st.next() => {
+                    (st.progress)(Progress::Noted {
+                        step: &step,
+                        note: &note,
+                    });
                     st.notes.push(note);
                 }
                 Ok(Msg::Event(Event::Plan { steps: more })) if current.is_some() => {

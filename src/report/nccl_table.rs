@@ -11,14 +11,15 @@ pub fn tables(f: &Facts) -> Option<BandwidthTables> {
     let title;
     match &n.library {
         Probed::Known(l) => {
-            title = format!(
-                "NCCL {} all-reduce ({}, {} ranks in one process)",
-                l.version,
-                l.path,
-                n.devices.len()
-            );
+            title = format!("NCCL {} all-reduce ({}, {})", l.version, l.path, n.layout());
             if let Some(e) = &n.init_error {
                 notes.push(Note::main(format!("NCCL initialisation failed: {e}")));
+            }
+            if let Some(h) = &n.init_hang {
+                notes.push(Note::main(format!("NCCL initialisation hung: {h}")));
+            }
+            for r in n.troubled_ranks() {
+                notes.push(Note::main(r));
             }
         }
         Probed::Unknown { detail, .. } => {

@@ -114,6 +114,9 @@ fn hang_or_error(facts: &Facts, kb: &Knowledge, which: Code) -> Vec<Finding> {
             errors.push(detail);
         }
     }
+    if let Some(h) = &n.init_hang {
+        hung.push(h.clone());
+    }
     for r in &n.results {
         match &r.outcome {
             AllReduceOutcome::Hang { stage } => hung.push(format!(
@@ -149,10 +152,14 @@ fn hang_or_error(facts: &Facts, kb: &Knowledge, which: Code) -> Vec<Finding> {
         }
         let mut f = Finding::new(id, Severity::Error, title).gpus(gpus(facts, n));
         if let Some(l) = &lib {
-            f = f.evidence(format!("{l}, {} rank(s) in one process", n.devices.len()));
+            f = f.evidence(format!("{l}, {}", n.layout()));
         }
         for l in lines {
             f = f.evidence(l);
+        }
+        // One process per GPU: how each rank's process ended, the one that failed first.
+        for r in n.troubled_ranks() {
+            f = f.evidence(r);
         }
         if let Some(t) = transports(n) {
             f = f.evidence(t);

@@ -161,7 +161,9 @@ impl GpuWorker {
             Step::BandwidthPlan { .. } | Step::Bandwidth(_) | Step::BandwidthEnd { .. } => {
                 self.bandwidth_step(step, note)
             }
-            Step::NcclInit | Step::NcclAllReduce => self.nccl_step(step, note),
+            Step::NcclInit | Step::NcclRank { .. } | Step::NcclAllReduce => {
+                self.nccl_step(step, note)
+            }
             Step::SpinHang { device } => {
                 StepOutput::of(spin::hang(&mut self.session, *device, note).map(Answer::Spin))
             }
@@ -172,15 +174,32 @@ impl GpuWorker {
         let Some(cfg) = self.config.nccl.clone() else {
             return StepOutput::of(Err(StepError::invalid("the NCCL settings are missing")));
         };
-        if *step == Step::NcclInit || self.nccl.is_none() {
-            // A fresh worker (the last one was killed) makes its communicators first.
-            let fresh = nccl::init(&mut self.session, &cfg);
+        let rank_step = matches!(step, Step::NcclRank { .. });
+        if *step == Step::NcclInit || rank_step || self.nccl.is_none() {
+            // A fresh worker (the last one was killed) makes its communicators first; a rank of
+            // a communicator across processes cannot rejoin (its id is spent), so only the
+            // ncclCommInitAll mode gets here without an init step.
+            let fresh = match step {
+                Step::NcclRank {
+                    rank,
+                    nranks,
+                    device,
+                    id,
+                } => nccl::init_rank(
+                    &mut self.session,
+                    &cfg,
+                    (*rank, *nranks, *device),
+                    id.as_deref(),
+                    note,
+                ),
+                _ => nccl::init(&mut self.session, &cfg),
+            };
             let (answer, comms) = match fresh {
                 Ok(x) => x,
                 Err(e) => return StepOutput::of(Err(e)),
             };
             self.nccl = comms;
-            if *step == Step::NcclInit {
+            if *step == Step::NcclInit || rank_step {
                 let more = if self.nccl.is_some() {
                     // One step for the sweep: a hung size ends it after one deadline, the
                     // sizes done before it are kept from the step's notes.

@@ -1,6 +1,8 @@
 //! The NCCL step's worker side: find and load libnccl at run time, one communicator per
-//! selected GPU in this process (ncclCommInitAll), and an all-reduce (sum, float32) per size,
-//! timed with CUDA events and checked against the expected sum on every rank.
+//! selected GPU in this process (ncclCommInitAll), or this process's one rank of a
+//! communicator whose ranks are processes of their own (ncclGetUniqueId / ncclCommInitRank,
+//! as DDP runs it), and an all-reduce (sum, float32) per size, timed with CUDA events and
+//! checked against the expected sum on every rank.
 //!
 //! Lifecycle as nccl.h asks: every failure carries ncclGetLastError's text (the real cause;
 //! ncclGetErrorString only says "run with NCCL_DEBUG=INFO"), ncclCommGetAsyncError is polled
@@ -60,6 +62,17 @@ pub fn candidates(explicit: Option<&str>) -> Vec<PathBuf> {
 
 type GetVersion = unsafe extern "C" fn(*mut c_int) -> c_int;
 type CommInitAll = unsafe extern "C" fn(*mut *mut c_void, c_int, *const c_int) -> c_int;
+/// NCCL_UNIQUE_ID_BYTES (nccl.h).
+const UNIQUE_ID_BYTES: usize = 128;
+/// ncclUniqueId (nccl.h: `typedef struct { char internal[NCCL_UNIQUE_ID_BYTES]; }`), passed
+/// to ncclCommInitRank by value.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct UniqueId {
+    internal: [u8; UNIQUE_ID_BYTES],
+}
+type GetUniqueId = unsafe extern "C" fn(*mut UniqueId) -> c_int;
+type CommInitRank = unsafe extern "C" fn(*mut *mut c_void, c_int, UniqueId, c_int) -> c_int;
 type AllReduce = unsafe extern "C" fn(
     *const c_void,
     *mut c_void,
@@ -97,6 +110,8 @@ pub struct Nccl {
     pub path: String,
     get_version: GetVersion,
     comm_init_all: CommInitAll,
+    get_unique_id: GetUniqueId,
+    comm_init_rank: CommInitRank,
     all_reduce: AllReduce,
     group_start: Group,
     group_end: Group,
@@ -136,6 +151,8 @@ impl Nccl {
         let n = Nccl {
             get_version: sym!(b"ncclGetVersion\0", GetVersion),
             comm_init_all: sym!(b"ncclCommInitAll\0", CommInitAll),
+            get_unique_id: sym!(b"ncclGetUniqueId\0", GetUniqueId),
+            comm_init_rank: sym!(b"ncclCommInitRank\0", CommInitRank),
             all_reduce: sym!(b"ncclAllReduce\0", AllReduce),
             group_start: sym!(b"ncclGroupStart\0", Group),
             group_end: sym!(b"ncclGroupEnd\0", Group),
@@ -231,11 +248,32 @@ fn mapped_file(needle: &str) -> Option<String> {
         .map(String::from)
 }
 
-/// One communicator per rank, kept for the worker's life (or until [`Comms::close`]).
+/// One communicator per rank of this process, kept for the worker's life (or until
+/// [`Comms::close`]): every rank (ncclCommInitAll), or rank `first` of `nranks`.
 pub struct Comms {
     nccl: Nccl,
     devices: Vec<i32>,
     comms: Vec<*mut c_void>,
+    first: usize,
+    nranks: usize,
+}
+
+/// A unique id as the protocol carries it: hex.
+fn id_hex(id: &UniqueId) -> String {
+    id.internal.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn id_from_hex(s: &str) -> Option<UniqueId> {
+    if s.len() != UNIQUE_ID_BYTES * 2 || !s.is_ascii() {
+        return None;
+    }
+    let mut id = UniqueId {
+        internal: [0; UNIQUE_ID_BYTES],
+    };
+    for (i, b) in id.internal.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(id)
 }
 
 impl Comms {
@@ -290,14 +328,7 @@ pub fn init(
             "--devices: there is no CUDA device {bad}"
         )));
     }
-    let nccl = Nccl::load(cfg.library.as_deref())?;
-    let version = nccl.version()?;
-    let mut answer = NcclInit {
-        library: nccl.path.clone(),
-        version,
-        devices: devices.clone(),
-        error: None,
-    };
+    let (nccl, mut answer) = load(cfg, &devices)?;
     for &d in &devices {
         // NCCL uses the primary contexts too; creating them first keeps ours the same.
         if let Err(e) = session.context(d) {
@@ -318,8 +349,85 @@ pub fn init(
         answer,
         Some(Comms {
             nccl,
+            nranks: devices.len(),
             devices,
             comms,
+            first: 0,
+        }),
+    ))
+}
+
+/// Load NCCL and read its version: the answer of either init.
+fn load(cfg: &NcclConfig, devices: &[i32]) -> Result<(Nccl, NcclInit), StepError> {
+    let nccl = Nccl::load(cfg.library.as_deref())?;
+    let version = nccl.version()?;
+    let answer = NcclInit {
+        library: nccl.path.clone(),
+        version,
+        devices: devices.to_vec(),
+        error: None,
+    };
+    Ok((nccl, answer))
+}
+
+/// `nccl-rank`: this process's rank of a communicator of one process per GPU. Rank 0 makes
+/// the unique id and notes it before it joins (ncclCommInitRank blocks until every rank has).
+pub fn init_rank(
+    session: &mut Session,
+    cfg: &NcclConfig,
+    (rank, nranks, device): (usize, usize, i32),
+    id: Option<&str>,
+    note: &mut dyn FnMut(Note),
+) -> Result<(NcclInit, Option<Comms>), StepError> {
+    let count = device_count()?;
+    if device < 0 || device >= count {
+        return Err(StepError::invalid(format!(
+            "--devices: there is no CUDA device {device}"
+        )));
+    }
+    let (nccl, mut answer) = load(cfg, &[device])?;
+    let unique = match id {
+        Some(hex) => id_from_hex(hex).ok_or_else(|| {
+            StepError::invalid("the NCCL unique id from rank 0 is not 128 bytes of hex")
+        })?,
+        None => {
+            let mut u = UniqueId {
+                internal: [0; UNIQUE_ID_BYTES],
+            };
+            // SAFETY: a valid out pointer to a ncclUniqueId.
+            let r = unsafe { (nccl.get_unique_id)(&mut u) };
+            if let Err(e) = nccl.check("ncclGetUniqueId", r, std::ptr::null_mut()) {
+                answer.error = Some(StepError::Call(e));
+                return Ok((answer, None));
+            }
+            note(Note::NcclUniqueId(id_hex(&u)));
+            u
+        }
+    };
+    // ncclCommInitRank takes the device current on the calling thread (cudaGetDevice), as DDP
+    // sets it with torch.cuda.set_device.
+    if let Err(e) = session.bind(device) {
+        answer.error = Some(StepError::Call(e.at("cuCtxSetCurrent")));
+        return Ok((answer, None));
+    }
+    note(Note::Stage(format!(
+        "ncclCommInitRank: rank {rank} of {nranks} joins"
+    )));
+    let mut comm = std::ptr::null_mut();
+    // SAFETY: one out slot; the id by value as nccl.h declares it.
+    let r = unsafe { (nccl.comm_init_rank)(&mut comm, nranks as c_int, unique, rank as c_int) };
+    if let Err(e) = nccl.check("ncclCommInitRank", r, std::ptr::null_mut()) {
+        answer.error = Some(StepError::Call(e));
+        return Ok((answer, None));
+    }
+    Ok((
+        answer,
+        Some(Comms {
+            nccl,
+            devices: vec![device],
+            comms: vec![comm],
+            first: rank,
+            nranks,
         }),
     ))
 }
@@ -376,7 +484,7 @@ pub fn all_reduce(
     deadline: Option<(std::time::Instant, f64)>,
     note: &mut dyn FnMut(Note),
 ) -> Result<AllReduceResult, SweepError> {
-    let n = c.devices.len();
+    let n = c.nranks;
     let count = (bytes / 4) as usize;
     let bytes = count * 4;
     let mut ranks = Vec::new();
@@ -385,7 +493,9 @@ pub fn all_reduce(
         session.bind(d).map_err(|e| e.at("cuCtxSetCurrent"))?;
         let send = DeviceBuffer::new(bytes.max(4)).map_err(|e| e.at("cuMemAlloc"))?;
         let recv = DeviceBuffer::new(bytes.max(4)).map_err(|e| e.at("cuMemAlloc"))?;
-        let data: Vec<u8> = (0..count).flat_map(|i| input(r, i).to_ne_bytes()).collect();
+        let data: Vec<u8> = (0..count)
+            .flat_map(|i| input(c.first + r, i).to_ne_bytes())
+            .collect();
         if count > 0 {
             send.upload(&data).map_err(|e| e.at("cuMemcpyHtoD"))?;
         }

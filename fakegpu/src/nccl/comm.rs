@@ -52,6 +52,18 @@ pub struct Clique {
     pub comm_id: u64,
     /// Ring connections made (NCCL_RUNTIME_CONNECT: at the first collective).
     pub connected: bool,
+    /// A communicator of ncclCommInitRank whose other ranks live in other processes.
+    pub span: Option<Span>,
+}
+
+/// This process's rank of a communicator that spans processes: every rank's peer info, and
+/// the queue of its collectives to the thread that exchanges their data in order.
+pub struct Span {
+    pub rank: usize,
+    pub peers: Vec<super::span::Peer>,
+    /// The rendezvous directory, removed by the last rank to leave.
+    pub dir: std::path::PathBuf,
+    pub queue: std::sync::mpsc::Sender<(u64, u64, usize, u64)>,
 }
 
 #[derive(Default)]

@@ -40,6 +40,10 @@ pub struct Topo {
     pub nchannels: usize,
     /// via[a][b]: how rank a sends to rank b ([`transport::via`]).
     pub via: Vec<Vec<Via>>,
+    /// Every rank in this process (ncclCommInitAll), or one per process (ncclCommInitRank).
+    pub same_process: bool,
+    /// The init call NCCL 2.23+ names in its lines.
+    pub caller: &'static str,
 }
 
 /// (release code, line) of a WARN or INFO site: the entry at or below `version`.
@@ -168,6 +172,15 @@ pub fn attempt_line(v: i32) -> u32 {
 }
 pub fn destroyed_line(v: i32) -> u32 {
     site(v, INIT_DESTROYED)
+}
+/// init.cc's "Duplicate GPU detected" (v2.18.5-1, v2.23.4-1; releases between take the
+/// earlier line).
+pub fn duplicate_gpu_line(v: i32) -> u32 {
+    site(v, &[(0, 795), (22304, 783)])
+}
+/// init.cc's "Invalid rank requested" in ncclCommInitRankDev (v2.18.5-1, v2.23.4-1).
+pub fn invalid_rank_line(v: i32) -> u32 {
+    site(v, &[(0, 1578), (22304, 1707)])
 }
 pub fn invalid_dev_line(v: i32) -> u32 {
     site(v, INIT_INVALID_DEV)
@@ -330,7 +343,7 @@ impl Topo {
         match self.version {
             ..=22099 => body,
             22100..=22299 => format!("ncclCommInitRank {body}"),
-            _ => format!("ncclCommInitAll {body}"),
+            _ => format!("{} {body}", self.caller),
         }
     }
 
@@ -499,7 +512,7 @@ impl Topo {
     fn connection(&self, c: usize, a: usize, b: usize) {
         let (x, y) = (&self.ranks[a], &self.ranks[b]);
         let via = self.via[a][b];
-        let text = via.text();
+        let text = via.text(self.same_process);
         match via {
             Via::P2p { .. } => log::info(
                 INIT | P2P,
@@ -538,7 +551,7 @@ impl Topo {
                     x.nvml_dev,
                     y.rank,
                     y.nvml_dev,
-                    Via::Net.text()
+                    Via::Net.text(self.same_process)
                 ),
             );
         }
@@ -622,8 +635,8 @@ impl Topo {
         let t = [0.35, 0.05, 0.1, 0.1, 0.25, 0.15].map(|f| f * secs);
         if v >= 22300 {
             log::info(INIT | PROFILE, &format!(
-                "Init timings - ncclCommInitAll: rank {r} nranks {n} total {secs:.2} (kernels {:.2}, alloc {:.2}, bootstrap {:.2}, allgathers {:.2}, topo {:.2}, graphs 0.00, connections {:.2}, rest 0.00)",
-                t[0], t[1], t[2], t[3], t[4], t[5]));
+                "Init timings - {}: rank {r} nranks {n} total {secs:.2} (kernels {:.2}, alloc {:.2}, bootstrap {:.2}, allgathers {:.2}, topo {:.2}, graphs 0.00, connections {:.2}, rest 0.00)",
+                self.caller, t[0], t[1], t[2], t[3], t[4], t[5]));
         } else if v >= 22200 {
             log::info(INIT | PROFILE, &format!(
                 "Init timings: rank {r} nranks {n} total {secs:.2} (kernels {:.2}, bootstrap {:.2}, allgathers {:.2}, topo {:.2}, graphs 0.00, connections {:.2}, rest {:.2})",

@@ -20,12 +20,13 @@
 mod comm;
 mod lines;
 mod log;
+mod span;
 mod trace;
 mod transport;
 
 use crate::memory::state;
 use crate::rig;
-use comm::{registry, Clique, Comm};
+use comm::{registry, Clique, Comm, Span};
 use lines::{RankView, Topo};
 use std::cell::RefCell;
 use std::ffi::{c_char, c_int, c_void};
@@ -97,10 +98,10 @@ fn param(name: &str, default: i64) -> i64 {
     v
 }
 
-/// ncclCuMemEnable (misc/cudawrap.cc): NCCL_CUMEM_ENABLE (default -2: auto), auto meaning a
-/// driver of CUDA 12.0 or later (ncclIsCuMemSupported).
+/// ncclCuMemEnable (misc/cudawrap.cc): NCCL_CUMEM_ENABLE, default 0 (off) before 2.19 and -2
+/// (auto) since v2.19.3-1, auto meaning a driver of CUDA 12.0 or later (ncclIsCuMemSupported).
 fn cumem() -> bool {
-    let p = param("NCCL_CUMEM_ENABLE", -2);
+    let p = param("NCCL_CUMEM_ENABLE", if version() >= 21900 { -2 } else { 0 });
     if p >= 0 {
         p != 0
     } else {
@@ -125,21 +126,35 @@ fn gpus_of(devs: &[c_int]) -> Vec<Option<usize>> {
 }
 
 fn topo_of(clique: &Clique, reg: &comm::Registry) -> Topo {
-    let ranks: Vec<RankView> = clique
-        .comms
-        .iter()
-        .map(|a| {
-            let c = &reg.comms[a];
-            RankView {
-                addr: c.addr,
-                rank: c.rank,
-                cuda_dev: c.cuda_dev,
-                nvml_dev: c.nvml_dev,
-                bus_id: c.bus_id,
-                gpu: c.gpu,
-            }
-        })
-        .collect();
+    let ranks: Vec<RankView> = match &clique.span {
+        Some(s) => s
+            .peers
+            .iter()
+            .map(|p| RankView {
+                addr: p.addr,
+                rank: p.rank,
+                cuda_dev: p.cuda_dev,
+                nvml_dev: p.nvml_dev,
+                bus_id: p.bus_id,
+                gpu: p.gpu,
+            })
+            .collect(),
+        None => clique
+            .comms
+            .iter()
+            .map(|a| {
+                let c = &reg.comms[a];
+                RankView {
+                    addr: c.addr,
+                    rank: c.rank,
+                    cuda_dev: c.cuda_dev,
+                    nvml_dev: c.nvml_dev,
+                    bus_id: c.bus_id,
+                    gpu: c.gpu,
+                }
+            })
+            .collect(),
+    };
     let gpus = gpus_of(&clique.devs);
     let n = gpus.len();
     let via = (0..n)
@@ -151,13 +166,19 @@ fn topo_of(clique: &Clique, reg: &comm::Registry) -> Topo {
         comm_id: clique.comm_id,
         nchannels: CHANNELS,
         via,
+        same_process: clique.span.is_none(),
+        caller: if clique.span.is_some() {
+            "ncclCommInitRank"
+        } else {
+            "ncclCommInitAll"
+        },
     }
 }
 
 /// ncclTopoComputePaths in each rank's init: ncclTopoCheckP2p for every pair of GPUs
 /// (graph/paths.cc), with its INFO line where NVML refuses P2P below SYS, and its WARN and
 /// failure where it refuses it on NVLink. False when a rank's init fails.
-fn paths_ok(devs: &[c_int]) -> bool {
+fn paths_ok(devs: &[c_int], mine: Option<usize>) -> bool {
     let gpus = gpus_of(devs);
     let r = rig();
     let nvml = |g: Option<usize>| {
@@ -165,7 +186,7 @@ fn paths_ok(devs: &[c_int]) -> bool {
             .unwrap_or(0)
     };
     let failed = std::sync::atomic::AtomicBool::new(false);
-    per_rank_threads(devs, &|_| {
+    let each = |_: usize| {
         for g in 0..gpus.len() {
             for p in 0..gpus.len() {
                 let (a, b) = (nvml(gpus[p]), nvml(gpus[g]));
@@ -184,7 +205,12 @@ fn paths_ok(devs: &[c_int]) -> bool {
                 }
             }
         }
-    });
+    };
+    match mine {
+        // One rank of a communicator that spans processes checks in its own init.
+        Some(r) => each(r),
+        None => per_rank_threads(devs, &each),
+    }
     !failed.load(Ordering::SeqCst)
 }
 
@@ -477,7 +503,7 @@ unsafe fn init_all(comms: *mut *mut c_void, n: c_int, devs: *const c_int) -> (c_
     // ncclTopoComputePaths: the level of NCCL_P2P_DISABLE / NCCL_P2P_LEVEL, read once, then
     // every rank checks P2P between every pair of the host's GPUs.
     transport::user_level();
-    if !paths_ok(&list) {
+    if !paths_ok(&list, None) {
         return (UNHANDLED_CUDA_ERROR, Vec::new());
     }
     static COMM_IDS: AtomicU64 = AtomicU64::new(0x6b1f_03c2_9e4d_7a55);
@@ -499,6 +525,7 @@ unsafe fn init_all(comms: *mut *mut c_void, n: c_int, devs: *const c_int) -> (c_
             devs: list.clone(),
             comm_id,
             connected: connect_now,
+            span: None,
         });
         let topo = topo_of(&reg.cliques[clique], &reg);
         (topo, addrs)
@@ -518,6 +545,292 @@ unsafe fn init_all(comms: *mut *mut c_void, n: c_int, devs: *const c_int) -> (c_
         *comms.add(r) = *a as *mut c_void;
     }
     (SUCCESS, addrs)
+}
+
+/// ncclGetUniqueId (init.cc -> bootstrapGetUniqueId): ncclInit, then a bootstrap root in this
+/// process whose address the id carries.
+#[no_mangle]
+pub unsafe extern "C" fn ncclGetUniqueId(out: *mut span::UniqueId) -> c_int {
+    let v = version();
+    let rc = if out.is_null() {
+        log::warn(
+            "misc/argcheck.cc",
+            lines::ARGCHECK_NULL_LINE,
+            "GetUniqueId : out argument is NULL",
+        );
+        INVALID_ARGUMENT
+    } else {
+        lines::nccl_init(v);
+        match span::new_id() {
+            Ok(id) => {
+                *out = id;
+                SUCCESS
+            }
+            Err(e) => {
+                log::warn("bootstrap.cc", 0, &format!("Bootstrap : {e}"));
+                2
+            }
+        }
+    };
+    trace::call("ncclGetUniqueId", None, "", rc);
+    rc
+}
+
+/// ncclCommInitRank(comm, nranks, commId, rank): this process's rank of a communicator whose
+/// ranks are processes of their own, on the calling thread's current CUDA device
+/// (cudaGetDevice: device 0 when none was made current).
+#[no_mangle]
+pub unsafe extern "C" fn ncclCommInitRank(
+    comm: *mut *mut c_void,
+    nranks: c_int,
+    id: span::UniqueId,
+    rank: c_int,
+) -> c_int {
+    let (rc, addr) = init_rank(comm, nranks, &id, rank);
+    trace::call(
+        "ncclCommInitRank",
+        None,
+        &format!("nranks={nranks} rank={rank} comm={addr:#x}"),
+        rc,
+    );
+    rc
+}
+
+unsafe fn init_rank(
+    comm: *mut *mut c_void,
+    nranks: c_int,
+    id: &span::UniqueId,
+    rank: c_int,
+) -> (c_int, usize) {
+    let v = version();
+    lines::cuda_library_init(rig().cuda_version);
+    if comm.is_null() {
+        log::warn(
+            "misc/argcheck.cc",
+            lines::ARGCHECK_NULL_LINE,
+            "CommInitRank : comm argument is NULL",
+        );
+        return (INVALID_ARGUMENT, 0);
+    }
+    if nranks < 1 || rank < 0 || rank >= nranks {
+        log::warn(
+            "init.cc",
+            lines::invalid_rank_line(v),
+            &format!("Invalid rank requested : {rank}/{nranks}"),
+        );
+        return (INVALID_ARGUMENT, 0);
+    }
+    if let Some(why) = cudart_failure() {
+        log::warn(
+            "init.cc",
+            lines::first_cuda_line(v),
+            &format!("Cuda failure '{why}'"),
+        );
+        return (UNHANDLED_CUDA_ERROR, 0);
+    }
+    let Some(dir) = span::dir_of(id) else {
+        // A real id whose root is gone: the bootstrap connection is refused.
+        log::warn(
+            "misc/socket.cc",
+            lines::socket_line(v),
+            "socketStartConnect: Connect to 127.0.0.1<0> failed : Connection refused",
+        );
+        return (2, 0);
+    };
+    let (rank, n) = (rank as usize, nranks as usize);
+    lines::nccl_init(v);
+    if rank == 0 {
+        log::show_version(&lines::version_string(v));
+    }
+    transport::user_level();
+    let r = rig();
+    let dev = crate::memory::current()
+        .and_then(|g| (0..r.gpus.len()).find(|&d| r.cuda_index(d) == Some(g)))
+        .unwrap_or(0) as c_int;
+    log::set_thread_device(dev);
+    let started = std::time::Instant::now();
+    let me = Comm::new(rank, n, dev, gpu(dev), usize::MAX);
+    let addr = me.addr;
+    let peer = span::Peer {
+        rank,
+        cuda_dev: dev,
+        nvml_dev: me.nvml_dev,
+        bus_id: me.bus_id,
+        gpu: me.gpu,
+        addr,
+        pid: std::process::id(),
+    };
+    // The bootstrap allgather: blocks until every rank has joined.
+    let peers = match span::join(&dir, &peer, n) {
+        Ok(p) => p,
+        Err(e) => {
+            log::warn("bootstrap.cc", 0, &format!("Bootstrap : {e}"));
+            return (INVALID_USAGE, 0);
+        }
+    };
+    // init.cc: two ranks on one GPU (a job that did not set each rank's device).
+    for p in &peers {
+        if p.rank != rank && p.bus_id == peer.bus_id {
+            log::warn(
+                "init.cc",
+                lines::duplicate_gpu_line(v),
+                &format!(
+                    "Duplicate GPU detected : rank {rank} and rank {} both on CUDA device {:x}",
+                    p.rank, peer.bus_id
+                ),
+            );
+            return (INVALID_USAGE, 0);
+        }
+    }
+    let devs: Vec<c_int> = peers.iter().map(|p| p.cuda_dev).collect();
+    if !paths_ok(&devs, Some(rank)) {
+        return (UNHANDLED_CUDA_ERROR, 0);
+    }
+    let exchange = match span::Exchange::open(&dir, rank, n) {
+        Ok(x) => x,
+        Err(e) => {
+            log::warn(
+                "transport/shm.cc",
+                0,
+                &format!("Error while creating shared memory segment {e}"),
+            );
+            return (2, 0);
+        }
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let comm_id = peers.iter().fold(0x6b1f_03c2_9e4d_7a55u64, |h, p| {
+        h.rotate_left(7) ^ p.addr as u64
+    });
+    let connect_now = !runtime_connect();
+    let _ = param("NCCL_SET_THREAD_NAME", 0);
+    let topo = {
+        let mut reg = registry();
+        let clique = reg.cliques.len();
+        let mut me = me;
+        me.clique = clique;
+        reg.comms.insert(addr, me);
+        reg.cliques.push(Clique {
+            comms: vec![addr],
+            devs: devs.clone(),
+            comm_id,
+            connected: connect_now,
+            span: Some(Span {
+                rank,
+                peers,
+                queue: tx,
+                dir: dir.clone(),
+            }),
+        });
+        topo_of(&reg.cliques[clique], &reg)
+    };
+    topo.rank_start(rank);
+    if let Some(c) = registry().comms.get_mut(&addr) {
+        c.start_service();
+    }
+    if connect_now {
+        topo.connect_rings(rank);
+        topo.connect_trees(rank);
+    }
+    topo.rank_end(rank, started.elapsed().as_secs_f64() + 0.3);
+    let spawned =
+        std::thread::Builder::new().spawn(move || exchanger(rx, exchange, addr, rank, n, devs));
+    if spawned.is_err() {
+        return (2, 0);
+    }
+    *comm = addr as *mut c_void;
+    (SUCCESS, addr)
+}
+
+/// The collectives of one spanning communicator, in order: each rank's input goes to the
+/// others and the sum comes back, then its kernel on the stream completes. A fault of this
+/// rank (rig `nccl.fault`, for `nccl.fault_rank` or every rank) or of a P2P hop of the ring
+/// applies here, so the other processes meet it as real peers would: they wait.
+fn exchanger(
+    rx: std::sync::mpsc::Receiver<(u64, u64, usize, u64)>,
+    mut ex: span::Exchange,
+    addr: usize,
+    rank: usize,
+    n: usize,
+    devs: Vec<c_int>,
+) {
+    log::set_thread_device(devs[rank]);
+    let fault_rank = rig().nccl.as_ref().and_then(|x| x.fault_rank);
+    let mine = fault_rank.is_none_or(|f| f == rank);
+    let own = if mine { fault() } else { "none".into() };
+    let hop = hop_fault(&devs);
+    for (send, recv, count, token) in rx {
+        match (own.as_str(), hop.as_deref()) {
+            ("crash", _) => std::process::abort(),
+            ("hang", _) | (_, Some("hang")) => continue,
+            ("async-error", _) => {
+                if let Some(c) = registry().comms.get(&addr) {
+                    c.fail_async(
+                        REMOTE_ERROR,
+                        "misc/socket.cc",
+                        lines::socket_line(version()),
+                        "socketProgress: Connection closed by remote peer 192.168.1.20<43215>"
+                            .into(),
+                    );
+                }
+                continue;
+            }
+            _ => {}
+        }
+        let input: Vec<f32> = {
+            let s = state();
+            match s.resolve(send, count * 4) {
+                // SAFETY: resolved inside a live allocation of count floats.
+                Ok((_, p)) => {
+                    unsafe { std::slice::from_raw_parts(p as *const f32, count) }.to_vec()
+                }
+                Err(_) => vec![0.0; count],
+            }
+        };
+        let Ok(mut sum) = ex.all_reduce(&input) else {
+            continue;
+        };
+        // One element of one rank's output is off: the faulty rank's, else the last rank's.
+        let wrong_here = (own == "wrong" && rank == fault_rank.unwrap_or(n - 1))
+            || (hop.as_deref() == Some("wrong") && rank == n - 1);
+        if wrong_here && count > 5 {
+            sum[5] += 1.0;
+        }
+        {
+            let s = state();
+            if let Ok((_, p)) = s.resolve(recv, count * 4) {
+                // SAFETY: as above, the output buffer.
+                unsafe { std::slice::from_raw_parts_mut(p as *mut f32, count) }
+                    .copy_from_slice(&sum);
+            }
+        }
+        crate::stream::release_stall(token);
+        if let Some(c) = registry().comms.get_mut(&addr) {
+            c.stalls.retain(|t| *t != token);
+        }
+    }
+}
+
+/// A ring hop over a P2P pair whose transfers hang or corrupt does the same to NCCL.
+fn hop_fault(devs: &[c_int]) -> Option<String> {
+    let n = devs.len();
+    let gpus = gpus_of(devs);
+    (0..n).find_map(|i| {
+        let (a, b) = (devs[i], devs[(i + 1) % n]);
+        let pair = rig().pair(gpu(a)?, gpu(b)?)?;
+        if n < 2
+            || !matches!(
+                transport::via(&gpus, i, (i + 1) % n),
+                transport::Via::P2p { .. }
+            )
+        {
+            return None;
+        }
+        match pair.fault.as_str() {
+            "hang" | "enable-hangs" => Some("hang".to_string()),
+            "corrupt" | "zeros" | "corrupt-always" => Some("wrong".to_string()),
+            _ => None,
+        }
+    })
 }
 
 /// Destroy or abort one communicator.
@@ -594,6 +907,17 @@ fn finish(comm: *mut c_void, abort: bool) -> c_int {
     });
     if let Some((stopper, rank, nranks, dev, bus)) = taken {
         stopper.stop();
+        let dir = {
+            let reg = registry();
+            reg.comms
+                .get(&addr)
+                .and_then(|c| reg.cliques.get(c.clique))
+                .and_then(|k| k.span.as_ref())
+                .map(|s| s.dir.clone())
+        };
+        if let Some(d) = dir {
+            span::leave(&d, rank);
+        }
         lines::teardown_complete(addr, rank, nranks, dev, bus, abort);
     }
     trace::call(name, Some((addr, rank)), "", SUCCESS);
@@ -761,15 +1085,23 @@ fn launch(calls: Vec<Call>) -> c_int {
         }
     }
     for &k in &cliques {
-        let (topo, devs) = {
+        let (topo, devs, mine) = {
             let mut reg = registry();
             if reg.cliques[k].connected {
                 continue;
             }
             reg.cliques[k].connected = true;
-            (topo_of(&reg.cliques[k], &reg), reg.cliques[k].devs.clone())
+            let mine = reg.cliques[k].span.as_ref().map(|s| s.rank);
+            (
+                topo_of(&reg.cliques[k], &reg),
+                reg.cliques[k].devs.clone(),
+                mine,
+            )
         };
-        per_rank_threads(&devs, &|r| topo.connect_rings(r));
+        match mine {
+            Some(r) => topo.connect_rings(r),
+            None => per_rank_threads(&devs, &|r| topo.connect_rings(r)),
+        }
     }
     for call in calls {
         let Some((clique, rank)) = registry().comms.get(&call.comm).map(|c| (c.clique, c.rank))
@@ -807,7 +1139,19 @@ fn launch(calls: Vec<Call>) -> c_int {
         if open[idx].calls.len() == n {
             let done = open.remove(idx);
             drop(open);
-            complete(done, &devs);
+            let queue = registry().cliques[clique]
+                .span
+                .as_ref()
+                .map(|s| s.queue.clone());
+            match queue {
+                // The other ranks are processes of their own: the exchanger meets them.
+                Some(q) => {
+                    for (c, t) in done.calls {
+                        let _ = q.send((c.send, c.recv, c.count, t));
+                    }
+                }
+                None => complete(done, &devs),
+            }
         }
     }
     SUCCESS
@@ -817,28 +1161,9 @@ fn launch(calls: Vec<Call>) -> c_int {
 /// keeps the collective from ever completing.
 fn complete(done: Open, devs: &[c_int]) {
     let n = devs.len();
-    let gpus = gpus_of(devs);
-    // A ring hop over a P2P pair whose transfers hang or corrupt does the same to NCCL.
-    let hop_fault = (0..n).find_map(|i| {
-        let (a, b) = (devs[i], devs[(i + 1) % n]);
-        let pair = rig().pair(gpu(a)?, gpu(b)?)?;
-        if n < 2
-            || !matches!(
-                transport::via(&gpus, i, (i + 1) % n),
-                transport::Via::P2p { .. }
-            )
-        {
-            return None;
-        }
-        match pair.fault.as_str() {
-            "hang" | "enable-hangs" => Some("hang".to_string()),
-            "corrupt" | "zeros" | "corrupt-always" => Some("wrong".to_string()),
-            _ => None,
-        }
-    });
     let f = Some(fault())
         .filter(|f| f == "hang" || f == "wrong" || f == "async-error")
-        .or(hop_fault)
+        .or(hop_fault(devs))
         .unwrap_or_else(|| "none".into());
     let mut calls: Vec<(usize, Call)> = done
         .calls

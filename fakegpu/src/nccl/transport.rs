@@ -210,12 +210,13 @@ pub enum Via {
 }
 
 impl Via {
-    /// The `via ...` text of the connection line.
-    pub fn text(self) -> String {
+    /// The `via ...` text of the connection line; P2P/direct pointer only between ranks of one
+    /// process (P2P_SAME_PID in transport/p2p.cc), else the peer's buffers are mapped.
+    pub fn text(self, same_process: bool) -> String {
         match self {
             Via::P2p { read } => {
                 let read = if read { "/read" } else { "" };
-                if param("NCCL_P2P_DIRECT_DISABLE", 0) == 0 {
+                if same_process && param("NCCL_P2P_DIRECT_DISABLE", 0) == 0 {
                     format!("P2P/direct pointer{read}")
                 } else if super::cumem() {
                     format!("P2P/CUMEM{read}")

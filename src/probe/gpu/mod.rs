@@ -2,6 +2,7 @@
 //! decode the typed answers into facts. The worker itself is `crate::worker`.
 
 mod nccl_log;
+mod nccl_ranks;
 mod settle_bandwidth;
 mod settle_nccl;
 
@@ -29,6 +30,9 @@ pub struct Plan {
     /// NCCL then chooses SHM between GPUs whose P2P this run verified, run the all-reduce
     /// again with NCCL_P2P_LEVEL=SYS to measure what NCCL's default costs.
     pub try_p2p_level_sys: bool,
+    /// Run NCCL with one worker process per GPU (ncclGetUniqueId / ncclCommInitRank, as DDP
+    /// does) instead of one process for all ranks (ncclCommInitAll).
+    pub nccl_per_process: bool,
 }
 
 pub type GpuReport = StepReport<Gpu>;
@@ -131,7 +135,7 @@ pub fn collect(
     // NCCL's log goes to files of ours (NCCL_DEBUG_FILE), never into the worker's stdout.
     let log_dir = plan.nccl.as_ref().and_then(|_| nccl_log::LogDir::new());
     let mut env_set = Vec::new();
-    if plan.nccl.is_some() {
+    if plan.nccl.is_some() && !plan.nccl_per_process {
         env_set = nccl_log::environment(log_dir.as_ref(), |k| std::env::var(k).ok());
         dog.env
             .extend(env_set.iter().map(|e| (e.name.clone(), e.value.clone())));
@@ -167,7 +171,7 @@ pub fn collect(
             Step::BandwidthPlan { .. } | Step::Bandwidth(_) | Step::BandwidthEnd { .. } => {
                 bw_reports.push(r)
             }
-            Step::NcclInit | Step::NcclAllReduce => nccl_reports.push(r),
+            Step::NcclInit | Step::NcclRank { .. } | Step::NcclAllReduce => nccl_reports.push(r),
             Step::NvmlInventory => {
                 nvml = settle(r.outcome, "NVML", secs, |a| match a {
                     Answer::Nvml(n) => Some(n),
@@ -196,13 +200,52 @@ pub fn collect(
         f
     });
     let mut workers = run.workers;
+    // One process per GPU: the ranks of CUDA's devices (or --devices), once CUDA answered;
+    // without a device count the one-process init reports why NCCL cannot run.
+    let rank_devices: Option<Vec<i32>> = plan
+        .nccl_per_process
+        .then(|| {
+            plan.devices.clone().or_else(|| {
+                cuda.known()
+                    .map(|c| c.devices.iter().map(|d| d.ordinal).collect())
+            })
+        })
+        .flatten()
+        .filter(|d| !d.is_empty());
     let nccl = plan.nccl.as_ref().map(|cfg| {
-        let log = log_dir
-            .as_ref()
-            .map(nccl_log::LogDir::read)
-            .unwrap_or_default();
-        let mut f = settle_nccl::settle(cfg, nccl_reports, &log, nccl_deadline.as_secs_f64());
-        f.env_set = env_set;
+        let worker_cfg = config.nccl.as_ref().unwrap_or(cfg);
+        let mut f = match (&rank_devices, plan.nccl_per_process) {
+            (Some(devices), _) => {
+                let (f, more) = nccl_processes(
+                    step_deadline,
+                    worker_cfg,
+                    nccl_deadline,
+                    devices,
+                    &[],
+                    progress,
+                );
+                append_workers(&mut workers, more);
+                f
+            }
+            (None, true) => {
+                // No CUDA devices to give ranks to: the one-process init says why.
+                let (f, more) = nccl_again(step_deadline, worker_cfg, nccl_deadline, &[], progress);
+                append_workers(&mut workers, more);
+                f.unwrap_or_else(|| {
+                    settle_nccl::settle(cfg, Vec::new(), &[], nccl_deadline.as_secs_f64())
+                })
+            }
+            (None, false) => {
+                let log = log_dir
+                    .as_ref()
+                    .map(nccl_log::LogDir::read)
+                    .unwrap_or_default();
+                let mut f =
+                    settle_nccl::settle(cfg, nccl_reports, &log, nccl_deadline.as_secs_f64());
+                f.env_set = env_set;
+                f
+            }
+        };
         let tests = p2p_facts.as_ref().map_or(&[][..], |p| &p.tests[..]);
         if plan.try_p2p_level_sys
             && f.all_correct()
@@ -210,12 +253,22 @@ pub fn collect(
             && !crate::measure::interrupted()
         {
             if let Some(cfg) = &config.nccl {
-                let (again, more) = nccl_again(step_deadline, cfg, nccl_deadline, progress);
-                let offset = workers.len();
-                workers.extend(more.into_iter().map(|mut w| {
-                    w.index += offset;
-                    w
-                }));
+                let sys = [("NCCL_P2P_LEVEL", "SYS")];
+                let (again, more) = match &rank_devices {
+                    Some(devices) => {
+                        let (f, more) = nccl_processes(
+                            step_deadline,
+                            cfg,
+                            nccl_deadline,
+                            devices,
+                            &sys,
+                            progress,
+                        );
+                        (Some(f), more)
+                    }
+                    None => nccl_again(step_deadline, cfg, nccl_deadline, &sys, progress),
+                };
+                append_workers(&mut workers, more);
                 f.p2p_level_sys = again.map(Box::new);
             }
         }
@@ -234,12 +287,75 @@ pub fn collect(
     }
 }
 
-/// The NCCL sweep again with NCCL_P2P_LEVEL=SYS, in a worker of its own (NCCL reads the level
-/// once per process), logged to a directory of its own; None when no worker could start.
+/// Workers of a later run, numbered on from those before.
+fn append_workers(
+    workers: &mut Vec<crate::facts::WorkerRecord>,
+    more: Vec<crate::facts::WorkerRecord>,
+) {
+    let offset = workers.len();
+    workers.extend(more.into_iter().map(|mut w| {
+        w.index += offset;
+        w
+    }));
+}
+
+/// The NCCL variables of a run: rigdoctor's log settings, then `extra` (set by rigdoctor).
+fn nccl_env(
+    log_dir: Option<&nccl_log::LogDir>,
+    extra: &[(&str, &str)],
+) -> Vec<crate::facts::EnvSet> {
+    let mut env_set = nccl_log::environment(log_dir, |k| std::env::var(k).ok());
+    env_set.extend(extra.iter().map(|(k, v)| crate::facts::EnvSet {
+        name: k.to_string(),
+        value: v.to_string(),
+        replaced: None,
+    }));
+    env_set
+}
+
+/// The NCCL sweep with one worker process per GPU in `devices` (rank order), logged to a
+/// directory of its own, with `extra` NCCL variables.
+fn nccl_processes(
+    step_deadline: Duration,
+    cfg: &NcclConfig,
+    nccl_deadline: Duration,
+    devices: &[i32],
+    extra: &[(&str, &str)],
+    progress: &mut dyn FnMut(Progress<'_, Gpu>),
+) -> (crate::facts::NcclFacts, Vec<crate::facts::WorkerRecord>) {
+    let config = serde_json::to_string(&WorkerConfig {
+        bandwidth: None,
+        nccl: Some(cfg.clone()),
+    })
+    .unwrap_or_default();
+    let log_dir = nccl_log::LogDir::new();
+    let env_set = nccl_env(log_dir.as_ref(), extra);
+    let make = || {
+        let mut dog = watchdog(step_deadline).ok()?;
+        dog.env.push((CONFIG_ENV.to_string(), config.clone()));
+        dog.env
+            .extend(env_set.iter().map(|e| (e.name.clone(), e.value.clone())));
+        dog.long_step = Box::new(move |s| (*s == Step::NcclAllReduce).then_some(nccl_deadline));
+        Some(dog)
+    };
+    let (ranks, workers) = nccl_ranks::run(&make, devices, step_deadline, progress);
+    let log = log_dir
+        .as_ref()
+        .map(nccl_log::LogDir::read)
+        .unwrap_or_default();
+    let mut f = settle_nccl::settle_ranks(cfg, ranks, &log, nccl_deadline.as_secs_f64());
+    f.env_set = env_set;
+    (f, workers)
+}
+
+/// The NCCL sweep in one worker of its own (ncclCommInitAll) with `extra` NCCL variables (NCCL
+/// reads NCCL_P2P_LEVEL once per process), logged to a directory of its own; None when no
+/// worker could start.
 fn nccl_again(
     step_deadline: Duration,
     cfg: &NcclConfig,
     nccl_deadline: Duration,
+    extra: &[(&str, &str)],
     progress: &mut dyn FnMut(Progress<'_, Gpu>),
 ) -> (
     Option<crate::facts::NcclFacts>,
@@ -257,12 +373,7 @@ fn nccl_again(
         serde_json::to_string(&config).unwrap_or_default(),
     ));
     let log_dir = nccl_log::LogDir::new();
-    let mut env_set = nccl_log::environment(log_dir.as_ref(), |k| std::env::var(k).ok());
-    env_set.push(crate::facts::EnvSet {
-        name: "NCCL_P2P_LEVEL".into(),
-        value: "SYS".into(),
-        replaced: None,
-    });
+    let env_set = nccl_env(log_dir.as_ref(), extra);
     dog.env
         .extend(env_set.iter().map(|e| (e.name.clone(), e.value.clone())));
     dog.long_step = Box::new(move |s| (*s == Step::NcclAllReduce).then_some(nccl_deadline));
