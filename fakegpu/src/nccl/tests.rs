@@ -320,7 +320,14 @@ fn child() {
                 for c in &comms {
                     ncclCommDestroy(*c);
                 }
-                let after = thread_names();
+                // pthread_join returns once the kernel clears the thread's tid, which can be
+                // before /proc/self/task drops its entry: allow the entries a moment to go.
+                let deadline = Instant::now() + Duration::from_secs(2);
+                let mut after = thread_names();
+                while after.len() + n > during.len() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                    after = thread_names();
+                }
                 check!(after.len() + n <= during.len(), "threads left: {after:?}");
             }
             "hang" => {
