@@ -225,9 +225,9 @@ impl CheckArgs {
             max_size: Some(max),
             iters: Some(iters),
             nccl_lib: self.nccl_lib.clone(),
-            // check keeps one process (ncclCommInitAll) until the one-process-per-GPU mode
-            // has run on real GPUs (docs/validation.md); `rigdoctor nccl` runs that mode.
-            single_process: true,
+            // One process per GPU, as DDP runs: the hangs users meet are in that mode
+            // (ncclCommInitRank, P2P/IPC or P2P/CUMEM between processes).
+            single_process: false,
             gpu: self.gpu.clone(),
         }
         .config();

@@ -149,8 +149,11 @@ pub fn on_fake(root: &Path, fake: &Value) -> Command {
     let rig_file = root.join("fake-rig.json");
     std::fs::write(&rig_file, fake.to_string()).unwrap();
     let mut c = rigdoctor();
+    // The fake NCCL's rendezvous directories go under the test's own directory: a rank a
+    // test kills leaves its directory behind, and the test's tempdir takes it away.
     c.env("LD_LIBRARY_PATH", fake_driver_dir())
-        .env("FAKEGPU_RIG", &rig_file);
+        .env("FAKEGPU_RIG", &rig_file)
+        .env("TMPDIR", root);
     c
 }
 

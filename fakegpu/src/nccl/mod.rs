@@ -776,31 +776,44 @@ fn exchanger(
             }
             _ => {}
         }
-        let input: Vec<f32> = {
+        // The fake's device memory is the global state's: fill and empty the shared buffers
+        // under its lock, and wait for the peers without it (a stuck peer must not stop this
+        // process's other CUDA calls, as it does not with real NCCL).
+        if ex.next(count).is_err() {
+            continue;
+        }
+        {
             let s = state();
+            let input = ex.input();
             match s.resolve(send, count * 4) {
                 // SAFETY: resolved inside a live allocation of count floats.
-                Ok((_, p)) => {
-                    unsafe { std::slice::from_raw_parts(p as *const f32, count) }.to_vec()
-                }
-                Err(_) => vec![0.0; count],
+                Ok((_, p)) => input
+                    .copy_from_slice(unsafe { std::slice::from_raw_parts(p as *const f32, count) }),
+                Err(_) => input.fill(0.0),
             }
-        };
-        let Ok(mut sum) = ex.all_reduce(&input) else {
+        }
+        if ex.reduce().is_err() {
             continue;
-        };
+        }
         // One element of one rank's output is off: the faulty rank's, else the last rank's.
         let wrong_here = (own == "wrong" && rank == fault_rank.unwrap_or(n - 1))
             || (hop.as_deref() == Some("wrong") && rank == n - 1);
-        if wrong_here && count > 5 {
-            sum[5] += 1.0;
-        }
         {
             let s = state();
             if let Ok((_, p)) = s.resolve(recv, count * 4) {
                 // SAFETY: as above, the output buffer.
-                unsafe { std::slice::from_raw_parts_mut(p as *mut f32, count) }
-                    .copy_from_slice(&sum);
+                let out = unsafe { std::slice::from_raw_parts_mut(p as *mut f32, count) };
+                if ex.gather(out).is_err() {
+                    continue;
+                }
+                if wrong_here && count > 5 {
+                    out[5] += 1.0;
+                }
+            } else {
+                let mut out = vec![0.0; count];
+                if ex.gather(&mut out).is_err() {
+                    continue;
+                }
             }
         }
         crate::stream::release_stall(token);

@@ -117,6 +117,13 @@ fn run(scenario: &str, rig: &str, env: &[(&str, &str)], limit: Duration) -> Chil
     }
 }
 
+/// The child's directory goes with the test's view of it.
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 impl Child {
     fn ok(&self) -> &Self {
         assert_eq!(
