@@ -144,6 +144,12 @@ fn nccl_far_below_the_measured_links_is_slow() {
         "{}",
         healthy.text
     );
+    // check runs NCCL as DDP does: one worker process per GPU, every rank's sums checked.
+    let ranks = healthy.report["facts"]["gpu"]["nccl"]["ranks"]
+        .as_array()
+        .unwrap();
+    assert_eq!(ranks.len(), 4, "{ranks:?}");
+    assert!(ranks.iter().all(|x| x["outcome"] == "ok"), "{ranks:?}");
     let slow = run_gpu("check", &rig, &four_3090s(json!({"busbw_gbps": 3.0})), &[]);
     assert_eq!(ids_with(&slow, "nccl"), ["warn nccl-slow"], "{}", slow.text);
     let f = text(findings(&slow.report, "nccl-slow")[0]);
@@ -293,4 +299,43 @@ fn a_healthy_rig_fits_one_screen() {
     // The control and NCCL's transports are details.
     assert!(!r.screen.contains("staged through host memory"));
     assert!(r.text.contains("staged through host memory") && r.text.contains("NCCL transports"));
+}
+
+/// A rig on slow risers: at 0.4 GB/s of busbw, check's NCCL sweep needs about 4 s, more than
+/// its planned deadline (3 s: the sweep's bytes at 2 GB/s). The bandwidth run measured links that
+/// slow, so the ranks get a deadline that covers them: slow, not hung. (The fake charges its
+/// modelled time to CUDA events, not the wall clock: what this checks is the deadline given.)
+#[test]
+fn nccl_on_slow_links_is_given_the_time_the_measured_links_need() {
+    let rig = load_rig("epyc-2x4090-nonroot");
+    let mut fake = four_3090s(json!({"busbw_gbps": 0.4}));
+    for g in fake["gpus"].as_array_mut().unwrap() {
+        g["h2d_gbps"] = json!(0.8);
+        g["d2h_gbps"] = json!(0.8);
+    }
+    for p in fake["pairs"].as_array_mut().unwrap() {
+        p["gbps"] = json!(0.8);
+        p["staged_gbps"] = json!(0.6);
+    }
+    let r = run_gpu("check", &rig, &fake, &[]);
+    assert_eq!(
+        ids_with(&r, "nccl-hang"),
+        Vec::<String>::new(),
+        "{}",
+        r.text
+    );
+    let n = &r.report["facts"]["gpu"]["nccl"];
+    let res = n["results"].as_array().unwrap();
+    assert_eq!(res.len(), 4, "{res:?}");
+    assert!(res.iter().all(|x| x["status"] == "measured"), "{res:?}");
+    // 2 s + 4 x the sweep's bytes (2 x 89 MB x 12 iterations) at the slowest figure, 0.6 GB/s.
+    let d = n["deadline_s"].as_f64().unwrap();
+    let want = 2.0 + 4.0 * 2.0 * 89_128_960.0 * 12.0 / 0.6e9;
+    assert!((d - want).abs() < 0.05 * want, "{d} vs {want}");
+    // Without a bandwidth run (--quick) the planned deadline stands.
+    let q = run_gpu("check", &rig, &fake, &["--quick"]);
+    let d = q.report["facts"]["gpu"]["nccl"]["deadline_s"]
+        .as_f64()
+        .unwrap();
+    assert!(d < 3.0, "{d}");
 }

@@ -341,20 +341,27 @@ pub fn init(
     let r = unsafe {
         (nccl.comm_init_all)(comms.as_mut_ptr(), devices.len() as c_int, devices.as_ptr())
     };
-    if let Err(e) = nccl.check("ncclCommInitAll", r, std::ptr::null_mut()) {
-        answer.error = Some(StepError::Call(e));
-        return Ok((answer, None));
+    let nranks = devices.len();
+    let comms = Comms {
+        nccl,
+        nranks,
+        devices,
+        comms,
+        first: 0,
+    };
+    Ok(joined(answer, "ncclCommInitAll", r, comms))
+}
+
+/// The end of either init: the communicators when `call` returned success, else its error in
+/// the answer (the communicators' slots are then not NCCL's to destroy).
+fn joined(mut answer: NcclInit, call: &str, r: c_int, comms: Comms) -> (NcclInit, Option<Comms>) {
+    match comms.nccl.check(call, r, std::ptr::null_mut()) {
+        Ok(()) => (answer, Some(comms)),
+        Err(e) => {
+            answer.error = Some(StepError::Call(e));
+            (answer, None)
+        }
     }
-    Ok((
-        answer,
-        Some(Comms {
-            nccl,
-            nranks: devices.len(),
-            devices,
-            comms,
-            first: 0,
-        }),
-    ))
 }
 
 /// Load NCCL and read its version: the answer of either init.
@@ -416,20 +423,14 @@ pub fn init_rank(
     let mut comm = std::ptr::null_mut();
     // SAFETY: one out slot; the id by value as nccl.h declares it.
     let r = unsafe { (nccl.comm_init_rank)(&mut comm, nranks as c_int, unique, rank as c_int) };
-    if let Err(e) = nccl.check("ncclCommInitRank", r, std::ptr::null_mut()) {
-        answer.error = Some(StepError::Call(e));
-        return Ok((answer, None));
-    }
-    Ok((
-        answer,
-        Some(Comms {
-            nccl,
-            devices: vec![device],
-            comms: vec![comm],
-            first: rank,
-            nranks,
-        }),
-    ))
+    let comms = Comms {
+        nccl,
+        devices: vec![device],
+        comms: vec![comm],
+        first: rank,
+        nranks,
+    };
+    Ok(joined(answer, "ncclCommInitRank", r, comms))
 }
 
 /// Why the sweep stopped.

@@ -6,6 +6,7 @@ mod nccl_ranks;
 mod settle_bandwidth;
 mod settle_nccl;
 
+use crate::facts::{BandwidthFacts, Kind};
 use crate::facts::{GpuRuntime, P2pFacts, PairOutcome, PairTest, Probed, StepError, Why};
 use crate::measure::gpu::{
     last_stage, Answer, Gpu, NcclConfig, Note, Step, WorkerConfig, CONFIG_ENV,
@@ -214,6 +215,8 @@ pub fn collect(
         .filter(|d| !d.is_empty());
     let nccl = plan.nccl.as_ref().map(|cfg| {
         let worker_cfg = config.nccl.as_ref().unwrap_or(cfg);
+        // The NCCL workers start after the bandwidth run: its figures can lengthen the deadline.
+        let nccl_deadline = nccl_deadline_measured(nccl_deadline, cfg, bandwidth.as_ref());
         let mut f = match (&rank_devices, plan.nccl_per_process) {
             (Some(devices), _) => {
                 let (f, more) = nccl_processes(
@@ -228,12 +231,15 @@ pub fn collect(
                 f
             }
             (None, true) => {
-                // No CUDA devices to give ranks to: the one-process init says why.
-                let (f, more) = nccl_again(step_deadline, worker_cfg, nccl_deadline, &[], progress);
-                append_workers(&mut workers, more);
-                f.unwrap_or_else(|| {
-                    settle_nccl::settle(cfg, Vec::new(), &[], nccl_deadline.as_secs_f64())
-                })
+                // No CUDA devices to give ranks to: NCCL is not run, for CUDA's reason (the
+                // one rank's worker would meet the same cuInit or cuDeviceGetCount failure).
+                let mut f = settle_nccl::settle(cfg, Vec::new(), &[], nccl_deadline.as_secs_f64());
+                let because = match &cuda {
+                    Probed::Unknown { detail, .. } => format!("CUDA is not usable: {detail}"),
+                    Probed::Known(_) => "CUDA reported no devices to run NCCL ranks on".into(),
+                };
+                f.library = Probed::unknown(crate::facts::Why::NotRun, because);
+                f
             }
             (None, false) => {
                 let log = log_dir
@@ -313,6 +319,29 @@ fn nccl_env(
     env_set
 }
 
+/// A watchdog for an NCCL worker: its config, the NCCL variables `env_set`, and the sweep's
+/// own deadline; None when no worker can start.
+fn nccl_watchdog(
+    step_deadline: Duration,
+    cfg: &NcclConfig,
+    nccl_deadline: Duration,
+    env_set: &[crate::facts::EnvSet],
+) -> Option<Watchdog<Gpu>> {
+    let mut dog = watchdog(step_deadline).ok()?;
+    let config = WorkerConfig {
+        bandwidth: None,
+        nccl: Some(cfg.clone()),
+    };
+    dog.env.push((
+        CONFIG_ENV.to_string(),
+        serde_json::to_string(&config).unwrap_or_default(),
+    ));
+    dog.env
+        .extend(env_set.iter().map(|e| (e.name.clone(), e.value.clone())));
+    dog.long_step = Box::new(move |s| (*s == Step::NcclAllReduce).then_some(nccl_deadline));
+    Some(dog)
+}
+
 /// The NCCL sweep with one worker process per GPU in `devices` (rank order), logged to a
 /// directory of its own, with `extra` NCCL variables.
 fn nccl_processes(
@@ -323,21 +352,9 @@ fn nccl_processes(
     extra: &[(&str, &str)],
     progress: &mut dyn FnMut(Progress<'_, Gpu>),
 ) -> (crate::facts::NcclFacts, Vec<crate::facts::WorkerRecord>) {
-    let config = serde_json::to_string(&WorkerConfig {
-        bandwidth: None,
-        nccl: Some(cfg.clone()),
-    })
-    .unwrap_or_default();
     let log_dir = nccl_log::LogDir::new();
     let env_set = nccl_env(log_dir.as_ref(), extra);
-    let make = || {
-        let mut dog = watchdog(step_deadline).ok()?;
-        dog.env.push((CONFIG_ENV.to_string(), config.clone()));
-        dog.env
-            .extend(env_set.iter().map(|e| (e.name.clone(), e.value.clone())));
-        dog.long_step = Box::new(move |s| (*s == Step::NcclAllReduce).then_some(nccl_deadline));
-        Some(dog)
-    };
+    let make = || nccl_watchdog(step_deadline, cfg, nccl_deadline, &env_set);
     let (ranks, workers) = nccl_ranks::run(&make, devices, step_deadline, progress);
     let log = log_dir
         .as_ref()
@@ -361,22 +378,11 @@ fn nccl_again(
     Option<crate::facts::NcclFacts>,
     Vec<crate::facts::WorkerRecord>,
 ) {
-    let Ok(mut dog) = watchdog(step_deadline) else {
-        return (None, Vec::new());
-    };
-    let config = WorkerConfig {
-        bandwidth: None,
-        nccl: Some(cfg.clone()),
-    };
-    dog.env.push((
-        CONFIG_ENV.to_string(),
-        serde_json::to_string(&config).unwrap_or_default(),
-    ));
     let log_dir = nccl_log::LogDir::new();
     let env_set = nccl_env(log_dir.as_ref(), extra);
-    dog.env
-        .extend(env_set.iter().map(|e| (e.name.clone(), e.value.clone())));
-    dog.long_step = Box::new(move |s| (*s == Step::NcclAllReduce).then_some(nccl_deadline));
+    let Some(dog) = nccl_watchdog(step_deadline, cfg, nccl_deadline, &env_set) else {
+        return (None, Vec::new());
+    };
     let run = dog.run(&[Step::NcclInit], progress);
     let log = log_dir
         .as_ref()
@@ -420,6 +426,31 @@ fn pair_devices(step: &Step) -> Option<Vec<i32>> {
         Step::P2pPair { from, to } => Some(vec![(*from).min(*to), (*from).max(*to)]),
         _ => None,
     }
+}
+
+/// The NCCL sweep's deadline once this run's bandwidth battery has measured the links: a
+/// ring's busbw is bounded by its slowest hop, and a hop through host memory by the copies to
+/// and from the GPUs, so the sweep may run at a quarter of the slowest measured host<->GPU or
+/// GPU<->GPU figure before it is called hung (a rig on x1 risers is slow, not stuck). Never
+/// shorter than the plan's deadline; at most an hour.
+fn nccl_deadline_measured(
+    planned: Duration,
+    cfg: &NcclConfig,
+    bandwidth: Option<&BandwidthFacts>,
+) -> Duration {
+    let slowest = bandwidth
+        .into_iter()
+        .flat_map(|b| &b.measurements)
+        .filter(|m| !m.latency && m.kind != Kind::Local)
+        .filter_map(|m| m.median())
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .fold(f64::INFINITY, f64::min);
+    if !slowest.is_finite() {
+        return planned;
+    }
+    let bytes: f64 = cfg.sizes.iter().map(|&s| s as f64).sum();
+    let secs = 2.0 + 4.0 * bytes * 2.0 * f64::from(cfg.warmup + cfg.iters) / (slowest * 1e9);
+    planned.max(Duration::from_secs_f64(secs.min(3600.0)))
 }
 
 /// Deadlines of the measurement steps: a bandwidth step may move its bytes at 0.2 GB/s (a slow
