@@ -65,8 +65,17 @@ fn try_run(cli: &Cli) -> Result<u8> {
     } else {
         crate::allow::load(&g.allow, g.config.as_deref())?
     };
+    // A bad baseline must not cost a GPU run either: read it first.
+    let baseline = match &cli.command {
+        Command::Check(a) => match &a.baseline {
+            Some(path) => Some((saved_facts(path)?, path.display().to_string())),
+            None => None,
+        },
+        _ => None,
+    };
     let (command, facts) = match &cli.command {
         Command::Worker => return Ok(crate::worker::main().clamp(0, 255) as u8),
+        Command::Compare { files } => return compare(cli, files, &allows),
         Command::Check(a) => {
             // The accepted workaround: p2p-hang allowed and NCCL told not to use P2P. The P2P
             // transfers would only cost deadlines; the report says they were not tested.
@@ -137,6 +146,12 @@ fn try_run(cli: &Cli) -> Result<u8> {
     };
     // The rules judge the real facts; redaction is applied to the finished report.
     let mut findings = rules::diagnose(&facts, &kb);
+    if let Some((old, path)) = &baseline {
+        let then = crate::fleet::Node::of(old, path);
+        let now = crate::fleet::Node::of(&facts, "this run");
+        findings.extend(crate::fleet::baseline::findings(&then, &now));
+        rules::sort(&mut findings);
+    }
     crate::allow::apply(&mut findings, &allows);
     let mut report = Report::new(&command, facts, findings);
     if rediagnosed {
@@ -378,6 +393,88 @@ fn probe_host(sysroot: &Path) -> Result<Facts> {
         &Sysroot::new(sysroot),
         std::env::vars(),
     ))
+}
+
+/// The facts of a saved report (`--baseline`, `compare`).
+fn saved_facts(file: &Path) -> Result<Facts> {
+    match load(file)? {
+        Loaded::Saved { facts, .. } | Loaded::Probed(facts) => Ok(facts),
+    }
+}
+
+/// The reports `compare` reads: each file, and each directory's `*.json` files in name order.
+fn compare_inputs(files: &[std::path::PathBuf]) -> Result<Vec<std::path::PathBuf>> {
+    let mut out = Vec::new();
+    for f in files {
+        if f.is_dir() {
+            let mut found: Vec<std::path::PathBuf> = std::fs::read_dir(f)
+                .with_context(|| format!("{}: cannot read the directory", f.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "json") && p.is_file())
+                .collect();
+            found.sort();
+            if found.is_empty() {
+                bail!("{}: no *.json reports in this directory", f.display());
+            }
+            out.extend(found);
+        } else {
+            out.push(f.clone());
+        }
+    }
+    if out.len() < 2 {
+        bail!("compare needs the reports of two nodes or more (got {}): write one per node with `rigdoctor check -o NODE.json`", out.len());
+    }
+    Ok(out)
+}
+
+/// `rigdoctor compare FILE...`: the fleet table and its findings.
+fn compare(cli: &Cli, files: &[std::path::PathBuf], allows: &[crate::allow::Allow]) -> Result<u8> {
+    let g = &cli.global;
+    if g.redact {
+        // Refuse rather than print a table of unredacted names: the inputs are redacted
+        // one by one, where their secrets are known.
+        bail!("--redact: compare shows the reports as they are; redact each first (`rigdoctor diagnose NODE.json --redact -o NODE.redacted.json`) and compare those");
+    }
+    let inputs = compare_inputs(files)?;
+    if let Some(out) = &g.output {
+        let target = std::fs::canonicalize(out).ok();
+        if inputs
+            .iter()
+            .any(|i| target.is_some() && std::fs::canonicalize(i).ok() == target)
+        {
+            bail!(
+                "{}: -o would overwrite a report being compared",
+                out.display()
+            );
+        }
+    }
+    let mut nodes = Vec::new();
+    for path in &inputs {
+        let facts = saved_facts(path)?;
+        nodes.push(crate::fleet::Node::of(&facts, &path.display().to_string()));
+    }
+    crate::fleet::node::label(&mut nodes);
+    let mut findings = crate::fleet::compare::findings(&nodes);
+    crate::allow::apply(&mut findings, allows);
+    let code = if findings
+        .iter()
+        .any(|f| f.severity >= g.fail_on && f.allowed.is_none())
+    {
+        EXIT_FINDINGS
+    } else {
+        EXIT_OK
+    };
+    let report = crate::fleet::render::FleetReport::new(nodes, findings, code);
+    let format = g.format();
+    match &g.output {
+        Some(path) => {
+            crate::output::write_atomic(path, report.render(format, &TextStyle::FILE).as_bytes())?;
+            print(&report.render(Format::Text, &terminal_style(g)))?;
+            eprintln!("rigdoctor: comparison written to {}", path.display());
+        }
+        None => print(&report.render(format, &terminal_style(g)))?,
+    }
+    Ok(code)
 }
 
 fn load(file: &Path) -> Result<Loaded> {

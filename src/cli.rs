@@ -93,6 +93,21 @@ pub enum Command {
         /// A report written by `rigdoctor ... --json` (or `-o FILE.json`).
         file: PathBuf,
     },
+    /// Saved reports of several nodes side by side: which node is the odd one out
+    ///
+    /// Reads reports written by `rigdoctor check -o FILE.json` on each node (files, or
+    /// directories of *.json reports) and shows nodes x key facts (GPUs, driver, CUDA, NCCL,
+    /// kernel, IOMMU and ACS parameters, persistence, BAR1, links under load, H2D/D2H/P2P,
+    /// busbw), values that differ marked, with findings: fleet-version-drift,
+    /// fleet-config-drift, fleet-outlier. Exit codes as for the other commands.
+    #[command(
+        after_help = "Examples:\n  rigdoctor compare node-a.json node-b.json node-c.json\n  rigdoctor compare reports/ --format markdown\n  srun --ntasks-per-node 1 rigdoctor check -o reports/$(hostname).json; rigdoctor compare reports/"
+    )]
+    Compare {
+        /// Reports (`-o FILE.json`), or directories holding them; two nodes at least.
+        #[arg(required = true, value_name = "FILE|DIR")]
+        files: Vec<PathBuf>,
+    },
     /// What a finding id means, its trigger, fix and sources (all ids without one)
     #[command(after_help = "Examples:\n  rigdoctor explain\n  rigdoctor explain p2p-hang")]
     Explain {
@@ -192,6 +207,10 @@ pub struct CheckArgs {
     /// The NCCL library to load (as for `rigdoctor nccl`).
     #[arg(long, value_name = "PATH", value_parser = existing_file)]
     pub nccl_lib: Option<PathBuf>,
+    /// A saved report of this machine (`check -o good.json` on the day it worked): figures
+    /// that fell and facts that changed since then are a baseline-regression finding.
+    #[arg(long, value_name = "FILE", value_parser = saved_report)]
+    pub baseline: Option<PathBuf>,
     #[command(flatten)]
     pub gpu: GpuArgs,
 }
@@ -396,6 +415,17 @@ fn existing_file(s: &str) -> Result<PathBuf, String> {
         Ok(m) if m.is_file() => Ok(p),
         Ok(_) => Err("not a file: give the path of libnccl.so.2".into()),
         Err(e) => Err(format!("{e}: give the path of libnccl.so.2 (pip's nvidia-nccl wheel has it under nvidia/nccl/lib/)")),
+    }
+}
+
+fn saved_report(s: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(s);
+    match std::fs::metadata(&p) {
+        Ok(m) if m.is_file() => Ok(p),
+        Ok(_) => Err("not a file: give a report written by `rigdoctor check -o FILE.json`".into()),
+        Err(e) => Err(format!(
+            "{e}: give a report written by `rigdoctor check -o FILE.json`"
+        )),
     }
 }
 

@@ -92,6 +92,10 @@ codes! {
     TimeoutTooShort "timeout-too-short" [Warn] "steps were killed under a --timeout too short to judge them";
     AddressSpaceLimited "address-space-limited" [Error, Warn] "a finite ulimit -v keeps CUDA from starting";
     P2pNotTested "p2p-not-tested" [Info] "check skipped the P2P transfers on purpose (an accepted p2p-hang)";
+    BaselineRegression "baseline-regression" [Warn, Info] "since the saved baseline, figures fell or facts changed";
+    FleetVersionDrift "fleet-version-drift" [Warn] "nodes run different driver, CUDA, NCCL or kernel releases";
+    FleetConfigDrift "fleet-config-drift" [Warn] "nodes with the same GPUs are configured differently";
+    FleetOutlier "fleet-outlier" [Warn] "a node's or a GPU's measured figure is well below its peers'";
 }
 
 impl Code {

@@ -77,6 +77,11 @@ impl Finding {
         self
     }
 
+    pub fn evidence_all(mut self, e: impl IntoIterator<Item = String>) -> Self {
+        self.evidence.extend(e);
+        self
+    }
+
     pub fn fix(mut self, f: impl Into<String>) -> Self {
         self.fix.push(f.into());
         self

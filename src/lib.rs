@@ -9,6 +9,7 @@ pub mod code;
 pub mod expect;
 pub mod facts;
 pub mod finding;
+pub mod fleet;
 pub mod knowledge;
 pub mod measure;
 pub mod output;

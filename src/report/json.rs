@@ -1,11 +1,11 @@
 //! JSON output, and reading a saved report back for `rigdoctor diagnose`.
 
-use super::{Report, SCHEMA};
+use super::SCHEMA;
 use crate::facts::Facts;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-pub fn render(report: &Report) -> String {
+pub fn render<T: serde::Serialize>(report: &T) -> String {
     let mut buf = Vec::new();
     let mut ser = serde_json::Serializer::with_formatter(&mut buf, TerminalSafe::default());
     // Serialising plain data structs cannot fail; fall back to an error object rather than panic.

@@ -184,38 +184,60 @@ fn body(report: &Report) -> String {
         let _ = writeln!(out, "### Findings\n");
     }
     for finding in &report.findings {
-        let _ = writeln!(
-            out,
-            "#### {} `{}`{}: {}\n",
-            finding.severity.label(),
-            text(&finding.id),
-            finding
-                .allowed
-                .as_ref()
-                .map(|a| format!(" (allowed by {})", text(a)))
-                .unwrap_or_default(),
-            text(&finding.title)
-        );
-        if !finding.gpus.is_empty() {
-            let _ = writeln!(out, "GPUs: {}\n", text(&finding.gpus.join(", ")));
-        }
-        for e in &finding.evidence {
-            let _ = writeln!(out, "- {}", text(e));
-        }
-        let steps = super::steps_of(&report.plan, finding);
-        if finding.severity >= Severity::Warn && !steps.is_empty() {
-            let list: Vec<String> = steps.iter().map(|s| s.to_string()).collect();
-            let _ = writeln!(out, "\n**Fix**: What to do, step(s) {}", list.join(", "));
-        } else if !finding.fix.is_empty() {
-            let _ = writeln!(out, "\n**Fix**\n");
-            for fix in &finding.fix {
-                let _ = writeln!(out, "- {}", fix_text(fix));
-            }
-        }
-        if !finding.refs.is_empty() {
-            let _ = writeln!(out, "\nSources: {}", finding.refs.join(", "));
-        }
-        out.push('\n');
+        write_finding(&mut out, finding, &report.plan);
     }
     out
+}
+
+/// One finding as a markdown section; warnings and errors point at `plan`'s steps when it has
+/// them, else list their own fixes. Its strings must be escaped for the terminal already.
+pub(crate) fn write_finding(
+    out: &mut String,
+    finding: &crate::finding::Finding,
+    plan: &[super::Step],
+) {
+    let _ = writeln!(
+        out,
+        "#### {} `{}`{}: {}\n",
+        finding.severity.label(),
+        text(&finding.id),
+        finding
+            .allowed
+            .as_ref()
+            .map(|a| format!(" (allowed by {})", text(a)))
+            .unwrap_or_default(),
+        text(&finding.title)
+    );
+    if !finding.gpus.is_empty() {
+        let _ = writeln!(out, "GPUs: {}\n", text(&finding.gpus.join(", ")));
+    }
+    for e in &finding.evidence {
+        let _ = writeln!(out, "- {}", text(e));
+    }
+    let steps = super::steps_of(plan, finding);
+    if finding.severity >= Severity::Warn && !steps.is_empty() {
+        let list: Vec<String> = steps.iter().map(|s| s.to_string()).collect();
+        let _ = writeln!(out, "\n**Fix**: What to do, step(s) {}", list.join(", "));
+    } else if !finding.fix.is_empty() {
+        let _ = writeln!(out, "\n**Fix**\n");
+        for fix in &finding.fix {
+            let _ = writeln!(out, "- {}", fix_text(fix));
+        }
+    }
+    if !finding.refs.is_empty() {
+        let _ = writeln!(out, "\nSources: {}", finding.refs.join(", "));
+    }
+    out.push('\n');
+}
+
+/// Rows (the first is the header) as a markdown table, every cell neutralised.
+pub(crate) fn grid(rows: &[Vec<String>]) -> String {
+    let mut out = String::new();
+    write_grid(&mut out, rows);
+    out
+}
+
+/// Text from a report or a machine, neutralised for markdown.
+pub(crate) fn plain(s: &str) -> String {
+    text(s)
 }

@@ -1,14 +1,14 @@
 //! The report: facts + findings, and its renderers (text, JSON, markdown).
 
 mod bandwidth_tables;
-mod json;
-mod markdown;
+pub(crate) mod json;
+pub(crate) mod markdown;
 mod nccl_table;
 mod p2p_matrix;
 mod plan;
 mod redact;
 mod summary;
-mod text;
+pub(crate) mod text;
 mod validate;
 mod wrap;
 

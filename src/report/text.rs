@@ -400,6 +400,41 @@ fn write_finding(out: &mut String, p: &Paint, f: &Finding, plan: &[super::Step])
     out.push('\n');
 }
 
+/// Findings as the text report shows them with --verbose (each with its own fixes: there is no
+/// plan); their strings must be escaped for the terminal already.
+pub(crate) fn findings(findings: &[Finding], style: &TextStyle) -> String {
+    let p = Paint {
+        color: style.color,
+        width: style.width,
+    };
+    let mut out = String::new();
+    for f in findings {
+        write_finding(&mut out, &p, f, &[]);
+    }
+    out
+}
+
+/// A table as the text report lays them out (cells clipped, never wrapped); cells must be
+/// escaped for the terminal already.
+pub(crate) fn grid(header: &[String], rows: &[Vec<String>], style: &TextStyle) -> String {
+    let p = Paint {
+        color: style.color,
+        width: style.width,
+    };
+    let mut out = String::new();
+    write_grid(&mut out, &p, header, rows);
+    out
+}
+
+/// `text` in bold (when colour is on).
+pub(crate) fn bold(text: &str, style: &TextStyle) -> String {
+    Paint {
+        color: style.color,
+        width: style.width,
+    }
+    .bold(text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -98,11 +98,12 @@ const RULES: &[(&[Code], Rule)] = &[
     ),
 ];
 
-/// The ids this version can emit.
+/// The ids this version can emit: the rules' and the comparisons' (`compare`, `--baseline`).
 pub fn finding_ids() -> impl Iterator<Item = &'static str> {
     let mut ids: Vec<Code> = RULES
         .iter()
         .flat_map(|(codes, _)| codes.iter().copied())
+        .chain(crate::fleet::CODES.iter().copied())
         .collect();
     ids.sort_unstable();
     ids.dedup();
@@ -129,13 +130,18 @@ pub fn diagnose(facts: &Facts, kb: &Knowledge) -> Vec<Finding> {
             out.push(f);
         }
     }
-    out.sort_by(|a, b| {
+    sort(&mut out);
+    out
+}
+
+/// Findings in report order: by severity (worst first), then id, then GPU.
+pub fn sort(findings: &mut [Finding]) {
+    findings.sort_by(|a, b| {
         b.severity
             .cmp(&a.severity)
             .then_with(|| a.id.cmp(&b.id))
             .then_with(|| a.gpus.cmp(&b.gpus))
     });
-    out
 }
 
 /// The NVIDIA GPUs found on the PCI bus (none when the bus could not be read).
