@@ -952,3 +952,45 @@ fn allows_come_from_a_config_file_and_bad_ones_are_refused() {
         .assert()
         .code(2);
 }
+
+/// `--format oneline`: one status line and the exit code, for health checkers.
+#[test]
+fn oneline_is_one_status_line_and_the_exit_code() {
+    let line = |root: &std::path::Path, extra: &[&str]| {
+        let out = rigdoctor()
+            .args(["host", "--format", "oneline", "--sysroot"])
+            .arg(root)
+            .args(extra)
+            .output()
+            .unwrap();
+        let s = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(s.lines().count(), 1, "{s}");
+        assert!(s.ends_with('\n'));
+        (out.status.code().unwrap(), s.trim_end().to_string())
+    };
+    // An empty tree: the driver is not loaded (an error), and part of the tree was not read.
+    let empty = tempfile::tempdir().unwrap();
+    let (code, s) = line(empty.path(), &[]);
+    assert_eq!(code, 1);
+    assert!(
+        s.starts_with("rigdoctor host: ERROR: 1 error, 1 warning: "),
+        "{s}"
+    );
+    assert!(s.ends_with(" [driver-not-loaded, not-checked]"), "{s}");
+    // The same findings allowed: shown nowhere in the line, counted for nothing.
+    let (code, s) = line(
+        empty.path(),
+        &["--allow", "driver-not-loaded", "--allow", "not-checked"],
+    );
+    assert_eq!(code, 0);
+    assert!(
+        s.starts_with("rigdoctor host: OK: no problems found"),
+        "{s}"
+    );
+    assert!(!s.contains('['), "{s}");
+    // A healthy tree: OK (notes do not change the status).
+    let healthy = sysroot_of(&load_rig("x570-2x3090-r535"));
+    let (code, s) = line(healthy.path(), &[]);
+    assert_eq!(code, 0, "{s}");
+    assert!(s.starts_with("rigdoctor host: OK: "), "{s}");
+}

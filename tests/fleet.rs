@@ -149,6 +149,18 @@ fn compare_names_the_newer_driver_and_the_narrow_link() {
         "{}",
         t.stdout
     );
+    // One line for a health checker.
+    let one = compare(&["--format", "oneline", "--fail-on", "warn"], &paths);
+    assert_eq!(one.code, 1);
+    assert_eq!(one.stdout.lines().count(), 1, "{}", one.stdout);
+    assert!(
+        one.stdout.starts_with("rigdoctor compare: WARNING: 4 nodes, 3 warnings: NVIDIA driver not the same on every node: node-d ["),
+        "{}",
+        one.stdout
+    );
+    for id in ["fleet-version-drift", "fleet-config-drift", "fleet-outlier"] {
+        assert!(one.stdout.contains(id), "{}", one.stdout);
+    }
     // Markdown: the same table and findings, as a post.
     let md = compare(&["--format", "markdown"], &paths);
     assert!(md.stdout.contains("| Node | GPUs |"), "{}", md.stdout);
@@ -323,9 +335,12 @@ fn hostile_hostnames_are_shown_inert() {
     let (_dir, files) = fleet();
     let dir = tempfile::tempdir().unwrap();
     let mut paths = Vec::new();
-    for (i, (f, host)) in [(&files[0], "evil\u{1b}]0;pwned\u{7}"), (&files[3], "b|<img src=x>")]
-        .into_iter()
-        .enumerate()
+    for (i, (f, host)) in [
+        (&files[0], "evil\u{1b}]0;pwned\u{7}"),
+        (&files[3], "b|<img src=x>"),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let mut r: Value = serde_json::from_slice(&std::fs::read(f).unwrap()).unwrap();
         r["facts"]["host"]["hostname"] = json!(host);
@@ -335,7 +350,11 @@ fn hostile_hostnames_are_shown_inert() {
     }
     let paths: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
     let t = compare(&[], &paths);
-    assert!(!t.stdout.contains('\u{1b}') && !t.stdout.contains('\u{7}'), "{:?}", t.stdout);
+    assert!(
+        !t.stdout.contains('\u{1b}') && !t.stdout.contains('\u{7}'),
+        "{:?}",
+        t.stdout
+    );
     assert!(t.stdout.contains("evil\\x1b]0;pwned\\u{7}"), "{}", t.stdout);
     let md = compare(&["--format", "markdown"], &paths);
     assert!(!md.stdout.contains("<img"), "{}", md.stdout);

@@ -30,20 +30,22 @@ pub struct FleetReport {
 
 impl FleetReport {
     pub fn new(nodes: Vec<Node>, findings: Vec<Finding>, exit_code: u8) -> Self {
-        let count = |s: Severity| findings.iter().filter(|f| f.severity == s).count();
+        // Allowed findings are shown, never counted (as in a report).
+        let counted: Vec<&Finding> = findings.iter().filter(|f| f.allowed.is_none()).collect();
+        let count = |s: Severity| counted.iter().filter(|f| f.severity == s).count();
         let (errors, warnings, notes) = (
             count(Severity::Error),
             count(Severity::Warn),
             count(Severity::Info),
         );
-        let worst = findings.iter().map(|f| f.severity).max();
+        let worst = counted.iter().map(|f| f.severity).max();
         let plural = |n: usize, one: &str| format!("{n} {one}{}", if n == 1 { "" } else { "s" });
         let counts: Vec<String> = [(errors, "error"), (warnings, "warning"), (notes, "note")]
             .into_iter()
             .filter(|(n, _)| *n > 0)
             .map(|(n, w)| plural(n, w))
             .collect();
-        let verdict = match findings.iter().find(|f| Some(f.severity) == worst) {
+        let verdict = match counted.iter().find(|f| Some(f.severity) == worst) {
             Some(first) => format!(
                 "{} nodes, {}: {}",
                 nodes.len(),
@@ -79,6 +81,17 @@ impl FleetReport {
             Format::Json => crate::report::json::render(self),
             Format::Text => self.text(style),
             Format::Markdown => self.markdown(),
+            Format::Oneline => crate::report::oneline(
+                "rigdoctor compare",
+                false,
+                &self.summary.verdict,
+                &self
+                    .findings
+                    .iter()
+                    .filter(|f| f.allowed.is_none())
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            ),
         }
     }
 

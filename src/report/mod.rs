@@ -30,6 +30,9 @@ pub enum Format {
     Text,
     Json,
     Markdown,
+    /// One status line (OK, WARNING, ERROR or INTERRUPTED, the verdict, the ids), for health
+    /// checkers (Slurm NHC, Nagios-style monitors) that read a line and the exit code.
+    Oneline,
 }
 
 /// How the text report is laid out.
@@ -227,6 +230,12 @@ impl Report {
                 )),
             },
             Format::Markdown => self.render_post(None),
+            Format::Oneline => oneline(
+                &format!("rigdoctor {}", self.command),
+                self.facts.collected.interrupted.is_some(),
+                &self.verdict(),
+                &self.counted().cloned().collect::<Vec<_>>(),
+            ),
         }
     }
 
@@ -250,6 +259,34 @@ impl Report {
         escape_strings(&mut v);
         serde_json::from_value(v).ok()
     }
+}
+
+/// The one status line of `--format oneline`: "rigdoctor check: ERROR: <verdict> [ids]", the
+/// status from the worst of `counted` (notes are OK), the ids of the warnings and errors;
+/// escaped, so it stays one line whatever a title holds.
+pub fn oneline(what: &str, interrupted: bool, verdict: &str, counted: &[Finding]) -> String {
+    let worst = counted.iter().map(|f| f.severity).max();
+    let status = match (interrupted, worst) {
+        (true, _) => "INTERRUPTED",
+        (false, Some(Severity::Error)) => "ERROR",
+        (false, Some(Severity::Warn)) => "WARNING",
+        (false, _) => "OK",
+    };
+    let mut ids: Vec<&str> = Vec::new();
+    for f in counted.iter().filter(|f| f.severity >= Severity::Warn) {
+        if !ids.contains(&f.id.as_str()) {
+            ids.push(&f.id);
+        }
+    }
+    let ids = if ids.is_empty() {
+        String::new()
+    } else {
+        format!(" [{}]", ids.join(", "))
+    };
+    format!(
+        "{}\n",
+        escape_line(&format!("{what}: {status}: {verdict}{ids}"))
+    )
 }
 
 /// `s` with control characters shown as `\x1b`-style escapes, so a string from a library or a
