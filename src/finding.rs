@@ -82,6 +82,11 @@ impl Finding {
         self
     }
 
+    pub fn fix_all(mut self, f: impl IntoIterator<Item = String>) -> Self {
+        self.fix.extend(f);
+        self
+    }
+
     pub fn fix(mut self, f: impl Into<String>) -> Self {
         self.fix.push(f.into());
         self

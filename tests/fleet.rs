@@ -112,7 +112,7 @@ fn compare_names_the_newer_driver_and_the_narrow_link() {
     assert_eq!(config[0]["gpus"], json!(["0000:0c:00.0@node-b"]));
     assert!(
         text(config[0]).contains(
-            "link width of NVIDIA GeForce RTX 3090 0000:0c:00.0 on node-b: x8, where 7 of the 8"
+            "nodes with 2x NVIDIA GeForce RTX 3090: link width of 0000:0c:00.0: x16 on node-a, node-c, node-d; x8 on node-b"
         ),
         "{}",
         config[0]
@@ -358,8 +358,68 @@ fn hostile_hostnames_are_shown_inert() {
     assert!(t.stdout.contains("evil\\x1b]0;pwned\\u{7}"), "{}", t.stdout);
     let md = compare(&["--format", "markdown"], &paths);
     assert!(!md.stdout.contains("<img"), "{}", md.stdout);
+    assert!(
+        !md.stdout.contains('\u{1b}') && !md.stdout.contains('\u{7}'),
+        "{:?}",
+        md.stdout
+    );
     assert!(md.stdout.contains("b\\|&lt;img src=x&gt;"), "{}", md.stdout);
     let j = compare(&["--json"], &paths);
     assert!(!j.stdout.contains('\u{1b}'), "{:?}", j.stdout);
     assert_eq!(json_of(&j)["nodes"][0]["label"], "evil\u{1b}]0;pwned\u{7}");
+}
+
+/// A node whose report lists a GPU fewer (fallen off the bus) is named; with two nodes that
+/// differ, neither is the odd one: both are named.
+#[test]
+fn compare_names_a_node_with_a_gpu_fewer() {
+    let (_dir, files) = fleet();
+    let dir = tempfile::tempdir().unwrap();
+    let short = dir.path().join("node-e.json");
+    let one = node(|f| {
+        f["gpus"].as_array_mut().unwrap().pop();
+        f["pairs"] = json!([]);
+    });
+    std::fs::write(&short, check(&one, &[]).to_string()).unwrap();
+    let o = compare(&["--json"], &[&files[0], &files[2], &short]);
+    let r = json_of(&o);
+    let f = findings(&r, "fleet-config-drift");
+    assert_eq!(f.len(), 1, "{}", o.stdout);
+    assert!(
+        f[0]["title"].as_str().unwrap().ends_with(": node-e"),
+        "{}",
+        f[0]
+    );
+    assert!(
+        text(f[0]).contains(
+            "GPUs: 2x NVIDIA GeForce RTX 3090 on node-a, node-c; 1x NVIDIA GeForce RTX 3090 on node-e"
+        ),
+        "{}",
+        f[0]
+    );
+    // Two nodes, x16 and x8 in one slot: no majority, both named.
+    let o = compare(&["--json"], &[&files[0], &files[1]]);
+    let r = json_of(&o);
+    let f = findings(&r, "fleet-config-drift");
+    assert_eq!(f.len(), 1, "{}", o.stdout);
+    assert_eq!(named(f[0]), ["node-a", "node-b"], "{}", f[0]);
+}
+
+/// A host-only report holds no GPU inventory: its GPUs are not "gone", they were not read.
+#[test]
+fn baseline_of_a_host_report_compares_no_gpus() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = sysroot_of(&load_rig("x570-2x3090-r535"));
+    let out = rigdoctor()
+        .args(["host", "--json", "--sysroot"])
+        .arg(root.path())
+        .output()
+        .unwrap();
+    let host = dir.path().join("host.json");
+    std::fs::write(&host, &out.stdout).unwrap();
+    // This run (a check) against the host report: none of its GPUs is "new".
+    let r = with_baseline(&host, h2d(25.0), &[]);
+    for f in findings(&r, "baseline-regression") {
+        assert!(!text(f).contains("is new"), "{f}");
+    }
 }

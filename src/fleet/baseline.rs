@@ -19,6 +19,7 @@ pub fn findings(old: &Node, new: &Node) -> Vec<Finding> {
         (Some(a), None) => unread.push(format!("{what} ({a} then) not read now")),
         _ => {}
     };
+    version("hostname", old.hostname.clone(), new.hostname.clone());
     version("NVIDIA driver", old.driver.clone(), new.driver.clone());
     version(
         "CUDA driver API",
@@ -33,10 +34,21 @@ pub fn findings(old: &Node, new: &Node) -> Vec<Finding> {
         old.iommu_params.as_ref().map(|p| params(p)),
         new.iommu_params.as_ref().map(|p| params(p)),
     );
+    // GPUs gone or new only when both reports hold an inventory (a host-only report, or a run
+    // where NVML and CUDA failed, says nothing of the GPUs).
+    let inventories = old.inventory_read && new.inventory_read;
+    if old.inventory_read && !new.inventory_read {
+        unread.push(format!(
+            "the {} GPU(s) of the baseline: this run read no GPU inventory",
+            old.gpus.len()
+        ));
+    }
     for g in &old.gpus {
         let Some(n) = new.gpu(&g.bus_id) else {
-            changed.push(format!("GPU {} ({}) is gone", g.bus_id, g.name));
-            gpus.push(g.bus_id.clone());
+            if inventories {
+                changed.push(format!("GPU {} ({}) is gone", g.bus_id, g.name));
+                gpus.push(g.bus_id.clone());
+            }
             continue;
         };
         let mut fact = |what: &str, worse: bool, then: String, now: String| {
@@ -73,7 +85,11 @@ pub fn findings(old: &Node, new: &Node) -> Vec<Finding> {
             .then(|| gpus.push(g.bus_id.clone()));
         }
     }
-    for g in new.gpus.iter().filter(|g| old.gpu(&g.bus_id).is_none()) {
+    for g in new
+        .gpus
+        .iter()
+        .filter(|g| inventories && old.gpu(&g.bus_id).is_none())
+    {
         changed.push(format!("GPU {} ({}) is new", g.bus_id, g.name));
     }
     for p in &old.p2p {
@@ -106,6 +122,7 @@ pub fn findings(old: &Node, new: &Node) -> Vec<Finding> {
                 median: v,
                 min: v,
                 max: v,
+                bytes,
             };
             if fell(&[one(a)], &one(b)).is_some() {
                 fallen.push(format!(
@@ -145,6 +162,30 @@ pub fn findings(old: &Node, new: &Node) -> Vec<Finding> {
     if !changed.is_empty() {
         title.push(format!("{} fact(s) changed", changed.len()));
     }
+    // A hint per kind of change seen, what changed being the first suspect.
+    let said = |k: &str| changed.iter().any(|c| c.starts_with(k) || c.contains(k));
+    let mut hints = Vec::new();
+    if said("NVIDIA driver") || said("NCCL") || said("CUDA driver API") {
+        hints.push("a driver or NCCL upgrade is the first suspect: roll it back and run again (the driver-known-bad and nccl-known-bad findings list releases reported broken)".to_string());
+    }
+    if said("link width") || said("link generation") || said("is gone") {
+        hints.push("reseat the GPU named and its riser or cable, and check its power connectors; then `rigdoctor check` again".to_string());
+    }
+    if said("BAR1") {
+        hints.push("restore Above 4G decoding and Resizable BAR in the BIOS (a BIOS update or CMOS reset turns them off)".to_string());
+    }
+    if said("IOMMU") || said("kernel") {
+        hints.push("the kernel or its parameters changed: compare /proc/cmdline with the baseline's (`rigdoctor diagnose BASELINE -v`)".to_string());
+    }
+    if said("persistence mode") {
+        hints.push(
+            "persistence mode is off: `sudo nvidia-smi -pm 1` or enable nvidia-persistenced"
+                .to_string(),
+        );
+    }
+    if hints.is_empty() {
+        hints.push("nothing in the facts changed: the figures fell on the same setup; run `rigdoctor check -v` for the bandwidth findings (throttling, power-brake, replays) that say why".to_string());
+    }
     let mut f = Finding::new(
         Code::BaselineRegression,
         Severity::Warn,
@@ -157,7 +198,7 @@ pub fn findings(old: &Node, new: &Node) -> Vec<Finding> {
         "a figure fell when it is more than {:.0}% below the baseline's and even its best sample is below the baseline's median less the baseline's spread",
         FELL_BY * 100.0
     ))
-    .fix("what changed is the first suspect: a driver or NCCL upgrade can be rolled back (the driver-known-bad and nccl-known-bad findings list releases reported broken), a narrower link needs the GPU and its riser reseated, a smaller BAR1 a BIOS setting (Above 4G decoding, Resizable BAR) restored")
+    .fix_all(hints)
     .fix(format!(
         "`rigdoctor diagnose {} -v` shows the baseline's own findings and figures",
         old.source
@@ -177,6 +218,14 @@ fn figure(
     unread: &mut Vec<String>,
 ) -> bool {
     match (then, now) {
+        (Some(a), Some(b)) if a.bytes != b.bytes => {
+            unread.push(format!(
+                "{what}: {} MiB copies then, {} MiB now",
+                a.bytes >> 20,
+                b.bytes >> 20
+            ));
+            false
+        }
         (Some(a), Some(b)) if fell(&[a], &b).is_some() => {
             fallen.push(format!(
                 "{what}: {:.1} GB/s then, {:.1} GB/s now ({:.0}% less)",

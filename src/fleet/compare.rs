@@ -118,8 +118,13 @@ fn version_drift(nodes: &[Node]) -> Option<Finding> {
         )
         .evidence_all(evidence)
         .fix(format!(
-            "install the same releases on every node ({}): a job whose ranks load different NCCL or driver releases can hang at init or mis-sum; pin the driver and NCCL (pip wheel) versions in the node image",
-            odd.join(", ")
+            "install the same {} on every node (pin them in the node image{}): ranks that load different releases can hang at init or mis-sum",
+            what.join(", "),
+            if what.contains(&"NCCL") {
+                "; NCCL from the same pip wheel"
+            } else {
+                ""
+            }
         ))
         .refs([
             "https://docs.nvidia.com/deeplearning/nccl/user-guide/docs/troubleshooting.html",
@@ -133,19 +138,6 @@ pub fn cuda_version(v: i32) -> String {
     format!("{}.{}", v / 1000, (v % 1000) / 10)
 }
 
-/// The most common value of `values` (None when empty); a tie gives the smallest.
-fn mode<T: Ord + Clone>(values: &[T]) -> Option<T> {
-    let mut counts: BTreeMap<&T, usize> = BTreeMap::new();
-    for v in values {
-        *counts.entry(v).or_default() += 1;
-    }
-    let best = counts.values().copied().max()?;
-    counts
-        .into_iter()
-        .find(|(_, c)| *c == best)
-        .map(|(v, _)| v.clone())
-}
-
 fn config_drift(nodes: &[Node]) -> Option<Finding> {
     let mut evidence = Vec::new();
     let mut odd: Vec<String> = Vec::new();
@@ -155,6 +147,22 @@ fn config_drift(nodes: &[Node]) -> Option<Finding> {
             o.push(l.to_string());
         }
     };
+    // The GPUs themselves: a node with a GPU fewer (fallen off the bus, not bound) or another
+    // model. Nodes whose report has no inventory are not counted either way.
+    let (g, _) = groups(nodes.iter().filter(|n| n.inventory_read), |n| {
+        Some(if n.gpus.is_empty() {
+            "no GPU".to_string()
+        } else {
+            models_text(&n.models())
+        })
+    });
+    if g.len() > 1 {
+        let (line, o) = drift_lines("GPUs", &g);
+        evidence.push(line);
+        for l in o {
+            note(&mut odd, &l);
+        }
+    }
     // Nodes with the same GPU models should be configured alike.
     let mut by_models: BTreeMap<Vec<String>, Vec<&Node>> = BTreeMap::new();
     for n in nodes {
@@ -190,57 +198,41 @@ fn config_drift(nodes: &[Node]) -> Option<Finding> {
                 }),
             ),
         ];
+        let context = format!("nodes with {}", models_text(models));
         for (name, value) in &host_checks {
             let (g, _) = groups(same.iter().copied(), value);
             if g.len() > 1 {
                 let (line, o) = drift_lines(name, &g);
-                evidence.push(format!("nodes with {}: {line}", models_text(models)));
+                evidence.push(format!("{context}: {line}"));
                 for l in o {
                     note(&mut odd, &l);
                 }
             }
         }
-        // Each GPU against the other GPUs of its model on these nodes.
-        type Pick = fn(&super::node::NodeGpu) -> Option<u64>;
-        type PerGpu = (&'static str, Pick, fn(u64) -> String);
-        let per_gpu: [PerGpu; 3] = [
-            ("BAR1", |g| g.bar1_bytes, |v| format!("{} MiB", v >> 20)),
-            (
-                "link width",
-                |g| g.link_width.map(u64::from),
-                |v| format!("x{v}"),
-            ),
-            (
-                "link generation under load",
-                |g| g.link_gen.map(u64::from),
-                |v| format!("Gen{v}"),
-            ),
+        // Each GPU against the GPU in the same slot (bus id) of the other nodes: slots of
+        // one board may differ by design (an x8 slot), the same slot on another node not.
+        type Pick = fn(&super::node::NodeGpu) -> Option<String>;
+        let per_gpu: [(&str, Pick); 3] = [
+            ("BAR1", |g| g.bar1_bytes.map(|v| format!("{} MiB", v >> 20))),
+            ("link width", |g| g.link_width.map(|v| format!("x{v}"))),
+            ("link generation under load", |g| {
+                g.link_gen.map(|v| format!("Gen{v}"))
+            }),
         ];
-        for model in models.iter().collect::<std::collections::BTreeSet<_>>() {
-            for (name, pick, show) in &per_gpu {
-                let all: Vec<(&Node, &super::node::NodeGpu, u64)> = same
-                    .iter()
-                    .flat_map(|n| n.gpus.iter().map(move |g| (*n, g)))
-                    .filter(|(_, g)| &g.name == model)
-                    .filter_map(|(n, g)| Some((n, g, pick(g)?)))
-                    .collect();
-                let values: Vec<u64> = all.iter().map(|(_, _, v)| *v).collect();
-                let Some(common) = mode(&values) else {
-                    continue;
-                };
-                let peers_alike = values.iter().filter(|v| **v == common).count();
-                for (n, g, v) in all.iter().filter(|(_, _, v)| *v != common) {
-                    evidence.push(format!(
-                        "{name} of {model} {} on {}: {}, where {} of the {} {model} on these nodes have {}",
-                        g.bus_id,
-                        n.label,
-                        show(*v),
-                        peers_alike,
-                        values.len(),
-                        show(common)
-                    ));
-                    note(&mut odd, &n.label);
-                    gpus.push(format!("{}@{}", g.bus_id, n.label));
+        let slots: std::collections::BTreeSet<&str> = same
+            .iter()
+            .flat_map(|n| n.gpus.iter().map(|g| g.bus_id.as_str()))
+            .collect();
+        for bus in slots {
+            for (name, pick) in &per_gpu {
+                let (g, _) = groups(same.iter().copied(), |n| n.gpu(bus).and_then(pick));
+                if g.len() > 1 {
+                    let (line, o) = drift_lines(&format!("{name} of {bus}"), &g);
+                    evidence.push(format!("{context}: {line}"));
+                    for l in o {
+                        gpus.push(format!("{bus}@{l}"));
+                        note(&mut odd, &l);
+                    }
                 }
             }
         }
@@ -252,16 +244,10 @@ fn config_drift(nodes: &[Node]) -> Option<Finding> {
         Finding::new(
             Code::FleetConfigDrift,
             Severity::Warn,
-            format!(
-                "nodes with the same GPUs are configured differently: {}",
-                odd.join(", ")
-            ),
+            format!("nodes are configured differently: {}", odd.join(", ")),
         )
         .evidence_all(evidence)
-        .fix(format!(
-            "run `rigdoctor check` on {} and follow its findings (pcie-link-degraded, small-bar1, iommu-translation, persistence-off); then configure every node alike (kernel parameters, BIOS Above 4G decoding and Resizable BAR, `nvidia-smi -pm 1` or nvidia-persistenced)",
-            odd.join(", ")
-        ))
+        .fix("run `rigdoctor check` on the nodes named and follow their findings (pcie-link-degraded, small-bar1, iommu-translation, persistence-off, gpu-fell-off-bus); then configure every node alike (kernel parameters, BIOS Above 4G decoding and Resizable BAR, `nvidia-smi -pm 1` or nvidia-persistenced)")
         .refs([FLEET_DOC, "https://docs.kernel.org/admin-guide/kernel-parameters.html"])
         .gpus(distinct(gpus)),
     )
@@ -288,15 +274,21 @@ struct Sample<'a> {
 }
 
 fn outliers(nodes: &[Node]) -> Option<Finding> {
-    // Figures compared among GPUs of one model (H2D, D2H), pairs of one pair of models
-    // (P2P), and nodes with the same GPUs (busbw).
+    // Figures compared with the same figure of the other nodes: H2D and D2H of the GPU in the
+    // same slot (bus id) and of the same model, P2P of the same pair of slots, busbw of nodes
+    // with the same GPUs; each at the same copy or all-reduce size.
     let mut keyed: BTreeMap<String, Vec<Sample>> = BTreeMap::new();
     for n in nodes {
         for g in &n.gpus {
             for (dir, fig) in [("H2D", g.h2d), ("D2H", g.d2h)] {
                 if let Some(fig) = fig {
                     keyed
-                        .entry(format!("{dir} of {}", g.name))
+                        .entry(format!(
+                            "{dir} of the {} at {}, {} MiB copies",
+                            g.name,
+                            g.bus_id,
+                            fig.bytes >> 20
+                        ))
                         .or_default()
                         .push(Sample {
                             node: n,
@@ -310,7 +302,14 @@ fn outliers(nodes: &[Node]) -> Option<Finding> {
         for p in &n.p2p {
             let name = |b: &str| n.gpu(b).map_or("?".to_string(), |g| g.name.clone());
             keyed
-                .entry(format!("P2P {} -> {}", name(&p.from), name(&p.to)))
+                .entry(format!(
+                    "P2P {} {} -> {} {}, {} MiB copies",
+                    name(&p.from),
+                    p.from,
+                    name(&p.to),
+                    p.to,
+                    p.gbps.bytes >> 20
+                ))
                 .or_default()
                 .push(Sample {
                     node: n,
@@ -338,6 +337,7 @@ fn outliers(nodes: &[Node]) -> Option<Finding> {
                         median: busbw,
                         min: busbw,
                         max: busbw,
+                        bytes,
                     },
                 });
         }
@@ -393,10 +393,7 @@ fn outliers(nodes: &[Node]) -> Option<Finding> {
             "an outlier is more than {:.0}% below the median of its peers and below the spread of their samples",
             FELL_BY * 100.0
         ))
-        .fix(format!(
-            "run `rigdoctor check -v` on {}: its bandwidth findings (pcie-link-degraded, bandwidth-low, throttling, power-brake) say why; reseat or replace the riser of a GPU named here",
-            odd.join(", ")
-        ))
+        .fix("run `rigdoctor check -v` on the nodes named: their bandwidth findings (pcie-link-degraded, bandwidth-low, throttling, power-brake) say why; a GPU whose copies fell while its link trained as its peers' needs its riser and power checked")
         .refs([FLEET_DOC, "https://github.com/NVIDIA/nvbandwidth"])
         .gpus(distinct(gpus)),
     )

@@ -45,7 +45,12 @@ mod tests {
     use super::*;
 
     fn f(median: f64, min: f64, max: f64) -> Figure {
-        Figure { median, min, max }
+        Figure {
+            median,
+            min,
+            max,
+            bytes: 8 << 20,
+        }
     }
 
     #[test]

@@ -16,21 +16,28 @@ pub const IOMMU_PARAMS: &[&str] = &[
     "pcie_acs_override",
 ];
 
-/// A measured figure: the median and the spread of its samples (GB/s).
+/// A measured figure: the median and the spread of its samples (GB/s), and the bytes per copy
+/// (figures of other copy sizes are not compared: small copies do not reach the link's rate).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Figure {
     pub median: f64,
     pub min: f64,
     pub max: f64,
+    pub bytes: u64,
 }
 
 impl Figure {
+    /// A copy-engine figure (the method `check` measures; SM figures are not compared).
     fn of(m: &Measurement) -> Option<Figure> {
+        if m.method != crate::facts::Method::Ce {
+            return None;
+        }
         match &m.outcome {
             crate::facts::BwOutcome::Measured { stats, .. } => Some(Figure {
                 median: stats.median,
                 min: stats.min,
                 max: stats.max,
+                bytes: m.bytes,
             }),
             _ => None,
         }
@@ -66,6 +73,9 @@ pub struct Node {
     /// The report it was read from.
     pub source: String,
     pub hostname: Option<String>,
+    /// Whether the report holds a GPU inventory (NVML's or CUDA's); without one `gpus` is
+    /// empty and says nothing of the GPUs.
+    pub inventory_read: bool,
     pub gpus: Vec<NodeGpu>,
     pub driver: Option<String>,
     /// The CUDA driver API version (e.g. 12040).
@@ -103,17 +113,18 @@ impl Node {
             cuda.and_then(|c| c.devices.iter().find(|d| d.ordinal == ordinal))
                 .map(|d| normalize_bus_id(&d.bus_id))
         };
-        // The GPUs CUDA numbered, else NVML's, in PCI order.
-        let mut gpus: Vec<NodeGpu> = match (cuda, nvml) {
-            (Some(c), _) if !c.devices.is_empty() => c
-                .devices
-                .iter()
-                .map(|d| (normalize_bus_id(&d.bus_id), d.name.clone()))
-                .collect::<Vec<_>>(),
-            (_, Some(n)) => n
+        // NVML's GPUs (every GPU of the machine), else CUDA's (CUDA_VISIBLE_DEVICES may hide
+        // some), in PCI order.
+        let mut gpus: Vec<NodeGpu> = match (nvml, cuda) {
+            (Some(n), _) => n
                 .devices
                 .iter()
                 .filter_map(|d| Some((normalize_bus_id(d.bus_id.known()?), known(&d.name)?)))
+                .collect::<Vec<_>>(),
+            (None, Some(c)) => c
+                .devices
+                .iter()
+                .map(|d| (normalize_bus_id(&d.bus_id), d.name.clone()))
                 .collect(),
             _ => Vec::new(),
         }
@@ -199,6 +210,7 @@ impl Node {
             label: String::new(),
             source: source.to_string(),
             hostname: known(&h.hostname),
+            inventory_read: nvml.is_some() || cuda.is_some(),
             gpus,
             driver,
             cuda: cuda.map(|c| c.driver_version),
@@ -210,8 +222,10 @@ impl Node {
             iommu_params: h.cmdline.known().map(|c| c.mentions(IOMMU_PARAMS)),
             iommu,
             p2p,
+            // One rank moves nothing between GPUs (busbw is 0 by definition): no figure.
             busbw: rt
                 .and_then(|r| r.nccl.as_ref())
+                .filter(|n| n.devices.len() > 1)
                 .and_then(|n| n.largest_correct())
                 .map(|(bytes, gbps)| Busbw { bytes, gbps }),
         }
@@ -238,12 +252,22 @@ pub fn label(nodes: &mut [Node]) {
             .iter()
             .enumerate()
             .all(|(i, a)| names[..i].iter().all(|b| b != a));
+    let mut taken: Vec<String> = Vec::new();
     for n in nodes.iter_mut() {
-        n.label = match (&n.hostname, distinct) {
+        let base = match (&n.hostname, distinct) {
             (Some(h), true) => h.clone(),
             _ => std::path::Path::new(&n.source)
                 .file_stem()
                 .map_or_else(|| n.source.clone(), |s| s.to_string_lossy().into_owned()),
         };
+        // Files of one name from two directories: number the later ones.
+        let mut label = base.clone();
+        let mut k = 2;
+        while taken.contains(&label) {
+            label = format!("{base}#{k}");
+            k += 1;
+        }
+        taken.push(label.clone());
+        n.label = label;
     }
 }

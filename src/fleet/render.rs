@@ -116,7 +116,10 @@ impl FleetReport {
 
     fn markdown(&self) -> String {
         use crate::report::markdown::{grid, plain, write_finding};
-        let mut out = format!("## rigdoctor compare: {}\n\n", plain(&self.summary.verdict));
+        let mut out = format!(
+            "## rigdoctor compare: {}\n\n",
+            plain(&escape_line(&self.summary.verdict))
+        );
         let (header, rows) = table(&self.nodes);
         let mut all = vec![header];
         all.extend(rows);
