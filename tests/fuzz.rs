@@ -300,6 +300,36 @@ fn diagnose_survives_mutated_reports() {
     }
 }
 
+/// `compare` reads the same reports, several at a time: a mutated report beside an intact one
+/// (the report with every GPU section) must end in a table or a one-line error, never a panic,
+/// a hang or a raw control character.
+#[test]
+fn compare_survives_mutated_reports() {
+    let seed = env_num("RIGDOCTOR_FUZZ_SEED", 0x5eed_2026) ^ 0xc0;
+    let cases = env_num("RIGDOCTOR_FUZZ_CASES", 240) / 4;
+    let seeds = seed_reports();
+    let dir = tempfile::tempdir().unwrap();
+    let intact = dir.path().join("intact.json");
+    std::fs::write(&intact, seeds.last().unwrap()).unwrap();
+    let mut rng = Rng::new(seed);
+    let formats = ["text", "markdown", "json", "oneline"];
+    for i in 0..cases {
+        let base: &Vec<u8> = rng.pick(&seeds);
+        let mut v: Value = serde_json::from_slice(base).unwrap();
+        for _ in 0..1 + rng.below(4) {
+            mutate_json(&mut v, &mut rng);
+        }
+        let mutated = dir.path().join("mutated.json");
+        std::fs::write(&mutated, v.to_string()).unwrap();
+        let format = *rng.pick(&formats);
+        let (a, b) = (intact.to_str().unwrap(), mutated.to_str().unwrap());
+        let args = ["compare", a, b, a, "--format", format];
+        let case = format!("seed {seed} compare case {i}");
+        let (code, out, err) = run_bounded(&args, None, Duration::from_secs(20), &case);
+        check_output(&case, format, code, &out, &err);
+    }
+}
+
 /// Files under a sysroot that probes read, and what to put there.
 fn mutate_tree(root: &Path, rng: &mut Rng) -> String {
     let mut files = Vec::new();
