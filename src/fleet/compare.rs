@@ -94,9 +94,7 @@ fn version_drift(nodes: &[Node]) -> Option<Finding> {
             evidence.push(line);
             what.push(*name);
             for l in o {
-                if !odd.contains(&l) {
-                    odd.push(l);
-                }
+                push_new(&mut odd, &l);
             }
         }
         if !unread.is_empty() && !g.is_empty() {
@@ -142,11 +140,6 @@ fn config_drift(nodes: &[Node]) -> Option<Finding> {
     let mut evidence = Vec::new();
     let mut odd: Vec<String> = Vec::new();
     let mut gpus = Vec::new();
-    let note = |o: &mut Vec<String>, l: &str| {
-        if !o.iter().any(|x| x == l) {
-            o.push(l.to_string());
-        }
-    };
     // The GPUs themselves: a node with a GPU fewer (fallen off the bus, not bound) or another
     // model. Nodes whose report has no inventory are not counted either way.
     let (g, _) = groups(nodes.iter().filter(|n| n.inventory_read), |n| {
@@ -160,7 +153,7 @@ fn config_drift(nodes: &[Node]) -> Option<Finding> {
         let (line, o) = drift_lines("GPUs", &g);
         evidence.push(line);
         for l in o {
-            note(&mut odd, &l);
+            push_new(&mut odd, &l);
         }
     }
     // Nodes with the same GPU models should be configured alike.
@@ -205,7 +198,7 @@ fn config_drift(nodes: &[Node]) -> Option<Finding> {
                 let (line, o) = drift_lines(name, &g);
                 evidence.push(format!("{context}: {line}"));
                 for l in o {
-                    note(&mut odd, &l);
+                    push_new(&mut odd, &l);
                 }
             }
         }
@@ -231,7 +224,7 @@ fn config_drift(nodes: &[Node]) -> Option<Finding> {
                     evidence.push(format!("{context}: {line}"));
                     for l in o {
                         gpus.push(format!("{bus}@{l}"));
-                        note(&mut odd, &l);
+                        push_new(&mut odd, &l);
                     }
                 }
             }
@@ -249,7 +242,7 @@ fn config_drift(nodes: &[Node]) -> Option<Finding> {
         .evidence_all(evidence)
         .fix("run `rigdoctor check` on the nodes named and follow their findings (pcie-link-degraded, small-bar1, iommu-translation, persistence-off, gpu-fell-off-bus); then configure every node alike (kernel parameters, BIOS Above 4G decoding and Resizable BAR, `nvidia-smi -pm 1` or nvidia-persistenced)")
         .refs([FLEET_DOC, "https://docs.kernel.org/admin-guide/kernel-parameters.html"])
-        .gpus(distinct(gpus)),
+        .gpus(sorted_unique(gpus)),
     )
 }
 
@@ -372,9 +365,7 @@ fn outliers(nodes: &[Node]) -> Option<Finding> {
                     peers.len(),
                     peer
                 ));
-                if !odd.contains(&s.node.label) {
-                    odd.push(s.node.label.clone());
-                }
+                push_new(&mut odd, &s.node.label);
                 gpus.extend(s.gpus.iter().cloned());
             }
         }
@@ -395,12 +386,19 @@ fn outliers(nodes: &[Node]) -> Option<Finding> {
         ))
         .fix("run `rigdoctor check -v` on the nodes named: their bandwidth findings (pcie-link-degraded, bandwidth-low, throttling, power-brake) say why; a GPU whose copies fell while its link trained as its peers' needs its riser and power checked")
         .refs([FLEET_DOC, "https://github.com/NVIDIA/nvbandwidth"])
-        .gpus(distinct(gpus)),
+        .gpus(sorted_unique(gpus)),
     )
 }
 
+/// Add `s` to the names `v` holds unless it is there already (first mention keeps its place).
+fn push_new(v: &mut Vec<String>, s: &str) {
+    if !v.iter().any(|x| x == s) {
+        v.push(s.to_string());
+    }
+}
+
 /// `v` sorted, each once.
-fn distinct(mut v: Vec<String>) -> Vec<String> {
+fn sorted_unique(mut v: Vec<String>) -> Vec<String> {
     v.sort();
     v.dedup();
     v
