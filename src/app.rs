@@ -76,6 +76,7 @@ fn try_run(cli: &Cli) -> Result<u8> {
     let (command, facts) = match &cli.command {
         Command::Worker => return Ok(crate::worker::main().clamp(0, 255) as u8),
         Command::Compare { files } => return compare(cli, files, &allows),
+        Command::Cluster(a) => return cluster(cli, a, &allows),
         Command::Check(a) => {
             // The accepted workaround: p2p-hang allowed and NCCL told not to use P2P. The P2P
             // transfers would only cost deadlines; the report says they were not tested.
@@ -475,6 +476,116 @@ fn compare(cli: &Cli, files: &[std::path::PathBuf], allows: &[crate::allow::Allo
         None => print(&report.render(format, &terminal_style(g)))?,
     }
     Ok(code)
+}
+
+/// `rigdoctor cluster`: this rank's part; rank 0 prints the merged report, every other rank
+/// one line; every rank exits with rank 0's code.
+fn cluster(cli: &Cli, a: &crate::cli::ClusterArgs, allows: &[crate::allow::Allow]) -> Result<u8> {
+    let g = &cli.global;
+    if g.redact {
+        bail!("--redact: the merged report names every node and is not redacted; run `rigdoctor check --redact` on a node to post its report");
+    }
+    let launch = crate::cluster::launch::resolve(a, &|k| std::env::var(k).ok())
+        .map_err(anyhow::Error::msg)?;
+    let host = Sysroot::new(&g.sysroot)
+        .read_attr("/proc/sys/kernel/hostname")
+        .known()
+        .cloned()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| format!("rank-{}", launch.rank));
+    // One check per node: by its first local rank. A node with one rank per GPU gives each
+    // rank the GPU of its local rank (torchrun's and Slurm's convention).
+    let per_gpu = launch.local_world.is_some_and(|n| n > 1) || launch.local_rank > 0;
+    let mut node_check = || -> crate::cluster::NodeCheck {
+        let fixed: Option<Vec<i32>> = a
+            .gpu
+            .devices
+            .as_ref()
+            .map(|d| d.0.clone())
+            .or_else(|| per_gpu.then(|| vec![launch.local_rank as i32]));
+        if launch.local_rank > 0 {
+            return crate::cluster::NodeCheck {
+                report: None,
+                devices: fixed.unwrap_or_default(),
+                why: None,
+            };
+        }
+        let battery = Battery {
+            p2p: true,
+            ..Default::default()
+        };
+        match probe_machine(g, &a.gpu, battery) {
+            Ok(facts) => {
+                let kb = Knowledge::embedded().ok();
+                let mut findings = kb.map(|k| rules::diagnose(&facts, &k)).unwrap_or_default();
+                crate::allow::apply(&mut findings, allows);
+                let cuda: Option<Vec<i32>> = facts
+                    .gpu
+                    .as_ref()
+                    .and_then(|gp| gp.cuda.known())
+                    .map(|c| c.devices.iter().map(|d| d.ordinal).collect());
+                let why = match facts.gpu.as_ref().map(|gp| &gp.cuda) {
+                    Some(Probed::Unknown { detail, .. }) => Some(format!("CUDA: {detail}")),
+                    None => Some("the GPU steps did not run (--sysroot without --gpu?)".into()),
+                    _ => None,
+                };
+                let mut report = Report::new("cluster", facts, findings);
+                let code = if report
+                    .findings
+                    .iter()
+                    .any(|f| f.severity >= g.fail_on && f.allowed.is_none())
+                {
+                    EXIT_FINDINGS
+                } else {
+                    EXIT_OK
+                };
+                report.summarise(code);
+                crate::cluster::NodeCheck {
+                    report: Some(report),
+                    devices: fixed.or(cuda).unwrap_or_default(),
+                    why,
+                }
+            }
+            Err(e) => crate::cluster::NodeCheck {
+                report: None,
+                devices: Vec::new(),
+                why: Some(format!("the node check failed: {e:#}")),
+            },
+        }
+    };
+    let ran = crate::cluster::run(a, &launch, host, (g.fail_on, allows), &mut node_check)?;
+    let me = format!("rank {} of {}", launch.rank, launch.world);
+    match (ran.report, ran.end) {
+        (Some(report), _) => {
+            let code = report.summary.exit_code;
+            let format = g.format();
+            match &g.output {
+                Some(path) => {
+                    crate::output::write_atomic(
+                        path,
+                        report.render(format, &TextStyle::FILE).as_bytes(),
+                    )?;
+                    print(&report.render(Format::Text, &terminal_style(g)))?;
+                    eprintln!("rigdoctor: cluster report written to {}", path.display());
+                }
+                None => print(&report.render(format, &terminal_style(g)))?,
+            }
+            Ok(code)
+        }
+        (None, crate::cluster::End::Done { code, verdict }) => {
+            print(&format!(
+                "rigdoctor cluster: {me}: {} (the merged report is rank 0's, at {}:{})\n",
+                crate::report::escape_line(&verdict),
+                crate::report::escape_line(&launch.host),
+                launch.port
+            ))?;
+            Ok(code)
+        }
+        (None, crate::cluster::End::Refused(why)) => {
+            bail!("{me}: rank 0 refused this rank: {why}")
+        }
+        (None, crate::cluster::End::Lost(why)) => bail!("{me}: {why}"),
+    }
 }
 
 fn load(file: &Path) -> Result<Loaded> {

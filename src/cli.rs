@@ -108,6 +108,22 @@ pub enum Command {
         #[arg(required = true, value_name = "FILE|DIR")]
         files: Vec<PathBuf>,
     },
+    /// One check across the nodes of a cluster, started on every node by Slurm, torchrun or mpirun
+    ///
+    /// Started once per node (or once per GPU) by the launcher. Rank, world size and local
+    /// rank come from its environment (torchrun RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/
+    /// MASTER_PORT, Slurm SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID/SLURM_STEP_NODELIST, Open MPI
+    /// OMPI_COMM_WORLD_*, PMI_RANK/PMI_SIZE) or from the flags. Rank 0 listens at the
+    /// coordinator address, checks that the whole world joined (count, hosts, GPUs, versions),
+    /// has every node run its quick check (host, inventory, P2P), runs one NCCL all-reduce
+    /// across every GPU of every node with each rank's result checked, and, when that fails
+    /// (or with --pairwise), each node alone and then node pairs, to isolate the bad node or
+    /// link. Rank 0 prints the merged report; every rank exits with the same code. Traffic
+    /// goes only to the coordinator address (and NCCL's own).
+    #[command(
+        after_help = "Examples:\n  srun --ntasks-per-node 1 rigdoctor cluster\n  torchrun --nnodes 4 --nproc-per-node 1 --rdzv-endpoint head:29500 --no-python rigdoctor cluster\n  mpirun -np 4 --map-by ppr:1:node rigdoctor cluster --coordinator head:29510\n  rigdoctor cluster --rank 1 --world-size 2 --coordinator 10.0.0.1:29510"
+    )]
+    Cluster(ClusterArgs),
     /// What a finding id means, its trigger, fix and sources (all ids without one)
     #[command(after_help = "Examples:\n  rigdoctor explain\n  rigdoctor explain p2p-hang")]
     Explain {
@@ -161,6 +177,7 @@ impl Command {
             Command::P2p(g) | Command::WatchdogTest(g) => Some(g),
             Command::Bandwidth(a) => Some(&a.gpu),
             Command::Nccl(a) => Some(&a.gpu),
+            Command::Cluster(a) => Some(&a.gpu),
             _ => None,
         }
     }
@@ -246,6 +263,55 @@ impl CheckArgs {
             nccl_lib: self.nccl_lib.clone(),
             // One process per GPU, as DDP runs: the hangs users meet are in that mode
             // (ncclCommInitRank, P2P/IPC or P2P/CUMEM between processes).
+            single_process: false,
+            gpu: self.gpu.clone(),
+        }
+        .config();
+        c.warmup = 2;
+        c
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ClusterArgs {
+    /// This process's rank (default: from the launcher's environment).
+    #[arg(long, value_name = "N")]
+    pub rank: Option<usize>,
+    /// How many rigdoctor processes the run has (default: from the launcher's environment).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub world_size: Option<u64>,
+    /// This process's rank among those of its node (default: from the environment, else 0).
+    #[arg(long, value_name = "N")]
+    pub local_rank: Option<usize>,
+    /// Rank 0's address, HOST:PORT (default: MASTER_ADDR and MASTER_PORT, the port after it
+    /// under torchrun, whose agent holds MASTER_PORT; under Slurm the first host of
+    /// SLURM_STEP_NODELIST and --port).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub coordinator: Option<String>,
+    /// The coordinator's port when neither --coordinator nor the launcher gives one.
+    #[arg(long, value_name = "PORT", default_value_t = 29510)]
+    pub port: u16,
+    /// Seconds rank 0 waits for every rank to join (and a rank for rank 0 to answer).
+    #[arg(long, value_name = "SECS", default_value_t = 120.0, value_parser = parse_timeout)]
+    pub join_timeout: f64,
+    /// Run each node alone and every node pair even when the all-GPU all-reduce passed.
+    #[arg(long)]
+    pub pairwise: bool,
+    /// The NCCL library to load (as for `rigdoctor nccl`).
+    #[arg(long, value_name = "PATH", value_parser = existing_file)]
+    pub nccl_lib: Option<PathBuf>,
+    #[command(flatten)]
+    pub gpu: GpuArgs,
+}
+
+impl ClusterArgs {
+    /// The all-reduces of a cluster run: 16M per rank, as `check --quick` runs it.
+    pub fn nccl(&self) -> crate::measure::gpu::NcclConfig {
+        let mut c = NcclArgs {
+            min_size: Some(16 << 20),
+            max_size: Some(16 << 20),
+            iters: Some(5),
+            nccl_lib: self.nccl_lib.clone(),
             single_process: false,
             gpu: self.gpu.clone(),
         }

@@ -96,6 +96,9 @@ codes! {
     FleetVersionDrift "fleet-version-drift" [Warn] "nodes run different driver, CUDA, NCCL or kernel releases";
     FleetConfigDrift "fleet-config-drift" [Warn] "nodes with the same GPUs are configured differently";
     FleetOutlier "fleet-outlier" [Warn] "a node's or a GPU's measured figure is well below its peers'";
+    ClusterIncomplete "cluster-incomplete" [Error] "not every rank of a cluster run joined, or a rank left before the end";
+    ClusterVersionDrift "cluster-version-drift" [Error, Warn] "the nodes of a cluster run differ in rigdoctor, driver, CUDA, NCCL or kernel version";
+    ClusterSlowLink "cluster-slow-link" [Warn] "the all-reduce between two nodes is far slower than between the others";
 }
 
 impl Code {

@@ -5,6 +5,7 @@
 pub mod allow;
 pub mod app;
 pub mod cli;
+pub mod cluster;
 pub mod code;
 pub mod expect;
 pub mod facts;

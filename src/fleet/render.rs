@@ -28,9 +28,11 @@ pub struct FleetReport {
     pub findings: Vec<Finding>,
 }
 
-impl FleetReport {
-    pub fn new(nodes: Vec<Node>, findings: Vec<Finding>, exit_code: u8) -> Self {
-        // Allowed findings are shown, never counted (as in a report).
+impl FleetSummary {
+    /// Counts of the findings that count (allowed ones are shown, never counted, as in a
+    /// report) and the verdict: `what`, the counts and the worst finding's title, or `what`
+    /// and `clean`.
+    pub fn of(what: &str, clean: &str, findings: &[Finding], exit_code: u8) -> FleetSummary {
         let counted: Vec<&Finding> = findings.iter().filter(|f| f.allowed.is_none()).collect();
         let count = |s: Severity| counted.iter().filter(|f| f.severity == s).count();
         let (errors, warnings, notes) = (
@@ -46,30 +48,34 @@ impl FleetReport {
             .map(|(n, w)| plural(n, w))
             .collect();
         let verdict = match counted.iter().find(|f| Some(f.severity) == worst) {
-            Some(first) => format!(
-                "{} nodes, {}: {}",
-                nodes.len(),
-                counts.join(", "),
-                first.title
-            ),
-            None => format!(
-                "{} nodes: no differences found in what the reports hold",
-                nodes.len()
-            ),
+            Some(first) => format!("{what}, {}: {}", counts.join(", "), first.title),
+            None => format!("{what}: {clean}"),
         };
+        FleetSummary {
+            errors,
+            warnings,
+            notes,
+            verdict,
+            exit_code,
+        }
+    }
+}
+
+impl FleetReport {
+    pub fn new(nodes: Vec<Node>, findings: Vec<Finding>, exit_code: u8) -> Self {
+        let summary = FleetSummary::of(
+            &format!("{} nodes", nodes.len()),
+            "no differences found in what the reports hold",
+            &findings,
+            exit_code,
+        );
         FleetReport {
             schema: SCHEMA,
             tool: crate::report::Tool {
                 name: env!("CARGO_PKG_NAME").to_string(),
                 version: env!("CARGO_PKG_VERSION").to_string(),
             },
-            summary: FleetSummary {
-                errors,
-                warnings,
-                notes,
-                verdict,
-                exit_code,
-            },
+            summary,
             nodes,
             findings,
         }
@@ -132,7 +138,7 @@ impl FleetReport {
     }
 }
 
-fn escaped(findings: &[Finding]) -> Vec<Finding> {
+pub(crate) fn escaped(findings: &[Finding]) -> Vec<Finding> {
     let e = |v: &[String]| v.iter().map(|s| escape_line(s)).collect::<Vec<_>>();
     findings
         .iter()
@@ -173,7 +179,7 @@ fn or_unknown<T>(v: Option<T>, show: impl Fn(T) -> String) -> String {
 
 /// The header and one row per node, each cell escaped; a cell whose value differs from the
 /// column's most common value ends in " *".
-fn table(nodes: &[Node]) -> (Vec<String>, Vec<Vec<String>>) {
+pub(crate) fn table(nodes: &[Node]) -> (Vec<String>, Vec<Vec<String>>) {
     let header: Vec<String> = [
         "Node",
         "GPUs",

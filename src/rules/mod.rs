@@ -104,6 +104,7 @@ pub fn finding_ids() -> impl Iterator<Item = &'static str> {
         .iter()
         .flat_map(|(codes, _)| codes.iter().copied())
         .chain(crate::fleet::CODES.iter().copied())
+        .chain(crate::cluster::findings::CODES.iter().copied())
         .collect();
     ids.sort_unstable();
     ids.dedup();

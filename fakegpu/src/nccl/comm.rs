@@ -49,6 +49,8 @@ pub struct Comm {
 pub struct Clique {
     pub comms: Vec<usize>,
     pub devs: Vec<i32>,
+    /// Each rank's host hash: a hop between two hosts goes over the network (NET).
+    pub hosts: Vec<u64>,
     pub comm_id: u64,
     /// Ring connections made (NCCL_RUNTIME_CONNECT: at the first collective).
     pub connected: bool,

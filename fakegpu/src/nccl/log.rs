@@ -137,16 +137,20 @@ pub fn expand_file_name(pattern: &str, host: &str, pid: u32) -> String {
 
 /// `gethostname` cut at the first '.', as NCCL's getHostName(.., '.') does.
 pub fn hostname() -> String {
+    full_hostname().split('.').next().unwrap_or("").to_string()
+}
+
+/// `gethostname` whole, as getHostName(.., '\0') gives it for the host hash.
+pub fn full_hostname() -> String {
     let mut buf = [0u8; 1024];
     // SAFETY: buffer and its length.
     let ok = unsafe { libc::gethostname(buf.as_mut_ptr() as *mut c_char, buf.len() - 1) } == 0;
     let end = buf.iter().position(|&b| b == 0).unwrap_or(0);
-    let name = if ok {
+    if ok {
         String::from_utf8_lossy(&buf[..end]).into_owned()
     } else {
         "localhost".into()
-    };
-    name.split('.').next().unwrap_or("").to_string()
+    }
 }
 
 struct Out(*mut libc::FILE);

@@ -125,6 +125,34 @@ fn gpus_of(devs: &[c_int]) -> Vec<Option<usize>> {
     devs.iter().map(|&d| gpu(d)).collect()
 }
 
+/// The transport from rank `a` to rank `b`: between ranks of two hosts (other host hashes)
+/// the network, as ncclTopoComputePaths leaves them PATH_NET; within a host, NCCL's rules.
+fn hop_via(gpus: &[Option<usize>], hosts: &[u64], a: usize, b: usize) -> transport::Via {
+    if hosts.get(a) != hosts.get(b) {
+        return transport::Via::Net;
+    }
+    transport::via(gpus, a, b)
+}
+
+/// NCCL's host hash (misc/utils.cc getHostHashOnce, v2.23.4-1): the hash of the full host
+/// name followed by the boot id (/proc/sys/kernel/random/boot_id), or of `NCCL_HOSTID` alone
+/// when that is set. Ranks with the same hash are one node: their GPUs must differ ("Duplicate
+/// GPU detected") and their hops use P2P or SHM; ranks of two hosts talk over the network.
+fn host_hash() -> u64 {
+    let id = match std::env::var("NCCL_HOSTID") {
+        Ok(h) => h,
+        Err(_) => {
+            let boot =
+                std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+            format!("{}{}", log::full_hostname(), boot.trim())
+        }
+    };
+    // FNV-1a: any stable hash serves; NCCL's own (getHash) is not reproduced.
+    id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
 fn topo_of(clique: &Clique, reg: &comm::Registry) -> Topo {
     let ranks: Vec<RankView> = match &clique.span {
         Some(s) => s
@@ -158,7 +186,11 @@ fn topo_of(clique: &Clique, reg: &comm::Registry) -> Topo {
     let gpus = gpus_of(&clique.devs);
     let n = gpus.len();
     let via = (0..n)
-        .map(|a| (0..n).map(|b| transport::via(&gpus, a, b)).collect())
+        .map(|a| {
+            (0..n)
+                .map(|b| hop_via(&gpus, &clique.hosts, a, b))
+                .collect()
+        })
         .collect();
     Topo {
         version: version(),
@@ -522,6 +554,7 @@ unsafe fn init_all(comms: *mut *mut c_void, n: c_int, devs: *const c_int) -> (c_
         }
         reg.cliques.push(Clique {
             comms: addrs.clone(),
+            hosts: vec![0; list.len()],
             devs: list.clone(),
             comm_id,
             connected: connect_now,
@@ -659,6 +692,7 @@ unsafe fn init_rank(
         gpu: me.gpu,
         addr,
         pid: std::process::id(),
+        host: host_hash(),
     };
     // The bootstrap allgather: blocks until every rank has joined.
     let peers = match span::join(&dir, &peer, n) {
@@ -670,7 +704,7 @@ unsafe fn init_rank(
     };
     // init.cc: two ranks on one GPU (a job that did not set each rank's device).
     for p in &peers {
-        if p.rank != rank && p.bus_id == peer.bus_id {
+        if p.rank != rank && p.host == peer.host && p.bus_id == peer.bus_id {
             log::warn(
                 "init.cc",
                 lines::duplicate_gpu_line(v),
@@ -682,7 +716,12 @@ unsafe fn init_rank(
             return (INVALID_USAGE, 0);
         }
     }
-    let devs: Vec<c_int> = peers.iter().map(|p| p.cuda_dev).collect();
+    // A rank of another host has a GPU of that host, none of this rig's.
+    let devs: Vec<c_int> = peers
+        .iter()
+        .map(|p| if p.host == peer.host { p.cuda_dev } else { -1 })
+        .collect();
+    let hosts: Vec<u64> = peers.iter().map(|p| p.host).collect();
     if !paths_ok(&devs, Some(rank)) {
         return (UNHANDLED_CUDA_ERROR, 0);
     }
@@ -711,6 +750,7 @@ unsafe fn init_rank(
         reg.comms.insert(addr, me);
         reg.cliques.push(Clique {
             comms: vec![addr],
+            hosts: hosts.clone(),
             devs: devs.clone(),
             comm_id,
             connected: connect_now,
@@ -732,8 +772,8 @@ unsafe fn init_rank(
         topo.connect_trees(rank);
     }
     topo.rank_end(rank, started.elapsed().as_secs_f64() + 0.3);
-    let spawned =
-        std::thread::Builder::new().spawn(move || exchanger(rx, exchange, addr, rank, n, devs));
+    let spawned = std::thread::Builder::new()
+        .spawn(move || exchanger(rx, exchange, addr, rank, n, (devs, hosts)));
     if spawned.is_err() {
         return (2, 0);
     }
@@ -751,13 +791,13 @@ fn exchanger(
     addr: usize,
     rank: usize,
     n: usize,
-    devs: Vec<c_int>,
+    (devs, hosts): (Vec<c_int>, Vec<u64>),
 ) {
     log::set_thread_device(devs[rank]);
     let fault_rank = rig().nccl.as_ref().and_then(|x| x.fault_rank);
     let mine = fault_rank.is_none_or(|f| f == rank);
     let own = if mine { fault() } else { "none".into() };
-    let hop = hop_fault(&devs);
+    let hop = hop_fault(&devs, &hosts);
     for (send, recv, count, token) in rx {
         match (own.as_str(), hop.as_deref()) {
             ("crash", _) => std::process::abort(),
@@ -824,7 +864,7 @@ fn exchanger(
 }
 
 /// A ring hop over a P2P pair whose transfers hang or corrupt does the same to NCCL.
-fn hop_fault(devs: &[c_int]) -> Option<String> {
+fn hop_fault(devs: &[c_int], hosts: &[u64]) -> Option<String> {
     let n = devs.len();
     let gpus = gpus_of(devs);
     (0..n).find_map(|i| {
@@ -832,7 +872,7 @@ fn hop_fault(devs: &[c_int]) -> Option<String> {
         let pair = rig().pair(gpu(a)?, gpu(b)?)?;
         if n < 2
             || !matches!(
-                transport::via(&gpus, i, (i + 1) % n),
+                hop_via(&gpus, hosts, i, (i + 1) % n),
                 transport::Via::P2p { .. }
             )
         {
@@ -1139,8 +1179,14 @@ fn launch(calls: Vec<Call>) -> c_int {
         };
         let token = TOKENS.fetch_add(1, Ordering::SeqCst);
         open[idx].calls.push((call, token));
-        let devs = registry().cliques[clique].devs.clone();
-        let secs = seconds(&devs, call.count * 4);
+        let (devs, hosts) = {
+            let reg = registry();
+            (
+                reg.cliques[clique].devs.clone(),
+                reg.cliques[clique].hosts.clone(),
+            )
+        };
+        let secs = seconds(&devs, &hosts, call.count * 4);
         {
             let mut s = state();
             crate::stream::enqueue_stall(&mut s, call.stream as *mut c_void, token);
@@ -1176,7 +1222,7 @@ fn complete(done: Open, devs: &[c_int]) {
     let n = devs.len();
     let f = Some(fault())
         .filter(|f| f == "hang" || f == "wrong" || f == "async-error")
-        .or(hop_fault(devs))
+        .or(hop_fault(devs, &vec![0; devs.len()]))
         .unwrap_or_else(|| "none".into());
     let mut calls: Vec<(usize, Call)> = done
         .calls
@@ -1239,7 +1285,7 @@ fn complete(done: Open, devs: &[c_int]) {
 /// `nccl.busbw_gbps`, else 85% of the slowest ring hop by the transport NCCL chose for it:
 /// a P2P hop at the pair's P2P copy rate, SHM at the rate of a copy staged through host
 /// memory, the socket transport at `nccl.socket_gbps`).
-fn seconds(devs: &[c_int], bytes: usize) -> f64 {
+fn seconds(devs: &[c_int], hosts: &[u64], bytes: usize) -> f64 {
     let n = devs.len();
     if n < 2 {
         return 10e-6 + bytes as f64 / 800e9;
@@ -1253,13 +1299,18 @@ fn seconds(devs: &[c_int], bytes: usize) -> f64 {
         .unwrap_or_else(|| {
             let hop = |i: usize| -> f64 {
                 let j = (i + 1) % n;
+                let via = hop_via(&gpus, hosts, i, j);
+                let socket = r.nccl.as_ref().map_or(2.0, |x| x.socket_gbps);
+                if via == transport::Via::Net {
+                    return socket;
+                }
                 let (Some(x), Some(y)) = (gpus[i], gpus[j]) else {
                     return 1.0;
                 };
-                let p2p = match transport::via(&gpus, i, j) {
+                let p2p = match via {
                     transport::Via::P2p { .. } => true,
                     transport::Via::Shm => false,
-                    transport::Via::Net => return r.nccl.as_ref().map_or(2.0, |x| x.socket_gbps),
+                    transport::Via::Net => return socket,
                 };
                 1e-9 / r.copy_seconds(Some(x), Some(y), p2p, false, 1 << 30) * (1u64 << 30) as f64
             };

@@ -76,25 +76,28 @@ pub struct Peer {
     pub gpu: Option<usize>,
     pub addr: usize,
     pub pid: u32,
+    /// NCCL's host hash (misc/utils.cc getHostHash): ranks with another are on another node.
+    pub host: u64,
 }
 
 impl Peer {
     fn line(&self) -> String {
         format!(
-            "{} {} {} {} {} {} {}\n",
+            "{} {} {} {} {} {} {} {}\n",
             self.rank,
             self.cuda_dev,
             self.nvml_dev,
             self.bus_id,
             self.gpu.map_or(-1, |g| g as i64),
             self.addr,
-            self.pid
+            self.pid,
+            self.host
         )
     }
 
     fn parse(s: &str) -> Option<Peer> {
         let f: Vec<&str> = s.split_whitespace().collect();
-        let [rank, dev, nvml, bus, gpu, addr, pid] = f[..] else {
+        let [rank, dev, nvml, bus, gpu, addr, pid, host] = f[..] else {
             return None;
         };
         Some(Peer {
@@ -105,6 +108,7 @@ impl Peer {
             gpu: usize::try_from(gpu.parse::<i64>().ok()?).ok(),
             addr: addr.parse().ok()?,
             pid: pid.parse().ok()?,
+            host: host.parse().ok()?,
         })
     }
 }
@@ -426,6 +430,7 @@ mod unit {
                             gpu: Some(r),
                             addr: 0x1000 * (r + 1),
                             pid: 7,
+                            host: 1,
                         };
                         let peers = join(&dir, &me, n).unwrap();
                         assert_eq!(peers.len(), n);

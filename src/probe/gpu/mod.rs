@@ -15,6 +15,13 @@ use crate::measure::watchdog::{Outcome, Progress, StepReport, Watchdog};
 use std::time::Duration;
 
 pub use crate::worker::p2p::TRANSFER_BYTES;
+pub use nccl_ranks::{IdSource, Span};
+pub use settle_nccl::{combine as combine_ranks, SettledRank};
+
+/// NCCL facts of a run that has no reports (yet): nothing loaded, nothing measured.
+pub fn empty_nccl_facts(cfg: &NcclConfig, secs: f64) -> crate::facts::NcclFacts {
+    settle_nccl::settle(cfg, Vec::new(), &[], secs)
+}
 
 /// What the GPU steps should cover.
 #[derive(Debug, Clone, Default)]
@@ -123,11 +130,7 @@ pub fn collect(
     let (bw_deadline, nccl_deadline) = long_deadlines(plan);
     let config = WorkerConfig {
         bandwidth: plan.bandwidth.clone(),
-        nccl: plan.nccl.clone().map(|mut c| {
-            let d = nccl_deadline.max(step_deadline).as_secs_f64();
-            c.abort_after_s = Some(d - (0.15 * d).max(0.4));
-            c
-        }),
+        nccl: plan.nccl.as_ref().map(|c| nccl_plan(step_deadline, c).0),
     };
     dog.env.push((
         CONFIG_ENV.to_string(),
@@ -291,6 +294,53 @@ pub fn collect(
         limits: Some(process_limits()),
         step_deadline_s: Some(step_deadline.as_secs_f64()),
     }
+}
+
+/// The NCCL sweep's config as its workers get it (they abort a little before the parent's
+/// deadline, which stays the backstop) and that deadline.
+pub fn nccl_plan(step_deadline: Duration, cfg: &NcclConfig) -> (NcclConfig, Duration) {
+    let plan = Plan {
+        nccl: Some(cfg.clone()),
+        ..Default::default()
+    };
+    let (_, nccl_deadline) = long_deadlines(&plan);
+    let d = nccl_deadline.max(step_deadline).as_secs_f64();
+    let mut c = cfg.clone();
+    c.abort_after_s = Some(d - (0.15 * d).max(0.4));
+    (c, nccl_deadline)
+}
+
+/// This machine's ranks of a communicator whose other ranks run on other machines
+/// (`rigdoctor cluster`): one worker per device in `devices`, each rank settled on its own
+/// (named with `host`) for the coordinator to combine, with the channel and WARN lines of
+/// this machine's NCCL log.
+pub fn nccl_span(
+    step_deadline: Duration,
+    cfg: &NcclConfig,
+    devices: &[i32],
+    span: &Span<'_>,
+    host: &str,
+    progress: &mut dyn FnMut(Progress<'_, Gpu>),
+) -> (Vec<SettledRank>, Vec<String>) {
+    let (worker_cfg, nccl_deadline) = nccl_plan(step_deadline, cfg);
+    let log_dir = nccl_log::LogDir::new();
+    let env_set = nccl_env(log_dir.as_ref(), &[]);
+    let make = || nccl_watchdog(step_deadline, &worker_cfg, nccl_deadline, &env_set);
+    let (ranks, _) = nccl_ranks::run_span(&make, devices, span, step_deadline, progress);
+    let secs = nccl_deadline.as_secs_f64();
+    let settled = ranks
+        .into_iter()
+        .map(|r| settle_nccl::settle_rank(&worker_cfg, r, Some(host), secs))
+        .collect();
+    let log = log_dir
+        .as_ref()
+        .map(nccl_log::LogDir::read)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|l| crate::facts::parse_channel(l).is_some() || l.contains(" NCCL WARN "))
+        .take(2000)
+        .collect();
+    (settled, log)
 }
 
 /// Workers of a later run, numbered on from those before.

@@ -17,6 +17,23 @@ use std::time::Duration;
 /// What makes a configured watchdog for one rank (None: no worker can start).
 pub type MakeWatchdog<'a> = &'a (dyn Fn() -> Option<Watchdog<Gpu>> + Sync);
 
+/// Where this process's ranks sit in a communicator whose other ranks may live on other
+/// machines (`rigdoctor cluster`), and where its unique id comes from.
+pub struct Span<'a> {
+    /// The global rank of the first local device; the others follow in order.
+    pub first: usize,
+    pub nranks: usize,
+    pub id: IdSource<'a>,
+}
+
+pub enum IdSource<'a> {
+    /// Global rank 0 is this process's first device: its worker makes the id, and `publish`
+    /// is told it (None: no id was made, so nobody else waits in vain).
+    Make(&'a (dyn Fn(Option<&str>) + Sync)),
+    /// Another process made it: `fetch` blocks, under its own deadline, until it comes.
+    Await(&'a (dyn Fn() -> Option<String> + Sync)),
+}
+
 /// Run rank 0, wait for its unique id, then the other ranks side by side; the reports of every
 /// rank in rank order and every worker's record, numbered from 1.
 pub fn run(
@@ -25,42 +42,76 @@ pub fn run(
     deadline: Duration,
     progress: &mut dyn FnMut(Progress<'_, Gpu>),
 ) -> (Vec<RankReports>, Vec<WorkerRecord>) {
-    let n = devices.len();
-    let step = |rank: usize, id: Option<String>| Step::NcclRank {
-        rank,
+    let span = Span {
+        first: 0,
+        nranks: devices.len(),
+        id: IdSource::Make(&|_| {}),
+    };
+    run_span(make, devices, &span, deadline, progress)
+}
+
+/// This process's ranks of `span`, one worker each: when it holds rank 0, that rank's worker
+/// first (its id is published and handed to the others), else every rank once the id came.
+pub fn run_span(
+    make: MakeWatchdog<'_>,
+    devices: &[i32],
+    span: &Span<'_>,
+    deadline: Duration,
+    progress: &mut dyn FnMut(Progress<'_, Gpu>),
+) -> (Vec<RankReports>, Vec<WorkerRecord>) {
+    let n = span.nranks;
+    let step = |local: usize, id: Option<String>| Step::NcclRank {
+        rank: span.first + local,
         nranks: n,
-        device: devices[rank],
+        device: devices[local],
         id,
     };
-    let steps: Vec<Step> = (0..n).map(|r| step(r, None)).collect();
+    let steps: Vec<Step> = (0..devices.len()).map(|r| step(r, None)).collect();
     progress(Progress::SideBySide {
         steps: &steps,
         deadline,
     });
+    let makes_id = matches!(span.id, IdSource::Make(_)) && !devices.is_empty();
     let (tx, rx) = mpsc::channel::<Option<String>>();
     let runs: Vec<(usize, Vec<GpuReport>, Vec<WorkerRecord>)> = std::thread::scope(|s| {
-        let first = s.spawn(move || {
-            let Some(dog) = make() else {
+        let first = makes_id.then(|| {
+            s.spawn(move || {
+                let Some(dog) = make() else {
+                    let _ = tx.send(None);
+                    return (Vec::new(), Vec::new());
+                };
+                let mut id_out = |p: Progress<'_, Gpu>| {
+                    if let Progress::Noted {
+                        note: Note::NcclUniqueId(id),
+                        ..
+                    } = p
+                    {
+                        let _ = tx.send(Some(id.clone()));
+                    }
+                };
+                let run = dog.run(&[step(0, None)], &mut id_out);
+                // Without an id (no library, a failed ncclGetUniqueId) nobody waits in vain.
                 let _ = tx.send(None);
-                return (Vec::new(), Vec::new());
-            };
-            let mut id_out = |p: Progress<'_, Gpu>| {
-                if let Progress::Noted {
-                    note: Note::NcclUniqueId(id),
-                    ..
-                } = p
-                {
-                    let _ = tx.send(Some(id.clone()));
-                }
-            };
-            let run = dog.run(&[step(0, None)], &mut id_out);
-            // Without an id (no library, a failed ncclGetUniqueId) nobody waits in vain.
-            let _ = tx.send(None);
-            (run.reports, run.workers)
+                (run.reports, run.workers)
+            })
         });
-        // Rank 0's run is bounded by its deadlines, and it always says something at its end.
-        let id = rx.recv().ok().flatten();
-        let others: Vec<_> = (1..n)
+        // Rank 0's run is bounded by its deadlines, and it always says something at its end;
+        // a fetch from another process is bounded by its own.
+        let id = match &span.id {
+            IdSource::Make(publish) => {
+                let id = if makes_id {
+                    rx.recv().ok().flatten()
+                } else {
+                    None
+                };
+                publish(id.as_deref());
+                id
+            }
+            IdSource::Await(fetch) => fetch(),
+        };
+        let rest = usize::from(makes_id)..devices.len();
+        let others: Vec<_> = rest
+            .clone()
             .map(|r| {
                 let id = id.clone();
                 let step = step(r, id.clone());
@@ -78,17 +129,19 @@ pub fn run(
             })
             .collect();
         let mut out = Vec::new();
-        let (reports, workers) = first.join().unwrap_or_default();
-        out.push((0, reports, workers));
-        for (i, h) in others.into_iter().enumerate() {
+        if let Some(h) = first {
             let (reports, workers) = h.join().unwrap_or_default();
-            out.push((i + 1, reports, workers));
+            out.push((0, reports, workers));
+        }
+        for (r, h) in rest.zip(others) {
+            let (reports, workers) = h.join().unwrap_or_default();
+            out.push((r, reports, workers));
         }
         out
     });
     let mut all_workers = Vec::new();
     let mut ranks = Vec::new();
-    for (rank, mut reports, workers) in runs {
+    for (local, mut reports, workers) in runs {
         let offset = all_workers.len();
         for mut w in workers {
             w.index += offset;
@@ -99,8 +152,8 @@ pub fn run(
             progress(Progress::Settled(r));
         }
         ranks.push(RankReports {
-            rank,
-            device: devices[rank],
+            rank: span.first + local,
+            device: devices[local],
             reports,
         });
     }

@@ -152,6 +152,34 @@ pub struct RankReports {
     pub reports: Vec<GpuReport>,
 }
 
+/// One rank's run settled on its own, as the machine that ran it sends it to `rigdoctor
+/// cluster`'s coordinator: which rank, on which GPU, named how in the merged facts.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SettledRank {
+    pub rank: usize,
+    pub device: i32,
+    /// "rank 3 (GPU 1)", or with the host in a cluster: "rank 3 (node-b GPU 1)".
+    pub label: String,
+    pub facts: NcclFacts,
+}
+
+/// One rank's reports as facts of its own (the library it loaded, its init, its sizes).
+pub fn settle_rank(cfg: &NcclConfig, r: RankReports, host: Option<&str>, secs: f64) -> SettledRank {
+    let one = NcclConfig {
+        devices: Some(vec![r.device]),
+        ..cfg.clone()
+    };
+    SettledRank {
+        rank: r.rank,
+        device: r.device,
+        label: match host {
+            Some(h) => format!("rank {} ({h} GPU {})", r.rank, r.device),
+            None => format!("rank {} (GPU {})", r.rank, r.device),
+        },
+        facts: settle(&one, r.reports, &[], secs),
+    }
+}
+
 /// The ranks' runs as one communicator's facts: the library any rank loaded, each size
 /// measured only when every rank measured it (the slowest rank's time, every rank's check), and
 /// a failure or hang named by its rank. A rank that failed is the cause; the ranks that then
@@ -162,22 +190,21 @@ pub fn settle_ranks(
     log: &[String],
     secs: f64,
 ) -> NcclFacts {
-    let n = runs.len();
-    let mut facts = settle(cfg, Vec::new(), log, secs);
-    facts.devices = runs.iter().map(|r| r.device).collect();
-    let label = |r: &RankReports| format!("rank {} (GPU {})", r.rank, r.device);
-    let ids: Vec<(usize, i32)> = runs.iter().map(|r| (r.rank, r.device)).collect();
-    let per: Vec<(String, NcclFacts)> = runs
+    let per = runs
         .into_iter()
-        .map(|r| {
-            let one = NcclConfig {
-                devices: Some(vec![r.device]),
-                ..cfg.clone()
-            };
-            let l = label(&r);
-            (l, settle(&one, r.reports, &[], secs))
-        })
+        .map(|r| settle_rank(cfg, r, None, secs))
         .collect();
+    combine(cfg, per, log, secs)
+}
+
+/// Settled ranks (of one machine or of many) as one communicator's facts; see
+/// [`settle_ranks`].
+pub fn combine(cfg: &NcclConfig, ranks: Vec<SettledRank>, log: &[String], secs: f64) -> NcclFacts {
+    let n = ranks.len();
+    let mut facts = settle(cfg, Vec::new(), log, secs);
+    facts.devices = ranks.iter().map(|r| r.device).collect();
+    let ids: Vec<(usize, i32)> = ranks.iter().map(|r| (r.rank, r.device)).collect();
+    let per: Vec<(String, NcclFacts)> = ranks.into_iter().map(|r| (r.label, r.facts)).collect();
     facts.library = per
         .iter()
         .find_map(|(_, f)| f.library.known().cloned())
