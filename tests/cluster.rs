@@ -553,6 +553,8 @@ fn the_merged_report_reads_as_text_and_markdown() {
                 "Ranks",
                 "NCCL all-reduce, 16 MiB per rank",
                 "every node (2)",
+                // Which network each node's NCCL chose, from its own log.
+                "node-b: NET/Socket : Using [0]",
             ],
         ),
         (
@@ -561,6 +563,7 @@ fn the_merged_report_reads_as_text_and_markdown() {
                 "## rigdoctor cluster:",
                 "| Rank |",
                 "**NCCL all-reduce, 16 MiB per rank**",
+                "NET/Socket/0 x",
             ],
         ),
     ] {
@@ -601,4 +604,26 @@ fn cluster_text(fakes: &[Value], format: &str) -> (String, (), tempfile::TempDir
         .map(|c| wait(c, Duration::from_secs(120)))
         .collect();
     (ended[0].stdout.clone(), (), shared)
+}
+
+#[test]
+fn a_rank_whose_sums_are_wrong_is_named() {
+    let mut fakes = vec![node_rig(|_| {}); 3];
+    // node-b's NCCL corrupts the output of global rank 1 (its rank in the all-node run).
+    fakes[1] = node_rig(|f| f["nccl"] = json!({"fault": "wrong", "fault_rank": 1}));
+    let (ended, report, _dir) = cluster(&fakes, &[]);
+    let wrong = finding(&report, "nccl-wrong-result");
+    assert_eq!(wrong.len(), 1, "{:?}", ids(&report));
+    let title = wrong[0]["title"].as_str().unwrap();
+    assert!(
+        title.contains("wrong sums on rank 1 (node-b GPU 0)"),
+        "{title}"
+    );
+    assert!(
+        !title.contains("node-a") && !title.contains("node-c"),
+        "{title}"
+    );
+    for e in &ended {
+        assert_eq!(e.code, Some(1), "{}", e.stderr);
+    }
 }

@@ -60,6 +60,9 @@ pub struct Job {
     pub versions: Vec<(String, Vec<String>)>,
     /// Ranks of the world that left or went quiet during the job (with why).
     pub lost: Vec<String>,
+    /// The network each node's NCCL chose at init, from its log ("node-a: NET/Socket : Using
+    /// [0]eth0:10.0.0.1<0>").
+    pub net: Vec<String>,
 }
 
 impl Job {
@@ -519,6 +522,7 @@ impl Coordinator {
             id_sent: bool,
             ranks: Vec<SettledRank>,
             log: Vec<String>,
+            net: Vec<String>,
             lost: Vec<String>,
         }
         let mut running: Vec<Running> = Vec::new();
@@ -541,6 +545,7 @@ impl Coordinator {
                 id_sent: false,
                 ranks: Vec::new(),
                 log: Vec::new(),
+                net: Vec::new(),
                 lost: Vec::new(),
             };
             for (&r, &first) in members.iter().zip(&firsts) {
@@ -653,7 +658,21 @@ impl Coordinator {
                             .into_iter()
                             .filter(|s| (first..first + count).contains(&s.rank)),
                     );
-                    j.log.extend(log.into_iter().take(2000));
+                    let host = self.members[r]
+                        .as_ref()
+                        .map(|m| m.hello.host.clone())
+                        .unwrap_or_default();
+                    for l in log.into_iter().take(2000) {
+                        match crate::probe::gpu::net_choice(&l) {
+                            Some(n) => {
+                                let n = format!("{host}: {n}");
+                                if !j.net.contains(&n) {
+                                    j.net.push(n);
+                                }
+                            }
+                            None => j.log.push(l),
+                        }
+                    }
                 }
                 Ok((c, Event::Msg(_))) => self.drop_conn(c, "sent a message out of turn"),
                 Ok((c, Event::Gone(why))) => self.gone(c, &why),
@@ -727,6 +746,7 @@ impl Coordinator {
                     labels,
                     versions,
                     lost: j.lost,
+                    net: j.net,
                 }
             })
             .collect()

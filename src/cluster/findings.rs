@@ -263,7 +263,10 @@ fn nccl(out: &Outcome) -> Vec<Finding> {
     } else {
         format!("NCCL all-reduce across the cluster {verb}")
     };
-    let title = if !alone_bad.is_empty() {
+    let title = if code == Code::NcclWrongResult {
+        // The ranks whose sums were wrong are what to name: the result says which.
+        format!("{scope}: wrong sums on {}", wrong_ranks(first).join(", "))
+    } else if !alone_bad.is_empty() {
         format!("{scope}: {} {verb} even alone", alone_bad.join(", "))
     } else if let Some(h) = common {
         format!("{scope}: every node pair with {h} {verb}, the others pass")
@@ -291,6 +294,9 @@ fn nccl(out: &Outcome) -> Vec<Finding> {
     }
     if let Some(t) = transports(all) {
         f = f.evidence(t);
+    }
+    for n in &all.net {
+        f = f.evidence(format!("NCCL chose: {n}"));
     }
     for w in all.nccl.warnings.iter().take(5) {
         f = f.evidence(format!("NCCL log: {w}"));

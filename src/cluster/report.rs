@@ -12,6 +12,16 @@ use serde::Serialize;
 
 pub const SCHEMA: &str = "rigdoctor.cluster/1";
 
+/// The variables that choose NCCL's network between nodes (NCCL's env.html).
+const NET_VARS: [&str; 6] = [
+    "NCCL_SOCKET_IFNAME",
+    "NCCL_IB_HCA",
+    "NCCL_IB_DISABLE",
+    "NCCL_NET",
+    "NCCL_NET_GDR_LEVEL",
+    "NCCL_SOCKET_FAMILY",
+];
+
 #[derive(Debug, Serialize)]
 pub struct ClusterReport {
     pub schema: &'static str,
@@ -187,6 +197,28 @@ impl ClusterReport {
         (header, rows)
     }
 
+    /// The transports NCCL chose per hop, the network each node's NCCL picked at init, and the
+    /// variables that choose it, per node.
+    fn network(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .all_reduce
+            .iter()
+            .flat_map(|j| {
+                super::findings::transports(j)
+                    .into_iter()
+                    .chain(j.net.clone())
+            })
+            .collect();
+        for (r, n) in self.nodes.iter().zip(&self.fleet) {
+            for k in NET_VARS {
+                if let Some((val, from)) = r.facts.env.lookup(k) {
+                    v.push(format!("{}: {k}={val} ({from})", n.label));
+                }
+            }
+        }
+        v
+    }
+
     fn size(&self) -> String {
         self.all_reduce
             .as_ref()
@@ -217,12 +249,8 @@ impl ClusterReport {
             ));
             let (h, r) = self.jobs_table();
             out.push_str(&grid(&h, &r, style));
-            if let Some(t) = self
-                .all_reduce
-                .as_ref()
-                .and_then(super::findings::transports)
-            {
-                out.push_str(&format!("  {}\n", escape_line(&t)));
+            for l in self.network() {
+                out.push_str(&format!("  {}\n", escape_line(&l)));
             }
         }
         if !self.fleet.is_empty() {
@@ -253,6 +281,9 @@ impl ClusterReport {
             let mut all = vec![h];
             all.extend(r);
             out.push_str(&grid(&all));
+            for l in self.network() {
+                out.push_str(&format!("- {}\n", plain(&escape_line(&l))));
+            }
         }
         if !self.fleet.is_empty() {
             out.push_str("\n**Nodes**\n\n");

@@ -310,6 +310,18 @@ pub fn nccl_plan(step_deadline: Duration, cfg: &NcclConfig) -> (NcclConfig, Dura
     (c, nccl_deadline)
 }
 
+/// A line of NCCL's log that says which network it chose at init, after "NCCL INFO ":
+/// `NET/Socket : Using [0]eth0:10.0.0.1<0>` (transport/net_socket.cc), `NET/IB : Using
+/// [0]mlx5_0:1/IB ...` or `NET/IB : No device found.` (transport/net_ib.cc), `NET/Plugin ...`.
+pub fn net_choice(line: &str) -> Option<&str> {
+    let (_, rest) = line.split_once(" NCCL INFO ")?;
+    let rest = rest.trim();
+    (rest.starts_with("NET/Socket : Using")
+        || rest.starts_with("NET/IB : ")
+        || rest.starts_with("NET/Plugin"))
+    .then_some(rest)
+}
+
 /// This machine's ranks of a communicator whose other ranks run on other machines
 /// (`rigdoctor cluster`): one worker per device in `devices`, each rank settled on its own
 /// (named with `host`) for the coordinator to combine, with the channel and WARN lines of
@@ -337,7 +349,11 @@ pub fn nccl_span(
         .map(nccl_log::LogDir::read)
         .unwrap_or_default()
         .into_iter()
-        .filter(|l| crate::facts::parse_channel(l).is_some() || l.contains(" NCCL WARN "))
+        .filter(|l| {
+            crate::facts::parse_channel(l).is_some()
+                || l.contains(" NCCL WARN ")
+                || net_choice(l).is_some()
+        })
         .take(2000)
         .collect();
     (settled, log)
