@@ -584,7 +584,18 @@ fn cluster(cli: &Cli, a: &crate::cli::ClusterArgs, allows: &[crate::allow::Allow
         (None, crate::cluster::End::Refused(why)) => {
             bail!("{me}: rank 0 refused this rank: {why}")
         }
-        (None, crate::cluster::End::Lost(why)) => bail!("{me}: {why}"),
+        (None, crate::cluster::End::Lost(why)) => match crate::measure::interrupt_signal() {
+            // Stopped by a signal: said as such, with the code a shell expects (its workers
+            // were stopped by their watchdogs).
+            Some(sig) => {
+                eprintln!(
+                    "rigdoctor cluster: {me}: interrupted ({}) before rank 0's verdict came",
+                    crate::measure::watchdog::signal_name(sig)
+                );
+                Ok((128 + sig).clamp(0, 255) as u8)
+            }
+            None => bail!("{me}: {why}"),
+        },
     }
 }
 

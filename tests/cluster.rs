@@ -67,6 +67,18 @@ fn rank(
     (rank, world, port): (usize, usize, u16),
     args: &[&str],
 ) -> Child {
+    rank_local(shared, n, fake, (rank, world, port), (0, 1), args)
+}
+
+/// [`rank`] as local rank `local` of `local_world` on its node (torchrun --nproc-per-node).
+fn rank_local(
+    shared: &Path,
+    n: &Node,
+    fake: &Value,
+    (rank, world, port): (usize, usize, u16),
+    (local, local_world): (usize, usize),
+    args: &[&str],
+) -> Child {
     let rig_file = n.root.join("fake-rig.json");
     std::fs::write(&rig_file, fake.to_string()).unwrap();
     let mut c = Command::new(assert_cmd::cargo::cargo_bin("rigdoctor"));
@@ -80,9 +92,8 @@ fn rank(
         .env("NCCL_HOSTID", &n.name)
         .env("RANK", rank.to_string())
         .env("WORLD_SIZE", world.to_string())
-        .env("LOCAL_RANK", "0")
-        .env("LOCAL_WORLD_SIZE", "1")
-        .env("GROUP_RANK", rank.to_string())
+        .env("LOCAL_RANK", local.to_string())
+        .env("LOCAL_WORLD_SIZE", local_world.to_string())
         .env("MASTER_ADDR", "127.0.0.1")
         .env("MASTER_PORT", port.to_string())
         .env("TORCHELASTIC_USE_AGENT_STORE", "True")
@@ -626,4 +637,158 @@ fn a_rank_whose_sums_are_wrong_is_named() {
     for e in &ended {
         assert_eq!(e.code, Some(1), "{}", e.stderr);
     }
+}
+
+/// Two 3090s on one node, P2P between them.
+fn two_gpu_rig() -> Value {
+    node_rig(|f| {
+        f["gpus"] = json!([gpu(NAME, "0000:0b:00.0", 0), gpu(NAME, "0000:0c:00.0", 1)]);
+        f["pairs"] = json!([{"a": 0, "b": 1, "topology": "PHB"}]);
+    })
+}
+
+#[test]
+fn one_rank_per_node_gives_nccl_every_gpu_of_its_node() {
+    let (ended, report, _dir) = cluster(&[two_gpu_rig(), two_gpu_rig()], &[]);
+    let nccl = &report["all_reduce"]["nccl"];
+    assert_eq!(nccl["devices"], json!([0, 1, 0, 1]), "{nccl}");
+    assert_eq!(nccl["results"][0]["wrong"], json!([0, 0, 0, 0]));
+    let labels: Vec<&str> = report["all_reduce"]["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            "rank 0 (node-a GPU 0)",
+            "rank 1 (node-a GPU 1)",
+            "rank 2 (node-b GPU 0)",
+            "rank 3 (node-b GPU 1)"
+        ]
+    );
+    // Within a node NCCL does not go over the network; between the nodes it does.
+    let vias: Vec<&str> = nccl["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["via"].as_str().unwrap())
+        .collect();
+    assert!(vias.iter().any(|v| v.starts_with("NET/")), "{vias:?}");
+    assert!(vias.iter().any(|v| !v.starts_with("NET/")), "{vias:?}");
+    for e in &ended {
+        assert_eq!(e.code, Some(0), "{}", e.stderr);
+    }
+}
+
+#[test]
+fn one_rank_per_gpu_runs_one_node_check_per_node() {
+    let shared = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let nodes = [node("node-a"), node("node-b")];
+    let fake = two_gpu_rig();
+    // torchrun --nnodes 2 --nproc-per-node 2: global rank = node * 2 + local rank.
+    let children: Vec<Child> = (0..4)
+        .map(|r| {
+            let args: &[&str] = if r == 0 { &["--json"] } else { &[] };
+            rank_local(
+                shared.path(),
+                &nodes[r / 2],
+                &fake,
+                (r, 4, port),
+                (r % 2, 2),
+                args,
+            )
+        })
+        .collect();
+    let ended: Vec<Ended> = children
+        .into_iter()
+        .map(|c| wait(c, Duration::from_secs(120)))
+        .collect();
+    let report: Value = serde_json::from_str(&ended[0].stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", ended[0].stderr));
+    assert_eq!(report["nodes"].as_array().unwrap().len(), 2);
+    let devices: Vec<Value> = report["ranks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["devices"].clone())
+        .collect();
+    assert_eq!(devices, [json!([0]), json!([1]), json!([0]), json!([1])]);
+    assert_eq!(
+        report["all_reduce"]["nccl"]["results"][0]["status"],
+        "measured"
+    );
+    for e in &ended {
+        assert_eq!(e.code, Some(0), "{}", e.stderr);
+    }
+}
+
+#[test]
+fn sigterm_at_rank_0_ends_every_rank_with_143_and_leaves_nothing() {
+    let shared = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let nodes: Vec<Node> = ["node-a", "node-b", "node-c"]
+        .iter()
+        .map(|n| node(n))
+        .collect();
+    let fakes: Vec<Value> = (0..3)
+        .map(|i| {
+            node_rig(|f| {
+                if i == 2 {
+                    f["nccl"] = json!({"fault": "hang"})
+                }
+            })
+        })
+        .collect();
+    let mut children: Vec<Child> = nodes
+        .iter()
+        .zip(&fakes)
+        .enumerate()
+        .map(|(i, (n, f))| rank(shared.path(), n, f, (i, 3, port), &["--json"]))
+        .collect();
+    let err = children[0].stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        for l in BufReader::new(err).lines().map_while(Result::ok) {
+            if l.contains("all-reduce across") {
+                let _ = tx.send(());
+            }
+            lines.push(l);
+        }
+        lines.join("\n")
+    });
+    rx.recv_timeout(Duration::from_secs(120))
+        .expect("rank 0 never started the all-reduce");
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: a signal to a child this test started.
+    unsafe { libc::kill(children[0].id() as i32, libc::SIGTERM) };
+    let mut first = children.remove(0);
+    let mut o = first.stdout.take().unwrap();
+    let h = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut o, &mut s).ok();
+        s
+    });
+    let code0 = first.wait().unwrap().code();
+    let stdout0 = h.join().unwrap();
+    let rest: Vec<Ended> = children
+        .into_iter()
+        .map(|c| wait(c, Duration::from_secs(60)))
+        .collect();
+    let stderr0 = reader.join().unwrap();
+    let report: Value =
+        serde_json::from_str(&stdout0).unwrap_or_else(|e| panic!("{e}: {stdout0}\n{stderr0}"));
+    assert_eq!(report["interrupted"], libc::SIGTERM);
+    let verdict = report["summary"]["verdict"].as_str().unwrap();
+    assert!(verdict.starts_with("interrupted"), "{verdict}");
+    assert_eq!(code0, Some(143), "{stderr0}");
+    for e in &rest {
+        assert_eq!(e.code, Some(143), "{}", e.stderr);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let left = left_running(&format!("TMPDIR={}", shared.path().display()));
+    assert!(left.is_empty(), "{left:?}");
 }

@@ -211,6 +211,8 @@ impl Coordinator {
             }
             while let Ok((s, _)) = self.listener.accept() {
                 let _ = s.set_nonblocking(false);
+                // A rank that stops reading must not stop the coordinator's writes for long.
+                let _ = s.set_write_timeout(Some(Duration::from_secs(10)));
                 let Ok(reader) = s.try_clone() else { continue };
                 wire::spawn_reader(reader, self.conns.len(), self.tx.clone());
                 self.conns.push((s, None));

@@ -184,6 +184,7 @@ fn connect(host: &str, port: u16, within: Duration) -> Option<TcpStream> {
             for a in addrs {
                 if let Ok(s) = TcpStream::connect_timeout(&a, Duration::from_secs(2)) {
                     let _ = s.set_nodelay(true);
+                    let _ = s.set_write_timeout(Some(Duration::from_secs(30)));
                     return Some(s);
                 }
             }

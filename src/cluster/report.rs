@@ -99,7 +99,15 @@ impl ClusterReport {
         } else {
             "no problems found"
         };
-        let summary = FleetSummary::of(&what, clean, &findings, exit_code);
+        let mut summary = FleetSummary::of(&what, clean, &findings, exit_code);
+        if let Some(sig) = out.interrupted.filter(|_| !findings.is_empty()) {
+            // What was seen before the signal stays; the verdict says it is not the whole run.
+            summary.verdict = format!(
+                "interrupted by {}: {}",
+                crate::measure::watchdog::signal_name(sig),
+                summary.verdict
+            );
+        }
         ClusterReport {
             schema: SCHEMA,
             tool: crate::report::Tool {
