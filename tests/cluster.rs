@@ -205,30 +205,15 @@ fn cluster_of(
     (ended, report, shared)
 }
 
-fn ids(report: &Value) -> Vec<String> {
-    report["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| {
-            format!(
-                "{} {}",
-                f["severity"].as_str().unwrap(),
-                f["id"].as_str().unwrap()
-            )
-        })
-        .collect()
-}
-
 #[test]
 fn four_healthy_nodes_form_one_communicator_over_the_network() {
     let fakes = vec![node_rig(|_| {}); 4];
     let (ended, report, _dir) = cluster(&fakes, &[]);
     assert_eq!(report["schema"], "rigdoctor.cluster/1");
     assert!(
-        ids(&report).iter().all(|i| !i.starts_with("error")),
+        summary(&report).iter().all(|i| !i.starts_with("error")),
         "{:?}",
-        ids(&report)
+        summary(&report)
     );
     for e in &ended {
         assert_eq!(e.code, Some(0), "{}", e.stderr);
@@ -273,7 +258,7 @@ fn a_node_whose_nccl_hangs_is_named_by_running_it_alone() {
         .unwrap()
         .iter()
         .find(|f| f["id"] == "nccl-hang")
-        .unwrap_or_else(|| panic!("{:?}", ids(&report)));
+        .unwrap_or_else(|| panic!("{:?}", summary(&report)));
     let title = hang["title"].as_str().unwrap();
     assert!(
         title.contains("node-c") && title.contains("alone"),
@@ -312,31 +297,26 @@ fn a_node_whose_nccl_hangs_is_named_by_running_it_alone() {
     eprintln!("hang named in {:?}", t.elapsed());
 }
 
-#[test]
-fn a_rank_killed_mid_run_is_named_and_every_rank_exits_alike() {
+/// Ranks of `n` nodes (node-a..) whose node `hang`'s NCCL never completes, each rank 0's
+/// stderr read on a thread; returned once rank 0 says the all-reduce across the nodes began.
+fn under_way(n: usize, hang: usize) -> UnderWay {
     let shared = tempfile::tempdir().unwrap();
     let port = free_port();
-    let nodes: Vec<Node> = ["node-a", "node-b", "node-c", "node-d"]
-        .iter()
-        .map(|n| node(n))
-        .collect();
-    // node-c's NCCL never completes, so the all-reduce is surely under way when it is killed.
-    let fakes: Vec<Value> = (0..4)
-        .map(|i| {
-            node_rig(|f| {
-                if i == 2 {
-                    f["nccl"] = json!({"fault": "hang"})
-                }
-            })
-        })
+    let nodes: Vec<Node> = (0..n)
+        .map(|i| node(&format!("node-{}", (b'a' + i as u8) as char)))
         .collect();
     let mut children: Vec<Child> = nodes
         .iter()
-        .zip(&fakes)
         .enumerate()
-        .map(|(i, (n, f))| rank(shared.path(), n, f, (i, 4, port), &["--json"]))
+        .map(|(i, nd)| {
+            let fake = node_rig(|f| {
+                if i == hang {
+                    f["nccl"] = json!({"fault": "hang"})
+                }
+            });
+            rank(shared.path(), nd, &fake, (i, n, port), &["--json"])
+        })
         .collect();
-    // Rank 0 says when the all-reduce starts: then node-c's process is killed.
     let err = children[0].stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     let reader = std::thread::spawn(move || {
@@ -351,6 +331,20 @@ fn a_rank_killed_mid_run_is_named_and_every_rank_exits_alike() {
     });
     rx.recv_timeout(Duration::from_secs(120))
         .expect("rank 0 never started the all-reduce");
+    (children, reader, (shared, nodes))
+}
+
+/// The ranks, rank 0's stderr, and the directories they run in (kept while they run).
+type UnderWay = (
+    Vec<Child>,
+    std::thread::JoinHandle<String>,
+    (tempfile::TempDir, Vec<Node>),
+);
+
+#[test]
+fn a_rank_killed_mid_run_is_named_and_every_rank_exits_alike() {
+    // node-c's NCCL never completes, so the all-reduce is surely under way when it is killed.
+    let (mut children, reader, (shared, _nodes)) = under_way(4, 2);
     std::thread::sleep(Duration::from_millis(500));
     let victim_pid = children[2].id();
     children[2].kill().unwrap();
@@ -385,7 +379,7 @@ fn a_rank_killed_mid_run_is_named_and_every_rank_exits_alike() {
         .unwrap()
         .iter()
         .find(|f| f["id"] == "cluster-incomplete")
-        .unwrap_or_else(|| panic!("{:?}", ids(&report)));
+        .unwrap_or_else(|| panic!("{:?}", summary(&report)));
     assert!(
         inc["title"].as_str().unwrap().contains("rank 2 (node-c)"),
         "{inc}"
@@ -435,7 +429,7 @@ fn a_rank_that_never_comes_is_named_after_the_join_deadline() {
         .unwrap()
         .iter()
         .find(|f| f["id"] == "cluster-incomplete")
-        .unwrap_or_else(|| panic!("{:?}", ids(&report)));
+        .unwrap_or_else(|| panic!("{:?}", summary(&report)));
     assert!(
         inc["evidence"][0]
             .as_str()
@@ -474,15 +468,6 @@ fn a_lone_rank_without_a_coordinator_says_what_to_check() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--rank"));
 }
 
-fn finding<'a>(report: &'a Value, id: &str) -> Vec<&'a Value> {
-    report["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| f["id"] == id)
-        .collect()
-}
-
 #[test]
 fn pairwise_names_the_node_whose_network_is_slow() {
     let mut fakes = vec![node_rig(|f| f["nccl"] = json!({"socket_gbps": 10.0})); 4];
@@ -491,8 +476,8 @@ fn pairwise_names_the_node_whose_network_is_slow() {
     // Each node alone, then the six pairs in three rounds.
     let runs = report["isolation"].as_array().unwrap();
     assert_eq!(runs.len(), 4 + 6, "{runs:?}");
-    let slow = finding(&report, "cluster-slow-link");
-    assert_eq!(slow.len(), 1, "{:?}", ids(&report));
+    let slow = findings(&report, "cluster-slow-link");
+    assert_eq!(slow.len(), 1, "{:?}", summary(&report));
     let title = slow[0]["title"].as_str().unwrap();
     assert!(title.contains("every node pair with node-d"), "{title}");
     assert!(!title.contains("node-a + node-b"), "{title}");
@@ -509,14 +494,14 @@ fn pairwise_over_alike_nodes_names_no_slow_link() {
     let (_, report, _dir) = cluster(&fakes, &["--pairwise"]);
     assert_eq!(report["isolation"].as_array().unwrap().len(), 3 + 3);
     assert!(
-        finding(&report, "cluster-slow-link").is_empty(),
+        findings(&report, "cluster-slow-link").is_empty(),
         "{:?}",
-        ids(&report)
+        summary(&report)
     );
     assert!(
-        finding(&report, "cluster-version-drift").is_empty(),
+        findings(&report, "cluster-version-drift").is_empty(),
         "{:?}",
-        ids(&report)
+        summary(&report)
     );
 }
 
@@ -537,7 +522,7 @@ fn versions_that_differ_between_nodes_are_cluster_version_drift() {
         node_rig(|f| f["driver_version"] = json!("550.54.14")),
     ];
     let (_, report, _dir) = cluster_of(&nodes, &fakes, &[]);
-    let drift = finding(&report, "cluster-version-drift");
+    let drift = findings(&report, "cluster-version-drift");
     let titles: Vec<&str> = drift.iter().map(|f| f["title"].as_str().unwrap()).collect();
     assert!(
         titles
@@ -623,8 +608,8 @@ fn a_rank_whose_sums_are_wrong_is_named() {
     // node-b's NCCL corrupts the output of global rank 1 (its rank in the all-node run).
     fakes[1] = node_rig(|f| f["nccl"] = json!({"fault": "wrong", "fault_rank": 1}));
     let (ended, report, _dir) = cluster(&fakes, &[]);
-    let wrong = finding(&report, "nccl-wrong-result");
-    assert_eq!(wrong.len(), 1, "{:?}", ids(&report));
+    let wrong = findings(&report, "nccl-wrong-result");
+    assert_eq!(wrong.len(), 1, "{:?}", summary(&report));
     let title = wrong[0]["title"].as_str().unwrap();
     assert!(
         title.contains("wrong sums on rank 1 (node-b GPU 0)"),
@@ -727,41 +712,7 @@ fn one_rank_per_gpu_runs_one_node_check_per_node() {
 
 #[test]
 fn sigterm_at_rank_0_ends_every_rank_with_143_and_leaves_nothing() {
-    let shared = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let nodes: Vec<Node> = ["node-a", "node-b", "node-c"]
-        .iter()
-        .map(|n| node(n))
-        .collect();
-    let fakes: Vec<Value> = (0..3)
-        .map(|i| {
-            node_rig(|f| {
-                if i == 2 {
-                    f["nccl"] = json!({"fault": "hang"})
-                }
-            })
-        })
-        .collect();
-    let mut children: Vec<Child> = nodes
-        .iter()
-        .zip(&fakes)
-        .enumerate()
-        .map(|(i, (n, f))| rank(shared.path(), n, f, (i, 3, port), &["--json"]))
-        .collect();
-    let err = children[0].stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        let mut lines = Vec::new();
-        for l in BufReader::new(err).lines().map_while(Result::ok) {
-            if l.contains("all-reduce across") {
-                let _ = tx.send(());
-            }
-            lines.push(l);
-        }
-        lines.join("\n")
-    });
-    rx.recv_timeout(Duration::from_secs(120))
-        .expect("rank 0 never started the all-reduce");
+    let (mut children, reader, (shared, _nodes)) = under_way(3, 2);
     std::thread::sleep(Duration::from_millis(300));
     // SAFETY: a signal to a child this test started.
     unsafe { libc::kill(children[0].id() as i32, libc::SIGTERM) };

@@ -511,6 +511,21 @@ impl Coordinator {
         }
     }
 
+    /// Give job `job`'s id (None: none was made) to these ranks, which wait for it.
+    fn hand_id(&self, ranks: &[usize], job: u32, id: Option<String>) {
+        for &o in ranks {
+            if let Some(m) = &self.members[o] {
+                let _ = wire::send(
+                    &m.stream,
+                    &ToMember::Id {
+                        job,
+                        id: id.clone(),
+                    },
+                );
+            }
+        }
+    }
+
     /// Run these jobs side by side (their ranks are disjoint); each ends when every rank
     /// answered, left, or the job's deadline passed.
     fn run_jobs(&mut self, jobs: Vec<(String, Vec<String>, Vec<usize>)>) -> Vec<Job> {
@@ -588,17 +603,7 @@ impl Coordinator {
                     j.pending.retain(|&x| x != r);
                     if r == j.members[0] && !j.id_sent {
                         j.id_sent = true;
-                        for &o in &j.members[1..] {
-                            if let Some(m) = &self.members[o] {
-                                let _ = wire::send(
-                                    &m.stream,
-                                    &ToMember::Id {
-                                        job: j.id,
-                                        id: None,
-                                    },
-                                );
-                            }
-                        }
+                        self.hand_id(&j.members[1..], j.id, None);
                     }
                 }
             }
@@ -630,17 +635,7 @@ impl Coordinator {
                         continue;
                     }
                     j.id_sent = true;
-                    for &o in &j.members[1..] {
-                        if let Some(m) = &self.members[o] {
-                            let _ = wire::send(
-                                &m.stream,
-                                &ToMember::Id {
-                                    job,
-                                    id: id.clone(),
-                                },
-                            );
-                        }
-                    }
+                    self.hand_id(&j.members[1..], job, id);
                 }
                 Ok((c, Event::Msg(ToCoordinator::Ranks { job, ranks, log }))) => {
                     let Some(r) = self.rank_of(c) else { continue };
