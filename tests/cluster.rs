@@ -743,3 +743,54 @@ fn sigterm_at_rank_0_ends_every_rank_with_143_and_leaves_nothing() {
     let left = left_running(&format!("TMPDIR={}", shared.path().display()));
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[test]
+fn strangers_and_garbage_at_the_coordinator_are_refused_and_the_run_goes_on() {
+    use std::io::Write;
+    let shared = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (a, b) = (node("node-a"), node("node-b"));
+    let fake = node_rig(|_| {});
+    let r0 = rank(shared.path(), &a, &fake, (0, 2, port), &["--json"]);
+    // The coordinator is at MASTER_PORT+1; connect as soon as it listens.
+    let at = ("127.0.0.1", port + 1);
+    let t = Instant::now();
+    let connect = || loop {
+        match std::net::TcpStream::connect(at) {
+            Ok(s) => return s,
+            Err(_) if t.elapsed() < Duration::from_secs(60) => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    // Not the protocol; a hello of another world size; a control character in a host name.
+    let mut junk = connect();
+    junk.write_all(b"\x00\xffGET / HTTP/1.0\r\n\r\n").unwrap();
+    let mut liar = connect();
+    let v = env!("CARGO_PKG_VERSION");
+    writeln!(
+        liar,
+        r#"{{"msg":"hello","rank":1,"world":9,"local_rank":0,"host":"evil\u001b[2J","pid":1,"version":"{v}","launcher":"flags"}}"#
+    )
+    .unwrap();
+    let r1 = rank(shared.path(), &b, &fake, (1, 2, port), &[]);
+    let e0 = wait(r0, Duration::from_secs(120));
+    let e1 = wait(r1, Duration::from_secs(120));
+    let report: Value =
+        serde_json::from_str(&e0.stdout).unwrap_or_else(|e| panic!("{e}: {}", e0.stderr));
+    assert_eq!(
+        report["all_reduce"]["nccl"]["results"][0]["status"],
+        "measured"
+    );
+    let inc = findings(&report, "cluster-incomplete");
+    assert_eq!(inc.len(), 1, "{:?}", summary(&report));
+    let ev = inc[0]["evidence"].to_string();
+    assert!(
+        ev.contains("started in a world of 9, rank 0 in one of 2"),
+        "{ev}"
+    );
+    // Exit 1 for the refusal, on both ranks; nothing raw from the stranger on the screen.
+    assert_eq!((e0.code, e1.code), (Some(1), Some(1)), "{}", e1.stderr);
+    assert!(!e1.stdout.contains('\u{1b}'), "{}", e1.stdout);
+}

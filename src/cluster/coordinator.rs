@@ -121,10 +121,12 @@ pub struct Coordinator {
     listener: TcpListener,
     rx: Receiver<(usize, Event<ToCoordinator>)>,
     tx: mpsc::Sender<(usize, Event<ToCoordinator>)>,
-    /// Every accepted connection, by index; the rank once it said hello.
-    conns: Vec<(TcpStream, Option<usize>)>,
+    /// Every accepted connection, by index: the rank once it said hello, and when it came.
+    conns: Vec<(TcpStream, Option<usize>, Instant)>,
     members: Vec<Option<Member>>,
     next_job: u32,
+    /// The join is over: a hello now is refused.
+    formed: bool,
     out: Outcome,
 }
 
@@ -144,6 +146,7 @@ impl Coordinator {
             conns: Vec::new(),
             members,
             next_job: 0,
+            formed: false,
             out: Outcome::default(),
         }
     }
@@ -204,31 +207,16 @@ impl Coordinator {
     fn join(&mut self) {
         let deadline = Instant::now() + self.plan.join;
         let _ = self.listener.set_nonblocking(true);
-        let mut accepted_at: Vec<Instant> = Vec::new();
         while Instant::now() < deadline && !interrupted() {
             if self.members.iter().all(Option::is_some) {
                 break;
             }
-            while let Ok((s, _)) = self.listener.accept() {
-                let _ = s.set_nonblocking(false);
-                // A rank that stops reading must not stop the coordinator's writes for long.
-                let _ = s.set_write_timeout(Some(Duration::from_secs(10)));
-                let Ok(reader) = s.try_clone() else { continue };
-                wire::spawn_reader(reader, self.conns.len(), self.tx.clone());
-                self.conns.push((s, None));
-                accepted_at.push(Instant::now());
-            }
+            self.accept();
             match self.rx.recv_timeout(TICK) {
                 Ok((c, Event::Msg(ToCoordinator::Hello(h)))) => self.hello(c, h),
                 Ok((c, Event::Msg(_))) => self.drop_conn(c, "spoke before saying hello"),
                 Ok((c, Event::Gone(why))) => self.gone(c, &why),
                 Err(_) => {}
-            }
-            // A connection that never says who it is is not a rank.
-            for ((s, rank), at) in self.conns.iter().zip(&accepted_at) {
-                if rank.is_none() && at.elapsed() > HELLO_WITHIN {
-                    let _ = s.shutdown(std::net::Shutdown::Both);
-                }
             }
         }
         let joined = self.members.iter().flatten().count();
@@ -253,6 +241,25 @@ impl Coordinator {
         for m in self.members.iter_mut().flatten() {
             if m.out.is_none() {
                 let _ = wire::send(&m.stream, &ToMember::Welcome { world: joined });
+            }
+        }
+        self.formed = true;
+    }
+
+    /// Take the connections waiting (in every phase: one that comes late is refused, not left
+    /// waiting), and close those that never said who they are.
+    fn accept(&mut self) {
+        while let Ok((s, _)) = self.listener.accept() {
+            let _ = s.set_nonblocking(false);
+            // A rank that stops reading must not stop the coordinator's writes for long.
+            let _ = s.set_write_timeout(Some(Duration::from_secs(10)));
+            let Ok(reader) = s.try_clone() else { continue };
+            wire::spawn_reader(reader, self.conns.len(), self.tx.clone());
+            self.conns.push((s, None, Instant::now()));
+        }
+        for (s, rank, at) in &self.conns {
+            if rank.is_none() && at.elapsed() > HELLO_WITHIN {
+                let _ = s.shutdown(std::net::Shutdown::Both);
             }
         }
     }
@@ -284,6 +291,8 @@ impl Coordinator {
                 "rank {} joined twice: {} (pid {}) first, then {} (pid {})",
                 h.rank, m.hello.host, m.hello.pid, h.host, h.pid
             ))
+        } else if self.formed {
+            Some("it came after the world was formed (after rank 0's --join-timeout)".into())
         } else {
             None
         };
@@ -311,7 +320,7 @@ impl Coordinator {
     }
 
     fn drop_conn(&mut self, conn: usize, why: &str) {
-        if let Some((s, rank)) = self.conns.get(conn) {
+        if let Some((s, rank, _)) = self.conns.get(conn) {
             let _ = s.shutdown(std::net::Shutdown::Both);
             if let Some(r) = *rank {
                 self.leave(r, why.to_string());
@@ -390,6 +399,7 @@ impl Coordinator {
                         nodes.push((r, *rep));
                     }
                 }
+                Ok((c, Event::Msg(ToCoordinator::Hello(h)))) => self.hello(c, h),
                 Ok((c, Event::Msg(_))) => self.drop_conn(c, "sent a message out of turn"),
                 Ok((c, Event::Gone(why))) => self.gone(c, &why),
                 Err(RecvTimeoutError::Timeout) => {}
@@ -626,6 +636,7 @@ impl Coordinator {
                 }
                 break;
             }
+            self.accept();
             match self.rx.recv_timeout(TICK) {
                 Ok((c, Event::Msg(ToCoordinator::Id { job, id }))) => {
                     let Some(j) = running.iter_mut().find(|j| j.id == job) else {
@@ -671,6 +682,7 @@ impl Coordinator {
                         }
                     }
                 }
+                Ok((c, Event::Msg(ToCoordinator::Hello(h)))) => self.hello(c, h),
                 Ok((c, Event::Msg(_))) => self.drop_conn(c, "sent a message out of turn"),
                 Ok((c, Event::Gone(why))) => self.gone(c, &why),
                 Err(_) => {}

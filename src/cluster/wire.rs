@@ -165,3 +165,28 @@ mod tests {
         assert!(read_line(&mut long).is_err());
     }
 }
+
+#[cfg(test)]
+mod parse {
+    use super::*;
+
+    #[test]
+    fn a_hello_reads_as_sent() {
+        let h = Hello {
+            rank: 1,
+            world: 9,
+            local_rank: 0,
+            host: "evil\u{1b}[2J".into(),
+            pid: 1,
+            version: "0.1.0".into(),
+            launcher: "flags".into(),
+        };
+        let line = serde_json::to_string(&ToCoordinator::Hello(h.clone())).unwrap();
+        match serde_json::from_str::<ToCoordinator>(&line).unwrap() {
+            ToCoordinator::Hello(back) => assert_eq!(back, h),
+            other => panic!("{other:?}"),
+        }
+        assert!(serde_json::from_str::<ToCoordinator>(r#"{"msg":"hello","rank":-1}"#).is_err());
+        println!("{line}");
+    }
+}
