@@ -14,7 +14,8 @@
 #
 # Output, flat in OUTDIR: summary.txt (what is printed at the end, with the system facts and
 # nvidia-smi topo -m), logs.txt (every step's command, exit code, wall time, stdout and stderr),
-# check.json, p2p.json, bandwidth.json, nccl.json (rigdoctor's reports), nvidia-smi-q.txt.
+# check.json, p2p.json, bandwidth.json, nccl.json, cluster.json (rigdoctor's reports),
+# nvidia-smi-q.txt.
 # Overrides: RIGDOCTOR (binary), PYTHON (python3 with torch), NCCL_LIB (libnccl.so.2),
 # GPU_VALIDATE_BUDGET_S.
 set -u -o pipefail
@@ -28,7 +29,7 @@ py=${PYTHON:-python3}
 mkdir -p "$out" || { echo "gpu-validate: cannot create $out" >&2; exit 2; }
 out=$(cd "$out" && pwd)
 # Only this script's own files are replaced; anything else in OUTDIR is left alone.
-rm -f "$out"/{summary.txt,logs.txt,check.json,p2p.json,bandwidth.json,nccl.json,nvidia-smi-q.txt}
+rm -f "$out"/{summary.txt,logs.txt,check.json,p2p.json,bandwidth.json,nccl.json,cluster.json,nvidia-smi-q.txt}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 logs=$out/logs.txt
@@ -237,6 +238,12 @@ if [[ -n $rig ]]; then
         echo "nccl: the nvidia-nccl-cu12 wheel was not found; rigdoctor searched on its own" >>"$tmp/notes"
         step nccl 60 "$rig" nccl --json -o "$out/nccl.json" --color never
     fi
+    # rigdoctor cluster as a world of one on this machine: the coordinator, the node check and
+    # a one-rank NCCL communicator (ncclGetUniqueId / ncclCommInitRank) on the real library.
+    nccl_arg=()
+    [[ -n $nccl_lib ]] && nccl_arg=(--nccl-lib "$nccl_lib")
+    step cluster-1 60 "$rig" cluster --rank 0 --world-size 1 --coordinator 127.0.0.1:29517 \
+        --join-timeout 20 --json -o "$out/cluster.json" --color never "${nccl_arg[@]}"
     # Last: a kill of a worker stuck in a kernel must not disturb the steps above.
     reserve_s=0
     step watchdog 25 "$rig" watchdog-test --timeout 3 --devices 0 --json

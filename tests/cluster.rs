@@ -794,3 +794,35 @@ fn strangers_and_garbage_at_the_coordinator_are_refused_and_the_run_goes_on() {
     assert_eq!((e0.code, e1.code), (Some(1), Some(1)), "{}", e1.stderr);
     assert!(!e1.stdout.contains('\u{1b}'), "{}", e1.stdout);
 }
+
+#[test]
+fn a_world_of_one_from_the_flags_alone_runs_end_to_end() {
+    // As bench/gpu-validate.sh runs it on a one-GPU machine.
+    let n = node("node-a");
+    let port = free_port();
+    let out = on_fake(&n.root, &node_rig(|_| {}))
+        .args([
+            "cluster",
+            "--gpu",
+            "--json",
+            "--rank",
+            "0",
+            "--world-size",
+            "1",
+        ])
+        .arg("--coordinator")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--sysroot")
+        .arg(&n.root)
+        .timeout(Duration::from_secs(120))
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(report["launcher"], "flags");
+    assert_eq!(
+        report["all_reduce"]["nccl"]["results"][0]["status"],
+        "measured"
+    );
+    assert_eq!(out.status.code(), Some(0), "{:?}", summary(&report));
+}
