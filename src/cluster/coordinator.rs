@@ -250,6 +250,11 @@ impl Coordinator {
     /// waiting), and close those that never said who they are.
     fn accept(&mut self) {
         while let Ok((s, _)) = self.listener.accept() {
+            // Each connection has a reader thread: a flood of strangers is cut off, not served.
+            if self.conns.len() >= 4 * self.plan.world + 64 {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+                continue;
+            }
             let _ = s.set_nonblocking(false);
             // A rank that stops reading must not stop the coordinator's writes for long.
             let _ = s.set_write_timeout(Some(Duration::from_secs(10)));
