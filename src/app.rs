@@ -497,12 +497,19 @@ fn cluster(cli: &Cli, a: &crate::cli::ClusterArgs, allows: &[crate::allow::Allow
     // rank the GPU of its local rank (torchrun's and Slurm's convention).
     let per_gpu = launch.local_world.is_some_and(|n| n > 1) || launch.local_rank > 0;
     let mut node_check = || -> crate::cluster::NodeCheck {
-        let fixed: Option<Vec<i32>> = a
-            .gpu
-            .devices
-            .as_ref()
-            .map(|d| d.0.clone())
-            .or_else(|| per_gpu.then(|| vec![launch.local_rank as i32]));
+        let fixed: Option<Vec<i32>> = a.gpu.devices.as_ref().map(|d| d.0.clone()).or_else(|| {
+            // A launcher that binds each task to its GPU (Slurm --gpus-per-task=1,
+            // --gpu-bind) shows it as CUDA device 0.
+            let one_visible = std::env::var("CUDA_VISIBLE_DEVICES")
+                .is_ok_and(|v| !v.trim().is_empty() && !v.contains(','));
+            per_gpu.then(|| {
+                vec![if one_visible {
+                    0
+                } else {
+                    launch.local_rank as i32
+                }]
+            })
+        });
         if launch.local_rank > 0 {
             return crate::cluster::NodeCheck {
                 report: None,
@@ -553,25 +560,25 @@ fn cluster(cli: &Cli, a: &crate::cli::ClusterArgs, allows: &[crate::allow::Allow
             },
         }
     };
-    let ran = crate::cluster::run(a, &launch, host, (g.fail_on, allows), &mut node_check)?;
-    let me = format!("rank {} of {}", launch.rank, launch.world);
-    match (ran.report, ran.end) {
-        (Some(report), _) => {
-            let code = report.summary.exit_code;
-            let format = g.format();
-            match &g.output {
-                Some(path) => {
-                    crate::output::write_atomic(
-                        path,
-                        report.render(format, &TextStyle::FILE).as_bytes(),
-                    )?;
-                    print(&report.render(Format::Text, &terminal_style(g)))?;
-                    eprintln!("rigdoctor: cluster report written to {}", path.display());
-                }
-                None => print(&report.render(format, &terminal_style(g)))?,
+    let emit: crate::cluster::Emit<'_> = Box::new(|report: &crate::cluster::ClusterReport| {
+        let format = g.format();
+        match &g.output {
+            Some(path) => {
+                crate::output::write_atomic(
+                    path,
+                    report.render(format, &TextStyle::FILE).as_bytes(),
+                )?;
+                print(&report.render(Format::Text, &terminal_style(g)))?;
+                eprintln!("rigdoctor: cluster report written to {}", path.display());
             }
-            Ok(code)
+            None => print(&report.render(format, &terminal_style(g)))?,
         }
+        Ok(())
+    });
+    let ran = crate::cluster::run(a, &launch, host, (g.fail_on, allows), &mut node_check, emit)?;
+    let me = format!("rank {} of {}", launch.rank, launch.world);
+    match (ran.code, ran.end) {
+        (Some(code), _) => Ok(code),
         (None, crate::cluster::End::Done { code, verdict }) => {
             print(&format!(
                 "rigdoctor cluster: {me}: {} (the merged report is rank 0's, at {}:{})\n",

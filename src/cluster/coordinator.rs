@@ -127,6 +127,7 @@ pub struct Coordinator {
     next_job: u32,
     /// The join is over: a hello now is refused.
     formed: bool,
+    last_beat: Instant,
     out: Outcome,
 }
 
@@ -147,6 +148,7 @@ impl Coordinator {
             members,
             next_job: 0,
             formed: false,
+            last_beat: Instant::now(),
             out: Outcome::default(),
         }
     }
@@ -227,6 +229,13 @@ impl Coordinator {
             .flatten()
             .map(|m| m.hello.host.as_str())
             .collect();
+        // Slurm's node names may not be the kernel's host names: each rank says both.
+        let slurm: Vec<&str> = self
+            .members
+            .iter()
+            .flatten()
+            .filter_map(|m| m.hello.slurm_node.as_deref())
+            .collect();
         self.out.hosts_missing = self
             .plan
             .hosts
@@ -235,6 +244,7 @@ impl Coordinator {
                 !seen
                     .iter()
                     .any(|s| s == h || s.split('.').next() == Some(h))
+                    && !slurm.iter().any(|s| s == h)
             })
             .cloned()
             .collect();
@@ -249,6 +259,13 @@ impl Coordinator {
     /// Take the connections waiting (in every phase: one that comes late is refused, not left
     /// waiting), and close those that never said who they are.
     fn accept(&mut self) {
+        // Every loop of every phase passes here: the heartbeat too.
+        if self.last_beat.elapsed() >= wire::BEAT {
+            self.last_beat = Instant::now();
+            for m in self.members.iter().flatten() {
+                let _ = wire::send(&m.stream, &ToMember::Beat);
+            }
+        }
         while let Ok((s, _)) = self.listener.accept() {
             // Each connection has a reader thread: a flood of strangers is cut off, not served.
             if self.conns.len() >= 4 * self.plan.world + 64 {
@@ -269,7 +286,15 @@ impl Coordinator {
         }
     }
 
-    fn hello(&mut self, conn: usize, h: Hello) {
+    fn hello(&mut self, conn: usize, mut h: Hello) {
+        // A host name is at most 255 bytes (HOST_NAME_MAX is 64 on Linux); a longer one is cut.
+        if h.host.len() > 255 {
+            let mut end = 255;
+            while !h.host.is_char_boundary(end) {
+                end -= 1;
+            }
+            h.host.truncate(end);
+        }
         let ours = env!("CARGO_PKG_VERSION");
         let refuse = |why: String| why;
         let why = if h.version != ours {
@@ -390,9 +415,27 @@ impl Coordinator {
                     }),
                 )) => {
                     let Some(r) = self.rank_of(c) else { continue };
+                    // At most one machine's worth of distinct, valid ordinals, as --devices.
+                    let mut devices = devices;
+                    let n = devices.len();
+                    devices.sort_unstable();
+                    devices.dedup();
+                    let bad = devices.len() != n
+                        || devices.len() > crate::facts::MAX_DEVICES
+                        || devices
+                            .iter()
+                            .any(|&d| d < 0 || d as usize >= crate::facts::MAX_DEVICES);
                     if let Some(m) = self.members[r].as_mut() {
+                        if m.node_done {
+                            continue;
+                        }
                         m.node_done = true;
-                        m.devices = devices;
+                        m.devices = if bad { Vec::new() } else { devices };
+                        if bad {
+                            m.out =
+                                Some("sent a device list that is not one machine's GPUs".into());
+                            continue;
+                        }
                         if m.devices.is_empty() {
                             m.out = Some(format!(
                                 "no CUDA device to run NCCL on{}",
@@ -510,8 +553,11 @@ impl Coordinator {
                 break;
             }
             self.say(&format!("isolating: {} node pair(s)", round.len()));
-            let jobs = round
+            // A node whose rank left or went quiet in an earlier round is not paired again: its
+            // pairs would fail for that, not for their link.
+            let jobs: Vec<_> = round
                 .into_iter()
+                .filter(|&(a, b)| good[a].1.iter().chain(&good[b].1).all(|&r| self.live(r)))
                 .map(|(a, b)| {
                     let (ha, ra) = &good[a];
                     let (hb, rb) = &good[b];
@@ -521,6 +567,9 @@ impl Coordinator {
                     (format!("{ha} + {hb}"), vec![ha.clone(), hb.clone()], ranks)
                 })
                 .collect();
+            if jobs.is_empty() {
+                continue;
+            }
             let done = self.run_jobs(jobs);
             self.out.isolation.extend(done);
         }
@@ -567,7 +616,7 @@ impl Coordinator {
                 firsts.push(n);
                 n += self.members[r].as_ref().map_or(0, |m| m.devices.len());
             }
-            let mut job = Running {
+            let job = Running {
                 id,
                 what,
                 hosts,
@@ -595,7 +644,8 @@ impl Coordinator {
                     self.leave(r, "its connection broke".into());
                 }
             }
-            job.pending.retain(|&r| self.live(r));
+            // A rank whose Run could not be sent is lost to the job in the loop below (said,
+            // and its id handed on as none when it was to make it).
             running.push(job);
         }
         let deadline = Instant::now() + self.plan.job;
@@ -688,7 +738,8 @@ impl Coordinator {
                     }
                 }
                 Ok((c, Event::Msg(ToCoordinator::Hello(h)))) => self.hello(c, h),
-                Ok((c, Event::Msg(_))) => self.drop_conn(c, "sent a message out of turn"),
+                // A node check that came after its deadline: that rank is out already.
+                Ok((_, Event::Msg(ToCoordinator::Node { .. }))) => {}
                 Ok((c, Event::Gone(why))) => self.gone(c, &why),
                 Err(_) => {}
             }

@@ -340,8 +340,9 @@ pub fn transports(j: &Job) -> Option<String> {
     })
 }
 
-/// Node pairs whose all-reduce is far below the other pairs' (three pairs at least, so there
-/// is a median to be below).
+/// Nodes whose pairs are far slower than the pairs without them: a slow node is in n-1 of the
+/// n(n-1)/2 pairs, so its pairs are compared with the others', not with the median of all
+/// (with three nodes two of the three pairs are its own). Three measured pairs at least.
 fn slow_links(out: &Outcome) -> Vec<Finding> {
     let pairs: Vec<(&Job, f64)> = out
         .isolation
@@ -352,54 +353,53 @@ fn slow_links(out: &Outcome) -> Vec<Finding> {
     if pairs.len() < 3 {
         return Vec::new();
     }
-    let Some(median) =
-        crate::facts::Stats::of(pairs.iter().map(|p| p.1).collect()).map(|s| s.median)
-    else {
-        return Vec::new();
-    };
-    let slow: Vec<&(&Job, f64)> = pairs
-        .iter()
-        .filter(|p| p.1 < (1.0 - FELL_BY) * median)
-        .collect();
+    let median = |v: Vec<f64>| crate::facts::Stats::of(v).map(|s| s.median);
+    let mut hosts: Vec<&String> = pairs.iter().flat_map(|p| &p.0.hosts).collect();
+    hosts.sort();
+    hosts.dedup();
+    let mut slow: Vec<(String, f64, f64)> = Vec::new();
+    for h in hosts {
+        let with: Vec<f64> = pairs
+            .iter()
+            .filter(|p| p.0.hosts.contains(h))
+            .map(|p| p.1)
+            .collect();
+        let without: Vec<f64> = pairs
+            .iter()
+            .filter(|p| !p.0.hosts.contains(h))
+            .map(|p| p.1)
+            .collect();
+        if with.len() < 2 {
+            continue;
+        }
+        if let (Some(w), Some(o)) = (median(with), median(without)) {
+            if w < (1.0 - FELL_BY) * o {
+                slow.push((h.clone(), w, o));
+            }
+        }
+    }
     if slow.is_empty() {
         return Vec::new();
     }
-    let common: Option<&String> = slow[0].0.hosts.iter().find(|h| {
-        slow.iter().all(|p| p.0.hosts.contains(h))
-            && !pairs
-                .iter()
-                .any(|p| p.0.hosts.contains(h) && p.1 >= (1.0 - FELL_BY) * median)
-    });
-    let names: Vec<String> = slow
-        .iter()
-        .map(|(j, b)| format!("{} {b:.1} GB/s", j.what))
-        .collect();
-    let title = match common {
-        Some(h) if slow.len() > 1 => format!(
-            "every node pair with {h} is slow: {} against a median pair of {median:.1} GB/s busbw",
+    let names: Vec<String> = slow.iter().map(|s| s.0.clone()).collect();
+    let (h, w, o) = &slow[0];
+    let title = if slow.len() == 1 {
+        format!("every node pair with {h} is slow: {w:.1} GB/s busbw (median of its pairs) against {o:.1} GB/s between the other nodes")
+    } else {
+        format!(
+            "the node pairs with {} are slow: {w:.1} GB/s busbw against {o:.1} GB/s without {h}",
             names.join(", ")
-        ),
-        _ => format!(
-            "slow node pair: {} against a median pair of {median:.1} GB/s busbw",
-            names.join(", ")
-        ),
+        )
     };
     let mut f = Finding::new(Code::ClusterSlowLink, Severity::Warn, title);
     for (j, b) in &pairs {
         f = f.evidence(format!("{}: busbw {b:.1} GB/s", j.what));
     }
     f = f.evidence(format!(
-        "slow: more than {:.0}% below the median of the {} node pairs",
-        FELL_BY * 100.0,
-        pairs.len()
+        "slow: the median of a node's pairs more than {:.0}% below the median of the pairs without it",
+        FELL_BY * 100.0
     ));
-    let who = common.cloned().unwrap_or_else(|| {
-        slow.iter()
-            .flat_map(|p| p.0.hosts.clone())
-            .collect::<Vec<_>>()
-            .join(", ")
-    });
     vec![f
-        .fix(format!("check the network of {who}: link speed and errors (`ethtool IFACE`, `ethtool -S IFACE`, `ibstat`), the interface NCCL picked (NCCL_DEBUG=INFO, NCCL_SOCKET_IFNAME, NCCL_IB_HCA), cable and switch port"))
+        .fix(format!("check the network of {}: link speed and errors (`ethtool IFACE`, `ethtool -S IFACE`, `ibstat`), the interface NCCL picked (NCCL_DEBUG=INFO, NCCL_SOCKET_IFNAME, NCCL_IB_HCA), cable and switch port", names.join(", ")))
         .refs([NCCL_ENV])]
 }

@@ -15,6 +15,9 @@
 
 use crate::cli::ClusterArgs;
 
+/// The largest world rigdoctor takes (as `--world-size` is capped).
+pub const MAX_WORLD: usize = 4096;
+
 /// Hosts a hostlist may expand to (a hostile SLURM_STEP_NODELIST must not exhaust memory).
 const MAX_HOSTS: usize = 4096;
 
@@ -89,6 +92,11 @@ pub fn resolve(a: &ClusterArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<
         .map(|w| w as usize)
         .or(world)
         .ok_or("no world size: give --world-size (how many rigdoctor processes the run has)")?;
+    if world > MAX_WORLD {
+        return Err(format!(
+            "a world of {world} ranks: rigdoctor cluster takes {MAX_WORLD} at most"
+        ));
+    }
     if world == 0 || rank >= world {
         return Err(format!(
             "rank {rank} of a world of {world}: the rank must be below the world size"

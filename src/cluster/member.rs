@@ -66,6 +66,7 @@ pub fn run(plan: &Plan<'_>, node_check: &mut dyn FnMut() -> NodeCheck) -> End {
         pid: std::process::id(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         launcher: l.launcher.to_string(),
+        slurm_node: std::env::var("SLURMD_NODENAME").ok(),
     };
     if !wire::send(&stream, &ToCoordinator::Hello(hello)) {
         return End::Lost(format!("the coordinator at {at} closed the connection"));
@@ -90,12 +91,25 @@ pub fn run(plan: &Plan<'_>, node_check: &mut dyn FnMut() -> NodeCheck) -> End {
     }
     let deadline = Instant::now() + plan.rest;
     let rx = Mutex::new(rx);
+    let done = Mutex::new(None);
     loop {
         let msg = recv(&rx.lock().unwrap_or_else(|e| e.into_inner()), deadline);
         match msg {
             Ok(ToMember::Run { job, first, nranks }) => {
-                let ranks = run_job(plan, &stream, &rx, &check.devices, (job, first, nranks));
-                if !wire::send(&stream, &ranks) {
+                let ranks = run_job(
+                    plan,
+                    &stream,
+                    &rx,
+                    &done,
+                    &check.devices,
+                    (job, first, nranks),
+                );
+                let sent = wire::send(&stream, &ranks);
+                if let Some((code, verdict)) = done.lock().unwrap_or_else(|e| e.into_inner()).take()
+                {
+                    return End::Done { code, verdict };
+                }
+                if !sent {
                     return lost("went away".into());
                 }
             }
@@ -112,6 +126,7 @@ fn run_job(
     plan: &Plan<'_>,
     stream: &TcpStream,
     rx: &Mutex<Receiver<(usize, Event<ToMember>)>>,
+    done: &Mutex<Option<(u8, String)>>,
     devices: &[i32],
     (job, first, nranks): (u32, usize, usize),
 ) -> ToCoordinator {
@@ -132,6 +147,11 @@ fn run_job(
         loop {
             match recv(&rx, until) {
                 Ok(ToMember::Id { job: j, id }) if j == job => return id,
+                // Rank 0 ended the run meanwhile: kept for after the job.
+                Ok(ToMember::Done { code, verdict }) => {
+                    *done.lock().unwrap_or_else(|e| e.into_inner()) = Some((code, verdict));
+                    return None;
+                }
                 Ok(_) => continue,
                 Err(_) => return None,
             }
@@ -157,8 +177,25 @@ fn run_job(
     ToCoordinator::Ranks { job, ranks, log }
 }
 
-/// The next message before `until`, or why none came.
+/// The next message before `until` (rank 0's heartbeats aside), or why none came; rank 0
+/// silent for [`wire::SILENCE`] is lost.
 fn recv(rx: &Receiver<(usize, Event<ToMember>)>, until: Instant) -> Result<ToMember, String> {
+    loop {
+        let quiet = Instant::now() + wire::SILENCE;
+        match recv_one(rx, until.min(quiet)) {
+            Ok(ToMember::Beat) => continue,
+            Err(_) if Instant::now() >= quiet && quiet < until => {
+                return Err(format!(
+                    "went silent for {} s (no heartbeat): its node or the network between is down",
+                    wire::SILENCE.as_secs()
+                ))
+            }
+            other => return other,
+        }
+    }
+}
+
+fn recv_one(rx: &Receiver<(usize, Event<ToMember>)>, until: Instant) -> Result<ToMember, String> {
     loop {
         if crate::measure::interrupted() {
             return Err("was not waited for: this rank was interrupted".into());

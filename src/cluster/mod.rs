@@ -48,73 +48,57 @@ impl Deadlines {
             join: Duration::from_secs_f64(a.join_timeout),
             node,
             job,
-            rest: node + job * (world as u32 + 2) + Duration::from_secs(30),
+            rest: node + job * (world.min(launch::MAX_WORLD) as u32 + 2) + Duration::from_secs(30),
             nccl_secs: sweep.as_secs_f64(),
         }
     }
 }
 
-/// What this rank's run came to: rank 0's merged report, and how this rank ended.
+/// What this rank's run came to: at rank 0 the exit code it gave every rank (its report was
+/// written before the others were told), and how this rank ended.
 pub struct Ran {
-    pub report: Option<ClusterReport>,
+    pub code: Option<u8>,
     pub end: End,
 }
 
-/// Run this rank (and at rank 0 the coordinator): `node_check` is this node's check.
+/// Writes rank 0's merged report (stdout, `-o`); an error makes the run's code 2.
+pub type Emit<'a> = Box<dyn FnOnce(&ClusterReport) -> Result<()> + Send + 'a>;
+
+/// Run this rank (and at rank 0 the coordinator): `node_check` is this node's check, `emit`
+/// writes the merged report at rank 0.
 pub fn run(
     a: &ClusterArgs,
     launch: &Launch,
     host: String,
     (fail_on, allows): (Severity, &[Allow]),
     node_check: &mut dyn FnMut() -> NodeCheck,
+    emit: Emit<'_>,
 ) -> Result<Ran> {
     let d = Deadlines::of(a, launch.world);
     let at = format!("{}:{}", launch.host, launch.port);
-    let coordinator = if launch.rank == 0 {
-        let listener = listen(&launch.host, launch.port)
-            .with_context(|| format!("rank 0 cannot listen at {at} for the other ranks (is the port in use, or the address not this node's? give --coordinator HOST:PORT or --port)"))?;
-        let plan = coordinator::Plan {
-            world: launch.world,
-            join: d.join,
-            node: d.node,
-            job: d.job,
-            pairwise: a.pairwise,
-            hosts: launch.hosts.clone(),
-            nccl: a.nccl(),
-            nccl_secs: d.nccl_secs,
-        };
-        let meta = report::Meta {
-            launcher: launch.launcher.to_string(),
-            coordinator: at.clone(),
-            world: launch.world,
-            notes: launch.notes.clone(),
-        };
-        let allows = allows.to_vec();
-        Some(std::thread::spawn(move || {
-            let mut c = coordinator::Coordinator::new(listener, plan);
-            let out = c.gather();
-            let fleet = report::fleet_nodes(&out.nodes);
-            let mut f = findings::findings(&out, &fleet, &meta.coordinator);
-            f.extend(report::node_findings(&out.nodes, &fleet));
-            crate::allow::apply(&mut f, &allows);
-            let code = match out.interrupted {
-                Some(sig) => (128 + sig).clamp(0, 255) as u8,
-                None if f
-                    .iter()
-                    .any(|x| x.severity >= fail_on && x.allowed.is_none()) =>
-                {
-                    crate::app::EXIT_FINDINGS
-                }
-                None => crate::app::EXIT_OK,
-            };
-            let r = ClusterReport::new(meta, out, f, code);
-            c.finish(code, &r.summary.verdict);
-            r
-        }))
+    let listener = if launch.rank == 0 {
+        Some(listen(&launch.host, launch.port)
+            .with_context(|| format!("rank 0 cannot listen at {at} for the other ranks (is the port in use? give --coordinator HOST:PORT or --port)"))?)
     } else {
         None
     };
-    let plan = member::Plan {
+    let plan = coordinator::Plan {
+        world: launch.world,
+        join: d.join,
+        node: d.node,
+        job: d.job,
+        pairwise: a.pairwise,
+        hosts: launch.hosts.clone(),
+        nccl: a.nccl(),
+        nccl_secs: d.nccl_secs,
+    };
+    let meta = report::Meta {
+        launcher: launch.launcher.to_string(),
+        coordinator: at.clone(),
+        world: launch.world,
+        notes: launch.notes.clone(),
+    };
+    let member_plan = member::Plan {
         launch,
         host,
         join: d.join,
@@ -122,22 +106,64 @@ pub fn run(
         step: d.step,
         nccl: a.nccl(),
     };
-    let end = member::run(&plan, node_check);
-    let report = match coordinator {
-        Some(h) => match h.join() {
-            Ok(r) => Some(r),
-            Err(_) => bail!("rank 0's coordinator failed"),
-        },
-        None => None,
-    };
-    Ok(Ran { report, end })
+    std::thread::scope(|s| {
+        let coordinator = listener.map(|listener| {
+            s.spawn(move || {
+                let mut c = coordinator::Coordinator::new(listener, plan);
+                let out = c.gather();
+                let fleet = report::fleet_nodes(&out.nodes);
+                let mut f = findings::findings(&out, &fleet, &meta.coordinator);
+                f.extend(report::node_findings(&out.nodes, &fleet));
+                crate::allow::apply(&mut f, allows);
+                let code = match out.interrupted {
+                    Some(sig) => (128 + sig).clamp(0, 255) as u8,
+                    None if f
+                        .iter()
+                        .any(|x| x.severity >= fail_on && x.allowed.is_none()) =>
+                    {
+                        crate::app::EXIT_FINDINGS
+                    }
+                    None => crate::app::EXIT_OK,
+                };
+                let r = ClusterReport::new(meta, out, f, code);
+                // The report first: a rank told the code before it is written could end the
+                // job (torchrun, srun -K) while rank 0 still writes.
+                let code = match emit(&r) {
+                    Ok(()) => code,
+                    Err(e) => {
+                        eprintln!("rigdoctor: error: {e:#}");
+                        crate::app::EXIT_ERROR
+                    }
+                };
+                c.finish(code, &r.summary.verdict);
+                code
+            })
+        });
+        let end = member::run(&member_plan, node_check);
+        let code = match coordinator {
+            Some(h) => match h.join() {
+                Ok(c) => Some(c),
+                Err(_) => bail!("rank 0's coordinator failed"),
+            },
+            None => None,
+        };
+        Ok(Ran { code, end })
+    })
 }
 
-/// A listener at the coordinator's address (the first of its addresses that binds).
+/// A listener on the coordinator's port, on every address of the family its host resolves to:
+/// a node's own name often resolves to a loopback address in /etc/hosts (127.0.1.1 on
+/// Debian and Ubuntu), where no other node could reach it. rigdoctor still connects only to
+/// the address named.
 fn listen(host: &str, port: u16) -> Result<TcpListener> {
+    let addrs: Vec<std::net::SocketAddr> = (host, port).to_socket_addrs()?.collect();
     let mut last = None;
-    for a in (host, port).to_socket_addrs()? {
-        match TcpListener::bind(a) {
+    for a in &addrs {
+        let any: std::net::SocketAddr = match a {
+            std::net::SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, port).into(),
+            std::net::SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, port).into(),
+        };
+        match TcpListener::bind(any) {
             Ok(l) => return Ok(l),
             Err(e) => last = Some(e),
         }

@@ -12,6 +12,10 @@ use std::sync::mpsc::Sender;
 /// The longest line either side accepts: a node's report is at most a saved report's size.
 const MAX_LINE: usize = crate::report::MAX_REPORT_BYTES + (1 << 20);
 
+/// How often rank 0 says it is alive, and how long a rank waits without a word from it.
+pub const BEAT: std::time::Duration = std::time::Duration::from_secs(5);
+pub const SILENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// A rank introduces itself.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Hello {
@@ -24,6 +28,9 @@ pub struct Hello {
     /// rigdoctor's version: ranks of another version may not speak this protocol.
     pub version: String,
     pub launcher: String,
+    /// Slurm's name of the node (SLURMD_NODENAME), which may differ from its host name.
+    #[serde(default)]
+    pub slurm_node: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -72,6 +79,10 @@ pub enum ToMember {
         job: u32,
         id: Option<String>,
     },
+    /// Rank 0 is alive (every few seconds, whatever it waits for): a rank that hears nothing
+    /// for [`SILENCE`] takes rank 0 as lost, even when no connection reset ever comes (a node
+    /// that lost power).
+    Beat,
     /// The end: the run's exit code and verdict, the same on every rank.
     Done {
         code: u8,
@@ -180,6 +191,7 @@ mod parse {
             pid: 1,
             version: "0.1.0".into(),
             launcher: "flags".into(),
+            slurm_node: None,
         };
         let line = serde_json::to_string(&ToCoordinator::Hello(h.clone())).unwrap();
         match serde_json::from_str::<ToCoordinator>(&line).unwrap() {
