@@ -775,6 +775,13 @@ fn strangers_and_garbage_at_the_coordinator_are_refused_and_the_run_goes_on() {
         r#"{{"msg":"hello","rank":1,"world":9,"local_rank":0,"host":"evil\u001b[2J","pid":1,"version":"{v}","launcher":"flags"}}"#
     )
     .unwrap();
+    // A rank of another rigdoctor release: refused, and an error of its own.
+    let mut other = connect();
+    writeln!(
+        other,
+        r#"{{"msg":"hello","rank":1,"world":2,"local_rank":0,"host":"old-node","pid":2,"version":"0.0.1-other","launcher":"flags"}}"#
+    )
+    .unwrap();
     let r1 = rank(shared.path(), &b, &fake, (1, 2, port), &[]);
     let e0 = wait(r0, Duration::from_secs(120));
     let e1 = wait(r1, Duration::from_secs(120));
@@ -790,6 +797,17 @@ fn strangers_and_garbage_at_the_coordinator_are_refused_and_the_run_goes_on() {
     assert!(
         ev.contains("started in a world of 9, rank 0 in one of 2"),
         "{ev}"
+    );
+    let drift = findings(&report, "cluster-version-drift");
+    assert_eq!(drift.len(), 1, "{:?}", summary(&report));
+    assert_eq!(drift[0]["severity"], "error");
+    assert!(
+        drift[0]["title"]
+            .as_str()
+            .unwrap()
+            .contains("runs rigdoctor 0.0.1-other"),
+        "{}",
+        drift[0]
     );
     // Exit 1 for the refusal, on both ranks; nothing raw from the stranger on the screen.
     assert_eq!((e0.code, e1.code), (Some(1), Some(1)), "{}", e1.stderr);
