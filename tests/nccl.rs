@@ -193,7 +193,12 @@ fn one_gpu_runs_one_rank() {
 
 #[test]
 fn nccl_error_is_reported_with_its_text() {
-    let r = nccl(&four(|f| f["nccl"] = json!({"fault": "error"})), &[]);
+    // A generous step deadline: four ranks' workers start and rendezvous before the error, and
+    // on a loaded 2-core CI machine that once took longer than the default 10 s (a hang).
+    let r = nccl(
+        &four(|f| f["nccl"] = json!({"fault": "error"})),
+        &["--timeout", "60"],
+    );
     assert_eq!(nccl_ids(&r), ["error nccl-error"]);
     let f = text(findings(&r.report, "nccl-error")[0]);
     assert!(
